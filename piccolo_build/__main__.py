@@ -1,0 +1,3 @@
+from piccolo_build.cli import main
+
+main()

@@ -1,0 +1,9 @@
+"""Command modules of ``piccolo-build``; each exposes ``register(app)``."""
+
+from __future__ import annotations
+
+from types import ModuleType
+
+from piccolo_build.commands import config_cmd
+
+COMMAND_MODULES: tuple[ModuleType, ...] = (config_cmd,)

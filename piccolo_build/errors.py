@@ -1,0 +1,22 @@
+"""The one exception type users see: a one-line message, a hint and an exit code."""
+
+from __future__ import annotations
+
+
+class PiccoloError(Exception):
+    """A user-facing failure. The CLI prints ``error: <message>`` and ``hint: <hint>`` and exits."""
+
+    exit_code = 2
+
+    def __init__(self, message: str, *, hint: str | None = None, exit_code: int | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.hint = hint
+        if exit_code is not None:
+            self.exit_code = exit_code
+
+
+class StepFailed(PiccoloError):
+    """An external build step failed; carries the step's own exit code."""
+
+    exit_code = 1

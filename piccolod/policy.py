@@ -1,0 +1,296 @@
+"""The health policy: what piccolod checks, how strictly, and what it does when checks fail.
+
+The file format extends the seed's ``health_policy`` block (see ``AGENT.md``, whose key names are the
+contract). Vendor default ``/usr/lib/piccolod/health-policy.yaml``; the administrator's
+``/etc/piccolod/health-policy.yaml`` overrides it key by key; ``--config FILE`` uses exactly one file.
+The builder imports this module to validate the policy it bakes into the image.
+"""
+
+from __future__ import annotations
+
+import enum
+import ipaddress
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from piccolod.model import FieldError, ModelError, Source, build, load_file, merge, meta
+
+VENDOR_POLICY = Path("/usr/lib/piccolod/health-policy.yaml")
+ADMIN_POLICY = Path("/etc/piccolod/health-policy.yaml")
+
+
+class Component(enum.StrEnum):
+    DOCKER = "docker"
+    CONTAINERS = "containers"
+    TPM = "tpm"
+    STORAGE = "storage"
+    NETWORK = "network"
+    API = "api"
+
+
+class FailureCondition(enum.StrEnum):
+    CRITICAL_COMPONENT_FAILURE = "critical_component_failure"
+    STARTUP_TIMEOUT = "startup_timeout"
+    API_UNRESPONSIVE_300S = "api_unresponsive_300s"
+
+
+# --- value checks (shared with the builder, which renders these values into units and YAML) -----
+
+
+def positive(value: float) -> float:
+    if value <= 0:
+        raise ValueError(f"must be greater than 0, got {value:g}")
+    return value
+
+
+def non_negative(value: float) -> float:
+    if value < 0:
+        raise ValueError(f"must not be negative, got {value:g}")
+    return value
+
+
+def percent(value: float) -> float:
+    if not 0 <= value <= 100:
+        raise ValueError(f"must be between 0 and 100, got {value:g}")
+    return value
+
+
+def safe_text(value: str) -> str:
+    """Reject text that cannot travel safely through a unit file, a shell or a log line."""
+    if any(ord(c) < 0x20 or ord(c) == 0x7F for c in value):
+        raise ValueError("must not contain control characters (newline, tab, ...)")
+    return value
+
+
+def absolute_path(value: str) -> str:
+    safe_text(value)
+    if not value.startswith("/"):
+        raise ValueError(f"must be an absolute path, got {value!r}")
+    if ".." in value.split("/"):
+        raise ValueError(f"must not contain '..', got {value!r}")
+    return value
+
+
+def host_port(value: str) -> str:
+    """``host:port`` or ``[v6]:port``; returns it unchanged. Used for targets and the listen address."""
+    split_host_port(value)
+    return value
+
+
+def split_host_port(value: str) -> tuple[str, int]:
+    safe_text(value)
+    if value.startswith("["):
+        host, sep, port = value[1:].partition("]:")
+        if not sep:
+            raise ValueError(f"expected [address]:port, got {value!r}")
+        ipaddress.IPv6Address(host)
+    else:
+        host, sep, port = value.rpartition(":")
+        if not sep or not host or ":" in host:
+            raise ValueError(f"expected host:port, got {value!r}")
+    if not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(f"port must be 1-65535, got {port!r} in {value!r}")
+    if any(c.isspace() for c in host) or host.startswith("-"):
+        raise ValueError(f"bad host name {host!r}")
+    return host, int(port)
+
+
+def hostname(value: str) -> str:
+    safe_text(value)
+    if not value or len(value) > 253 or not all(part and len(part) <= 63 for part in value.rstrip(".").split(".")):
+        raise ValueError(f"not a valid DNS name: {value!r}")
+    if not all(c.isalnum() or c in "-._" for c in value):
+        raise ValueError(f"not a valid DNS name: {value!r}")
+    return value
+
+
+def _each(check: Any) -> Any:
+    def run(values: tuple[Any, ...]) -> tuple[Any, ...]:
+        return tuple(check(v) for v in values)
+
+    return run
+
+
+def _argv(values: tuple[str, ...]) -> tuple[str, ...]:
+    if not values:
+        raise ValueError("must name a command")
+    return tuple(safe_text(v) for v in values)
+
+
+# --- the model -----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Startup:
+    """The gate on the first boot of a freshly updated /usr slot."""
+
+    timeout_seconds: float = field(default=120.0, metadata=meta("startup deadline", check=positive))
+    required_components: tuple[Component, ...] = field(
+        default=(Component.TPM, Component.STORAGE, Component.API),
+        metadata=meta("components that must pass for the slot to be marked good"),
+    )
+    optional_components: tuple[Component, ...] = field(
+        default=(Component.DOCKER, Component.NETWORK),
+        metadata=meta("components that are checked and reported but only degrade the status"),
+    )
+
+    def validate(self) -> None:
+        for name in ("required_components", "optional_components"):
+            items: tuple[Component, ...] = getattr(self, name)
+            for i, comp in enumerate(items):
+                if comp in items[:i]:
+                    raise FieldError((name, i), f"'{comp}' is listed twice")
+        for i, comp in enumerate(self.optional_components):
+            if comp in self.required_components:
+                raise FieldError(("optional_components", i), f"'{comp}' is both required and optional")
+
+
+@dataclass(frozen=True)
+class Runtime:
+    check_interval_seconds: float = field(default=60.0, metadata=meta("seconds between assessments", check=positive))
+    failure_threshold: int = field(
+        default=3, metadata=meta("consecutive failures before a component counts as failed", check=positive)
+    )
+
+
+@dataclass(frozen=True)
+class Rollback:
+    enable_automatic: bool = field(default=True, metadata=meta("reboot into the previous slot when the gate fails"))
+    failure_conditions: tuple[FailureCondition, ...] = field(
+        default=tuple(FailureCondition), metadata=meta("conditions that fail the gate")
+    )
+    reboot_grace_seconds: float = field(
+        default=30.0, metadata=meta("pause between the failed verdict and the reboot", check=non_negative)
+    )
+    reboot_command: tuple[str, ...] = field(
+        default=("systemctl", "reboot"), metadata=meta("argv run once to reboot", check=_argv)
+    )
+
+
+@dataclass(frozen=True)
+class Thresholds:
+    min_disk_space_percent: float = field(default=10.0, metadata=meta("minimum free space per mount", check=percent))
+    max_io_errors: int = field(default=0, metadata=meta("I/O errors tolerated per mount", check=non_negative))
+    network_timeout_seconds: float = field(default=5.0, metadata=meta("TCP/DNS deadline", check=positive))
+    tpm_operation_timeout_seconds: float = field(default=10.0, metadata=meta("TPM deadline", check=positive))
+    container_startup_seconds: float = field(
+        default=30.0, metadata=meta("how long a container may stay 'starting'", check=non_negative)
+    )
+
+
+@dataclass(frozen=True)
+class DockerCheck:
+    host: str | None = field(
+        default="unix:///var/run/docker.sock",
+        metadata=meta("Docker endpoint; null uses DOCKER_HOST", check=lambda v: v if v is None else safe_text(v)),
+    )
+
+
+@dataclass(frozen=True)
+class TpmCheck:
+    tcti: str = field(default="device:/dev/tpmrm0", metadata=meta("TCTI name:config", check=safe_text))
+
+
+@dataclass(frozen=True)
+class StorageCheck:
+    mounts: tuple[str, ...] = field(default=("/", "/var"), metadata=meta("mount points", check=_each(absolute_path)))
+
+
+@dataclass(frozen=True)
+class NetworkCheck:
+    targets: tuple[str, ...] = field(
+        default=("8.8.8.8:53", "piccolo.space:443"), metadata=meta("host:port TCP targets", check=_each(host_port))
+    )
+    dns_names: tuple[str, ...] = field(
+        default=("piccolo.space",), metadata=meta("names that must resolve", check=_each(hostname))
+    )
+
+
+@dataclass(frozen=True)
+class Checks:
+    docker: DockerCheck = field(default_factory=DockerCheck)
+    tpm: TpmCheck = field(default_factory=TpmCheck)
+    storage: StorageCheck = field(default_factory=StorageCheck)
+    network: NetworkCheck = field(default_factory=NetworkCheck)
+
+
+@dataclass(frozen=True)
+class HealthPolicy:
+    startup: Startup = field(default_factory=Startup)
+    runtime: Runtime = field(default_factory=Runtime)
+    rollback: Rollback = field(default_factory=Rollback)
+    thresholds: Thresholds = field(default_factory=Thresholds)
+    checks: Checks = field(default_factory=Checks)
+
+    def checked(self) -> tuple[Component, ...]:
+        """Components checked, in a stable order: listed ones, plus containers whenever docker is."""
+        listed = set(self.startup.required_components) | set(self.startup.optional_components)
+        if Component.DOCKER in listed:
+            listed.add(Component.CONTAINERS)
+        return tuple(c for c in Component if c in listed)
+
+    def required(self, comp: Component) -> bool:
+        """Whether a failure of ``comp`` makes the machine unhealthy (containers follow docker)."""
+        req = self.startup.required_components
+        if comp is Component.CONTAINERS and comp not in self.startup.optional_components:
+            return comp in req or Component.DOCKER in req
+        return comp in req
+
+
+@dataclass(frozen=True)
+class Boot:
+    cmdline: str = field(default="/proc/cmdline", metadata=meta("kernel command line file", check=absolute_path))
+    disk: str = field(default="auto", metadata=meta("disk holding the USR slots, or 'auto'", check=lambda v: v if v == "auto" else absolute_path(v)))
+
+
+@dataclass(frozen=True)
+class Agent:
+    listen: str = field(default="127.0.0.1:8080", metadata=meta("HTTP API address", check=host_port))
+    state_dir: str = field(default="/var/lib/piccolod", metadata=meta("state directory", check=absolute_path))
+    boot: Boot = field(default_factory=Boot)
+
+
+@dataclass(frozen=True)
+class PolicyFile:
+    """A piccolod policy file: the ``health_policy`` and ``agent`` blocks."""
+
+    health_policy: HealthPolicy = field(default_factory=HealthPolicy)
+    agent: Agent = field(default_factory=Agent)
+
+
+def load_policy(config: Path | None = None, *, vendor: Path = VENDOR_POLICY, admin: Path = ADMIN_POLICY) -> PolicyFile:
+    """Load ``config`` alone, or the vendor file overlaid key by key with the admin file if present.
+
+    Missing vendor and admin files give the built-in defaults. Raises :class:`ModelError`.
+    """
+    if config is not None:
+        data, src = load_file(config)
+        return build(PolicyFile, data, src)
+    data: Any = {}
+    src = Source(str(vendor))
+    for path in (vendor, admin):
+        if path.exists():
+            more, more_src = load_file(path)
+            data = merge(data, more, src, more_src)
+    return build(PolicyFile, data, src)
+
+
+__all__ = [
+    "ADMIN_POLICY",
+    "VENDOR_POLICY",
+    "Agent",
+    "Boot",
+    "Checks",
+    "Component",
+    "FailureCondition",
+    "HealthPolicy",
+    "ModelError",
+    "PolicyFile",
+    "Rollback",
+    "Runtime",
+    "Startup",
+    "Thresholds",
+    "load_policy",
+    "split_host_port",
+]
