@@ -59,10 +59,14 @@ def apt_install() -> None:
     if not missing:
         return
     if os.geteuid() != 0 or shutil.which("apt-get") is None:
-        sys.exit(f"build.py: the tests need these Debian packages: {' '.join(missing)} (run as root to install)")
+        sys.exit(
+            f"build.py: the tests need these Debian packages: {' '.join(missing)} (run as root to install)"
+        )
     env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
     subprocess.run(["apt-get", "update", "-q"], check=True, env=env)
-    subprocess.run(["apt-get", "install", "-y", "-q", "--no-install-recommends", *missing], check=True, env=env)
+    subprocess.run(
+        ["apt-get", "install", "-y", "-q", "--no-install-recommends", *missing], check=True, env=env
+    )
 
 
 def ensure_venv(extras: str) -> Path:

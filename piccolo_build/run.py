@@ -16,7 +16,18 @@ from pathlib import Path
 from piccolo_build.errors import PiccoloError, StepFailed
 
 # Variables passed through to children; anything else must be given explicitly.
-PASSTHROUGH = ("PATH", "HOME", "LANG", "LC_ALL", "TERM", "TMPDIR", "USER", "GNUPGHOME", "DOCKER_HOST", "SSH_AUTH_SOCK")
+PASSTHROUGH = (
+    "PATH",
+    "HOME",
+    "LANG",
+    "LC_ALL",
+    "TERM",
+    "TMPDIR",
+    "USER",
+    "GNUPGHOME",
+    "DOCKER_HOST",
+    "SSH_AUTH_SOCK",
+)
 
 
 @dataclass(frozen=True)
@@ -46,7 +57,7 @@ def run(
     cwd: Path | None = None,
     env: Mapping[str, str] | None = None,
     check: bool = True,
-    input: str | None = None,  # noqa: A002 - mirrors subprocess
+    input: str | None = None,
     timeout: float | None = None,
 ) -> Completed:
     """Run ``argv`` to completion and capture its output.
@@ -74,11 +85,14 @@ def run(
         )
     except sh.TimeoutException:
         raise StepFailed(f"{args[0]} timed out after {timeout:g}s", exit_code=124) from None
-    result = Completed(args, proc.exit_code, proc.stdout.decode("utf-8", "replace"), proc.stderr.decode("utf-8", "replace"))
+    result = Completed(
+        args, proc.exit_code, proc.stdout.decode("utf-8", "replace"), proc.stderr.decode("utf-8", "replace")
+    )
     if check and result.returncode != 0:
         tail = (result.stderr or result.stdout).strip().splitlines()[-5:]
         raise StepFailed(
-            f"{' '.join(args)} failed with exit code {result.returncode}" + (f": {' / '.join(tail)}" if tail else ""),
+            f"{' '.join(args)} failed with exit code {result.returncode}"
+            + (f": {' / '.join(tail)}" if tail else ""),
             exit_code=result.returncode,
         )
     return result

@@ -55,7 +55,7 @@ class FieldError(ValueError):
         super().__init__(message)
 
 
-def meta(help: str, *, check: Callable[[Any], Any] | None = None) -> dict[str, Any]:  # noqa: A002
+def meta(help: str, *, check: Callable[[Any], Any] | None = None) -> dict[str, Any]:
     """Field metadata: a help text for the schema and ``--help``, and an optional value check."""
     return {"help": help, "check": check}
 
@@ -208,7 +208,8 @@ def _convert(tp: Any, value: Any, src: Source, path: KeyPath) -> Any:  # noqa: P
         if not isinstance(value, dict):
             raise src.error(path, f"expected a mapping, got {_kind(value)}")
         return {
-            _convert(key_tp, k, src, (*path, k)): _convert(val_tp, v, src, (*path, k)) for k, v in value.items()
+            _convert(key_tp, k, src, (*path, k)): _convert(val_tp, v, src, (*path, k))
+            for k, v in value.items()
         }
     if isinstance(tp, type) and issubclass(tp, enum.Enum):
         allowed = [m.value for m in tp]

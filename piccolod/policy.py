@@ -98,7 +98,11 @@ def split_host_port(value: str) -> tuple[str, int]:
 
 def hostname(value: str) -> str:
     safe_text(value)
-    if not value or len(value) > 253 or not all(part and len(part) <= 63 for part in value.rstrip(".").split(".")):
+    if (
+        not value
+        or len(value) > 253
+        or not all(part and len(part) <= 63 for part in value.rstrip(".").split("."))
+    ):
         raise ValueError(f"not a valid DNS name: {value!r}")
     if not all(c.isalnum() or c in "-._" for c in value):
         raise ValueError(f"not a valid DNS name: {value!r}")
@@ -148,7 +152,9 @@ class Startup:
 
 @dataclass(frozen=True)
 class Runtime:
-    check_interval_seconds: float = field(default=60.0, metadata=meta("seconds between assessments", check=positive))
+    check_interval_seconds: float = field(
+        default=60.0, metadata=meta("seconds between assessments", check=positive)
+    )
     failure_threshold: int = field(
         default=3, metadata=meta("consecutive failures before a component counts as failed", check=positive)
     )
@@ -156,7 +162,9 @@ class Runtime:
 
 @dataclass(frozen=True)
 class Rollback:
-    enable_automatic: bool = field(default=True, metadata=meta("reboot into the previous slot when the gate fails"))
+    enable_automatic: bool = field(
+        default=True, metadata=meta("reboot into the previous slot when the gate fails")
+    )
     failure_conditions: tuple[FailureCondition, ...] = field(
         default=tuple(FailureCondition), metadata=meta("conditions that fail the gate")
     )
@@ -170,7 +178,9 @@ class Rollback:
 
 @dataclass(frozen=True)
 class Thresholds:
-    min_disk_space_percent: float = field(default=10.0, metadata=meta("minimum free space per mount", check=percent))
+    min_disk_space_percent: float = field(
+        default=10.0, metadata=meta("minimum free space per mount", check=percent)
+    )
     max_io_errors: int = field(default=0, metadata=meta("I/O errors tolerated per mount", check=non_negative))
     network_timeout_seconds: float = field(default=5.0, metadata=meta("TCP/DNS deadline", check=positive))
     tpm_operation_timeout_seconds: float = field(default=10.0, metadata=meta("TPM deadline", check=positive))
@@ -183,7 +193,9 @@ class Thresholds:
 class DockerCheck:
     host: str | None = field(
         default="unix:///var/run/docker.sock",
-        metadata=meta("Docker endpoint; null uses DOCKER_HOST", check=lambda v: v if v is None else safe_text(v)),
+        metadata=meta(
+            "Docker endpoint; null uses DOCKER_HOST", check=lambda v: v if v is None else safe_text(v)
+        ),
     )
 
 
@@ -194,13 +206,16 @@ class TpmCheck:
 
 @dataclass(frozen=True)
 class StorageCheck:
-    mounts: tuple[str, ...] = field(default=("/", "/var"), metadata=meta("mount points", check=_each(absolute_path)))
+    mounts: tuple[str, ...] = field(
+        default=("/", "/var"), metadata=meta("mount points", check=_each(absolute_path))
+    )
 
 
 @dataclass(frozen=True)
 class NetworkCheck:
     targets: tuple[str, ...] = field(
-        default=("8.8.8.8:53", "piccolo.space:443"), metadata=meta("host:port TCP targets", check=_each(host_port))
+        default=("8.8.8.8:53", "piccolo.space:443"),
+        metadata=meta("host:port TCP targets", check=_each(host_port)),
     )
     dns_names: tuple[str, ...] = field(
         default=("piccolo.space",), metadata=meta("names that must resolve", check=_each(hostname))
@@ -240,8 +255,15 @@ class HealthPolicy:
 
 @dataclass(frozen=True)
 class Boot:
-    cmdline: str = field(default="/proc/cmdline", metadata=meta("kernel command line file", check=absolute_path))
-    disk: str = field(default="auto", metadata=meta("disk holding the USR slots, or 'auto'", check=lambda v: v if v == "auto" else absolute_path(v)))
+    cmdline: str = field(
+        default="/proc/cmdline", metadata=meta("kernel command line file", check=absolute_path)
+    )
+    disk: str = field(
+        default="auto",
+        metadata=meta(
+            "disk holding the USR slots, or 'auto'", check=lambda v: v if v == "auto" else absolute_path(v)
+        ),
+    )
 
 
 @dataclass(frozen=True)
@@ -259,14 +281,16 @@ class PolicyFile:
     agent: Agent = field(default_factory=Agent)
 
 
-def load_policy(config: Path | None = None, *, vendor: Path = VENDOR_POLICY, admin: Path = ADMIN_POLICY) -> PolicyFile:
+def load_policy(
+    config: Path | None = None, *, vendor: Path = VENDOR_POLICY, admin: Path = ADMIN_POLICY
+) -> PolicyFile:
     """Load ``config`` alone, or the vendor file overlaid key by key with the admin file if present.
 
     Missing vendor and admin files give the built-in defaults. Raises :class:`ModelError`.
     """
     if config is not None:
-        data, src = load_file(config)
-        return build(PolicyFile, data, src)
+        one, one_src = load_file(config)
+        return build(PolicyFile, one, one_src)
     data: Any = {}
     src = Source(str(vendor))
     for path in (vendor, admin):
