@@ -1,0 +1,83 @@
+"""``piccolo-build render`` (write the overlay tree) and ``piccolo-build check`` (verify it)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated
+
+import typer
+
+from piccolo_build.commands.config_cmd import ConfigOption, JsonOption, SetOption, load_for_cli
+from piccolo_build.errors import PiccoloError
+
+if TYPE_CHECKING:
+    from piccolo_build.config import BuildConfig
+    from piccolo_build.overlay import OverlayFile
+
+DEFAULT_OUTPUT = Path("overlays")
+
+
+def plan(cfg: BuildConfig) -> list[OverlayFile]:
+    """The overlay files for ``cfg``; a value that cannot be rendered is a user error."""
+    from piccolo_build.overlay import overlay_files
+    from piccolo_build.quoting import UnsafeValue
+
+    try:
+        return overlay_files(cfg)
+    except (UnsafeValue, ValueError) as exc:
+        raise PiccoloError(f"cannot render: {exc}", hint="fix the value in the configuration") from None
+
+
+def register(app: typer.Typer) -> None:
+    @app.command("render")
+    def render(
+        config_file: ConfigOption = None,
+        sets: SetOption = None,
+        output: Annotated[
+            Path, typer.Option("--output", "-o", help="Overlay directory to write.")
+        ] = DEFAULT_OUTPUT,
+        as_json: JsonOption = False,
+    ) -> None:
+        """Render the Flatcar overlay (ebuilds, units, policy) into DIR atomically."""
+        from piccolo_build.render import write_tree
+
+        files = plan(load_for_cli(config_file, sets))
+        try:
+            changed = write_tree(files, output)
+        except OSError as exc:
+            raise PiccoloError(f"cannot write {output}: {exc.strerror or exc}") from None
+        if as_json:
+            typer.echo(json.dumps({"output": str(output), "files": len(files), "changed": changed}))
+        else:
+            typer.echo(f"{output}: {len(files)} files, {'updated' if changed else 'unchanged'}")
+
+    @app.command("check")
+    def check(
+        config_file: ConfigOption = None,
+        sets: SetOption = None,
+        overlay: Annotated[
+            Path, typer.Option("--overlay", help="Committed overlay to compare against.")
+        ] = DEFAULT_OUTPUT,
+        as_json: JsonOption = False,
+    ) -> None:
+        """Fail if OVERLAY differs from a fresh render; verify units and lint ebuilds."""
+        from piccolo_build.check import check_overlay
+
+        cfg = load_for_cli(config_file, sets)
+        report = check_overlay(cfg, plan(cfg), overlay)
+        if as_json:
+            typer.echo(json.dumps(report.to_json(), indent=2))
+        else:
+            for step in report.steps:
+                typer.echo(
+                    f"{'ok  ' if step.ok else 'FAIL'} {step.name}"
+                    + (f"\n{step.output}" if step.output else "")
+                )
+        if not report.ok:
+            failed = ", ".join(s.name for s in report.steps if not s.ok)
+            raise PiccoloError(
+                f"check failed: {failed}",
+                hint="run `piccolo-build render` if the diff is intended",
+                exit_code=1,
+            )

@@ -1,0 +1,354 @@
+"""The builder's configuration: ``piccolo.yaml`` as a frozen, typed model.
+
+Key names (the contract other tools and the docs rely on): ``version``, ``boards``,
+``flatcar: {release, sdk_version}``, ``update: {group, server}``, ``package: {category, name, license}``,
+``release: {signing_key, output_dir}``, plus the ``health_policy`` and ``agent`` blocks of ``AGENT.md``,
+validated by piccolod's own policy model.
+
+Precedence: CLI flags (``overrides``: dotted key -> string) > ``PICCOLO_*`` environment (the dotted key
+upper-cased with ``.`` as ``_``: ``PICCOLO_FLATCAR_RELEASE``, ``PICCOLO_BOARDS``) > file > built-in
+defaults. Every error is a :class:`~piccolod.model.ModelError` ("file:line: key: message").
+
+Values that end up in bash (ebuilds) or unit files are checked here, before anything is rendered:
+Gentoo version and name syntax (PMS 3.1-3.2), licence tokens, URL and token character sets, and no
+control characters, ``$(`` or backticks in any string of the whole file.
+"""
+
+from __future__ import annotations
+
+import enum
+import re
+import typing
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field, fields, is_dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import yaml
+
+from piccolod.model import (
+    FieldError,
+    KeyPath,
+    ModelError,
+    Source,
+    build,
+    dotted,
+    leaves,
+    load_file,
+    merge,
+    meta,
+    set_path,
+)
+from piccolod.policy import Agent, HealthPolicy, PolicyFile, safe_text
+
+DEFAULT_CONFIG_FILE = "piccolo.yaml"
+ENV_PREFIX = "PICCOLO_"
+
+# Licences the Flatcar profile accepts (``ACCEPT_LICENSE="-* @FREE"``); anything else is shipped as
+# ``licenses/<NAME>`` in the overlay and needs a ``package.license`` entry (FLATCAR.md section 2).
+FREE_LICENSES = frozenset(
+    {
+        "Apache-2.0",
+        "MIT",
+        "BSD",
+        "BSD-2",
+        "ISC",
+        "MPL-2.0",
+        "GPL-2",
+        "GPL-2+",
+        "GPL-3",
+        "GPL-3+",
+        "LGPL-2.1",
+        "LGPL-2.1+",
+        "LGPL-3",
+        "LGPL-3+",
+        "Unlicense",
+        "ZLIB",
+        "PSF-2",
+    }
+)
+
+
+class Board(enum.StrEnum):
+    AMD64 = "amd64-usr"
+    ARM64 = "arm64-usr"
+
+    @property
+    def arch(self) -> str:
+        """The Gentoo keyword / SDK ``-a`` architecture of this board."""
+        return self.value.removesuffix("-usr")
+
+
+# --- value checks (PMS = Gentoo Package Manager Specification) -----------------------------------
+
+_VERSION = re.compile(r"\d+(\.\d+)*[a-z]?((_alpha|_beta|_pre|_rc|_p)\d*)*(-r\d+)?")  # PMS 3.2
+_CATEGORY = re.compile(r"[A-Za-z0-9_][A-Za-z0-9+_.-]*")  # PMS 3.1.1
+_PACKAGE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9+_-]*")  # PMS 3.1.2
+_LICENSE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9+_.-]*")  # PMS 3.1.6
+_TOKEN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+_RELEASE = re.compile(r"stable(-\d+\.\d+\.\d+)?")
+_SDK = re.compile(r"\d+\.\d+\.\d+([.+_-][A-Za-z0-9._+-]+)?")
+# A subset of RFC 3986 that is inert when unquoted in a shell assignment: Flatcar's update.conf is both
+# parsed by update_engine (no quoting) and sourced by shell scripts (motd), so no ; & ( ) ~ ? # ' " $ `.
+_URL_CHARS = re.compile(r"[A-Za-z0-9._:/%@+,=-]+")
+_KEY_ID = re.compile(r"[A-Za-z0-9@._+-]{1,128}")
+_REL_PATH = re.compile(r"[A-Za-z0-9._/+-]+")
+
+
+def _full(pattern: re.Pattern[str], value: str, what: str) -> str:
+    safe_text(value)
+    if not pattern.fullmatch(value):
+        raise ValueError(f"not a valid {what}: {value!r}")
+    return value
+
+
+def gentoo_version(value: str) -> str:
+    return _full(_VERSION, value, "Gentoo version (e.g. 0.1.0 or 1.2.3_rc1)")
+
+
+def gentoo_category(value: str) -> str:
+    return _full(_CATEGORY, value, "Gentoo category name")
+
+
+def gentoo_package(value: str) -> str:
+    _full(_PACKAGE, value, "Gentoo package name")
+    if re.search(r"-\d+(\.\d+)*[a-z]?((_alpha|_beta|_pre|_rc|_p)\d*)*(-r\d+)?$", value):
+        raise ValueError(f"a package name must not end in something that looks like a version: {value!r}")
+    return value
+
+
+def license_token(value: str) -> str:
+    return _full(_LICENSE, value, "licence name (one token, e.g. Apache-2.0)")
+
+
+def token(value: str) -> str:
+    return _full(_TOKEN, value, "name (letters, digits, '.', '_', '-')")
+
+
+def flatcar_release(value: str) -> str:
+    return _full(_RELEASE, value, "Flatcar release ('stable' or 'stable-NNNN.N.N')")
+
+
+def sdk_version(value: str | None) -> str | None:
+    return value if value is None else _full(_SDK, value, "SDK version (e.g. 4230.2.3)")
+
+
+def update_url(value: str) -> str:
+    _full(_URL_CHARS, value, "URL (letters, digits and . _ : / % @ + , = - only; no query or fragment)")
+    parts = urlsplit(value)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError(f"must be an http:// or https:// URL with a host, got {value!r}")
+    return value
+
+
+def signing_key(value: str | None) -> str | None:
+    if value is None:
+        return None
+    _full(_KEY_ID, value, "GnuPG key (fingerprint, key id or e-mail)")
+    if value.startswith("-"):
+        raise ValueError(f"must not start with '-': {value!r}")
+    return value
+
+
+def output_dir(value: str) -> str:
+    _full(_REL_PATH, value, "directory (letters, digits, '.', '_', '+', '-', '/')")
+    if ".." in value.split("/") or value.startswith("-"):
+        raise ValueError(f"must not contain '..' or start with '-': {value!r}")
+    return value
+
+
+def _boards(values: tuple[Board, ...]) -> tuple[Board, ...]:
+    if not values:
+        raise ValueError("must name at least one board")
+    for i, board in enumerate(values):
+        if board in values[:i]:
+            raise ValueError(f"'{board}' is listed twice")
+    return values
+
+
+# --- the model -----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Flatcar:
+    """Which Flatcar release the image is built on."""
+
+    release: str = field(
+        default="stable",
+        metadata=meta("'stable' (newest stable-* tag) or a pinned stable-NNNN.N.N", check=flatcar_release),
+    )
+    sdk_version: str | None = field(
+        default=None, metadata=meta("SDK container version; null uses the release's own", check=sdk_version)
+    )
+
+
+@dataclass(frozen=True)
+class Update:
+    """Where devices look for updates (update_engine's GROUP= and SERVER=)."""
+
+    group: str = field(default="stable", metadata=meta("update group", check=token))
+    server: str = field(
+        default="https://updates.piccolo.space/v1/update/",
+        metadata=meta("update server URL", check=update_url),
+    )
+
+
+@dataclass(frozen=True)
+class Package:
+    """The agent's package in the Flatcar overlay."""
+
+    category: str = field(default="app-admin", metadata=meta("ebuild category", check=gentoo_category))
+    name: str = field(default="piccolod", metadata=meta("ebuild package name", check=gentoo_package))
+    license: str = field(default="Apache-2.0", metadata=meta("Gentoo licence name", check=license_token))
+
+    @property
+    def license_is_free(self) -> bool:
+        return self.license in FREE_LICENSES
+
+
+@dataclass(frozen=True)
+class Release:
+    """Signing and collecting the build's artefacts."""
+
+    signing_key: str | None = field(
+        default=None,
+        metadata=meta("GnuPG key that signs artefacts; null leaves them unsigned", check=signing_key),
+    )
+    output_dir: str = field(
+        default="release", metadata=meta("where artefacts are collected", check=output_dir)
+    )
+
+
+@dataclass(frozen=True)
+class BuildConfig:
+    """A Piccolo OS build: piccolo.yaml."""
+
+    version: str = field(default="0.1.0", metadata=meta("Piccolo OS / agent version", check=gentoo_version))
+    boards: tuple[Board, ...] = field(default=(Board.AMD64,), metadata=meta("boards to build", check=_boards))
+    flatcar: Flatcar = field(default_factory=Flatcar)
+    update: Update = field(default_factory=Update)
+    package: Package = field(default_factory=Package)
+    release: Release = field(default_factory=Release)
+    health_policy: HealthPolicy = field(default_factory=HealthPolicy)
+    agent: Agent = field(default_factory=Agent)
+
+    def policy(self) -> PolicyFile:
+        """The piccolod policy file this build bakes into the image."""
+        return PolicyFile(health_policy=self.health_policy, agent=self.agent)
+
+    def validate(self) -> None:
+        for path, value in _strings(self, ()):
+            if "$(" in value or "`" in value or "${" in value:
+                raise FieldError(path, "must not contain '$(', '${' or backticks")
+            try:
+                safe_text(value)
+            except ValueError as exc:
+                raise FieldError(path, str(exc)) from None
+
+
+def _strings(obj: Any, path: KeyPath) -> Iterator[tuple[KeyPath, str]]:
+    if isinstance(obj, str):
+        yield path, str(obj)
+    elif is_dataclass(obj) and not isinstance(obj, type):
+        for f in fields(obj):
+            yield from _strings(getattr(obj, f.name), (*path, f.name))
+    elif isinstance(obj, tuple):
+        for i, item in enumerate(obj):
+            yield from _strings(item, (*path, i))
+
+
+# --- loading with precedence ---------------------------------------------------------------------
+
+
+def env_name(path: KeyPath) -> str:
+    """``flatcar.release`` -> ``PICCOLO_FLATCAR_RELEASE``."""
+    return ENV_PREFIX + "_".join(str(p) for p in path).upper()
+
+
+def _leaf_types() -> dict[str, tuple[KeyPath, Any]]:
+    return {dotted(path): (path, tp) for path, tp, _ in leaves(BuildConfig)}
+
+
+def _from_string(tp: Any, text: str, src: Source, path: KeyPath) -> Any:
+    """A flag or environment string as the plain value the model expects for type ``tp``."""
+    args = typing.get_args(tp)
+    if type(None) in args and text in ("", "null", "none"):
+        return None
+    if typing.get_origin(tp) is tuple:
+        if text.lstrip().startswith("["):
+            return _yaml_scalar(text, src, path)
+        return [_from_string(args[0], part.strip(), src, path) for part in text.split(",") if part.strip()]
+    inner = [a for a in args if a is not type(None)] if args else [tp]
+    if str in inner or any(isinstance(a, type) and issubclass(a, enum.Enum) for a in inner):
+        return text
+    return _yaml_scalar(text, src, path)
+
+
+def _yaml_scalar(text: str, src: Source, path: KeyPath) -> Any:
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError:
+        raise src.error(path, f"cannot parse {text!r}") from None
+
+
+def _layer(values: Mapping[str, str], origin: str, names: Mapping[str, str]) -> tuple[dict[str, Any], Source]:
+    """Turn {dotted key: string} into nested plain data with a Source blaming ``origin``."""
+    types = _leaf_types()
+    data: dict[str, Any] = {}
+    src = Source(origin)
+    for key in sorted(values):
+        where = f"{origin} {names[key]}" if key in names else origin
+        if key not in types:
+            raise ModelError(where, None, key, "unknown key (see: piccolo-build config show)")
+        path, tp = types[key]
+        value = _from_string(tp, values[key], Source(where), path)
+        src.lines[path] = (where, 0)
+        if isinstance(value, list):
+            src.lines.update({(*path, i): (where, 0) for i in range(len(value))})
+        set_path(data, path, value)
+    return data, src
+
+
+def load_config(
+    path: Path | None = None,
+    *,
+    env: Mapping[str, str] | None = None,
+    overrides: Mapping[str, str] | None = None,
+) -> BuildConfig:
+    """Load ``path`` (or only defaults when None), then ``PICCOLO_*`` from ``env``, then ``overrides``.
+
+    ``env`` defaults to nothing (pass ``os.environ`` explicitly); ``PICCOLO_*`` names that are not keys
+    are ignored. An unknown key in ``overrides`` is an error. Raises :class:`ModelError`.
+    """
+    data: Any = {}
+    src = Source(str(path) if path else "<defaults>")
+    if path is not None:
+        data, src = load_file(path)
+        if not isinstance(data, dict):
+            raise ModelError(str(path), 1, "", "expected a mapping of keys at the top level")
+    by_env = {env_name(p): key for key, (p, _) in _leaf_types().items()}
+    env_values = {by_env[k]: v for k, v in (env or {}).items() if k in by_env}
+    for values, origin, names in (
+        (env_values, "environment", {key: "$" + name for name, key in by_env.items()}),
+        (dict(overrides or {}), "command line", {}),
+    ):
+        if values:
+            layer, layer_src = _layer(values, origin, names)
+            data = merge(data, layer, src, layer_src)
+    return build(BuildConfig, data, src)
+
+
+__all__ = [
+    "DEFAULT_CONFIG_FILE",
+    "FREE_LICENSES",
+    "Board",
+    "BuildConfig",
+    "Flatcar",
+    "ModelError",
+    "Package",
+    "Release",
+    "Update",
+    "env_name",
+    "load_config",
+]

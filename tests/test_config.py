@@ -1,0 +1,172 @@
+"""piccolo_build.config: the model of piccolo.yaml, its checks and the precedence of its sources."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from piccolo_build import config as c
+from piccolo_build.config import Board, BuildConfig, load_config
+from piccolod.model import ModelError, default, json_schema, to_plain
+from piccolod.policy import Component, HealthPolicy, PolicyFile
+from tests.builder_helpers import DEFAULT_CONFIG
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "piccolo.yaml"
+    path.write_text(text)
+    return path
+
+
+def test_committed_file_is_the_defaults() -> None:
+    assert load_config(DEFAULT_CONFIG) == default(BuildConfig)
+    assert load_config(None) == default(BuildConfig)
+
+
+def test_policy_is_piccolods_model() -> None:
+    cfg = load_config(DEFAULT_CONFIG)
+    assert isinstance(cfg.policy(), PolicyFile)
+    assert cfg.policy().health_policy == HealthPolicy()
+    assert Component.TPM in cfg.health_policy.startup.required_components
+
+
+def test_contract_key_names() -> None:
+    plain = to_plain(default(BuildConfig))
+    assert list(plain) == [
+        "version",
+        "boards",
+        "flatcar",
+        "update",
+        "package",
+        "release",
+        "health_policy",
+        "agent",
+    ]
+    assert set(plain["flatcar"]) == {"release", "sdk_version"}
+    assert set(plain["update"]) == {"group", "server"}
+    assert set(plain["package"]) == {"category", "name", "license"}
+    assert set(plain["release"]) == {"signing_key", "output_dir"}
+
+
+def test_schema_rejects_extra_keys_and_lists_boards() -> None:
+    schema = json_schema(BuildConfig, "piccolo.yaml")
+    assert schema["additionalProperties"] is False
+    assert schema["properties"]["boards"]["items"] == {"enum": ["amd64-usr", "arm64-usr"]}
+    assert schema["properties"]["flatcar"]["properties"]["release"]["default"] == "stable"
+
+
+def test_precedence_flags_over_env_over_file(tmp_path: Path) -> None:
+    path = write(tmp_path, "update:\n  group: from-file\n  server: https://file.example/\nversion: 2.0.0\n")
+    assert load_config(path).update.group == "from-file"
+    env = {"PICCOLO_UPDATE_GROUP": "from-env", "PICCOLO_VERSION": "3.0.0", "PICCOLO_UNRELATED": "ignored"}
+    cfg = load_config(path, env=env)
+    assert (cfg.update.group, cfg.version, cfg.update.server) == (
+        "from-env",
+        "3.0.0",
+        "https://file.example/",
+    )
+    cfg = load_config(path, env=env, overrides={"update.group": "from-flag"})
+    assert (cfg.update.group, cfg.version) == ("from-flag", "3.0.0")
+
+
+def test_env_lists_numbers_and_null(tmp_path: Path) -> None:
+    cfg = load_config(
+        None,
+        env={
+            "PICCOLO_BOARDS": "amd64-usr, arm64-usr",
+            "PICCOLO_HEALTH_POLICY_STARTUP_TIMEOUT_SECONDS": "45",
+            "PICCOLO_HEALTH_POLICY_ROLLBACK_ENABLE_AUTOMATIC": "false",
+            "PICCOLO_FLATCAR_SDK_VERSION": "4230.2.3",
+        },
+        overrides={"release.signing_key": "null", "version": "1.0"},
+    )
+    assert cfg.boards == (Board.AMD64, Board.ARM64)
+    assert cfg.health_policy.startup.timeout_seconds == 45.0
+    assert cfg.health_policy.rollback.enable_automatic is False
+    assert cfg.flatcar.sdk_version == "4230.2.3"
+    assert cfg.release.signing_key is None
+    assert cfg.version == "1.0"  # a string key stays a string, never the float 1.0
+
+
+def test_env_names() -> None:
+    assert c.env_name(("flatcar", "release")) == "PICCOLO_FLATCAR_RELEASE"
+    assert c.env_name(("boards",)) == "PICCOLO_BOARDS"
+
+
+def test_errors_name_their_source(tmp_path: Path) -> None:
+    with pytest.raises(ModelError) as exc:
+        load_config(None, env={"PICCOLO_BOARDS": "x86"})
+    assert (
+        str(exc.value)
+        == "environment $PICCOLO_BOARDS: boards[0]: must be one of amd64-usr, arm64-usr; got 'x86'"
+    )
+    with pytest.raises(ModelError) as exc:
+        load_config(None, overrides={"no.such": "1"})
+    assert str(exc.value).startswith("command line: no.such: unknown key")
+    path = write(tmp_path, "version: 0.1.0\nupdate:\n  group: 'a b'\n")
+    with pytest.raises(ModelError) as exc:
+        load_config(path)
+    assert str(exc.value).startswith(f"{path}:3: update.group: not a valid name")
+
+
+def test_a_list_item_from_the_environment_is_blamed_on_it(tmp_path: Path) -> None:
+    path = write(tmp_path, "boards: [amd64-usr]\n")
+    with pytest.raises(ModelError) as exc:
+        load_config(path, env={"PICCOLO_BOARDS": "amd64-usr,arm"})
+    assert str(exc.value).startswith("environment $PICCOLO_BOARDS: boards[1]:")
+
+
+@pytest.mark.parametrize("value", ["0.1.0", "1", "1.2.3_rc1", "2.0b", "1.0_p20260101", "1.2-r3"])
+def test_good_versions(value: str) -> None:
+    assert c.gentoo_version(value) == value
+
+
+@pytest.mark.parametrize("value", ["", "v1.0", "1.0-beta", "1..0", "1.0 ", "1.0$(id)", "1.0\n"])
+def test_bad_versions(value: str) -> None:
+    with pytest.raises(ValueError, match="not"):
+        c.gentoo_version(value)
+
+
+@pytest.mark.parametrize(
+    ("check", "value"),
+    [
+        (c.gentoo_package, "foo-1.0"),
+        (c.gentoo_package, "-foo"),
+        (c.gentoo_package, "a/b"),
+        (c.gentoo_category, "../etc"),
+        (c.gentoo_category, "app admin"),
+        (c.license_token, "MIT GPL-2"),
+        (c.license_token, "MIT;id"),
+        (c.token, "-stable"),
+        (c.flatcar_release, "beta"),
+        (c.flatcar_release, "stable-4230"),
+        (c.update_url, "ftp://x/"),
+        (c.update_url, "https:///path"),
+        (c.update_url, "https://x/?a=1"),
+        (c.update_url, "https://x/;reboot"),
+        (c.update_url, "https://x/~me"),
+        (c.signing_key, "--homedir"),
+        (c.output_dir, "../up"),
+    ],
+)
+def test_checks_reject(check: object, value: str) -> None:
+    assert callable(check)
+    with pytest.raises(ValueError):
+        check(value)
+
+
+def test_licence_freedom() -> None:
+    assert c.Package().license_is_free
+    assert not c.Package(license="Piccolo-EULA").license_is_free
+
+
+def test_board_arch() -> None:
+    assert [b.arch for b in Board] == ["amd64", "arm64"]
+
+
+def test_injection_anywhere_is_rejected(tmp_path: Path) -> None:
+    path = write(tmp_path, "health_policy:\n  rollback:\n    reboot_command: [systemctl, '`reboot`']\n")
+    with pytest.raises(ModelError) as exc:
+        load_config(path)
+    assert str(exc.value).startswith(f"{path}:3: health_policy.rollback.reboot_command[1]:")

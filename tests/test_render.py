@@ -1,0 +1,167 @@
+"""piccolo_build.render, overlay and quoting: atomic, deterministic output and safe quoting."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path, PurePosixPath
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from piccolo_build import quoting
+from piccolo_build.config import BuildConfig, load_config
+from piccolo_build.overlay import OverlayFile, overlay_files, service_times
+from piccolo_build.render import read_tree, write_tree
+from piccolod.model import default
+from piccolod.policy import load_policy
+from tests.builder_helpers import DEFAULT_CONFIG, snapshot
+
+
+@pytest.fixture
+def tight_umask() -> Iterator[None]:
+    old = os.umask(0o077)
+    try:
+        yield
+    finally:
+        os.umask(old)
+
+
+def plan() -> list[OverlayFile]:
+    return overlay_files(load_config(DEFAULT_CONFIG))
+
+
+def test_render_twice_is_byte_identical_with_fixed_modes(tmp_path: Path, tight_umask: None) -> None:
+    write_tree(plan(), tmp_path / "a")
+    write_tree(plan(), tmp_path / "b")
+    a, b = read_tree(tmp_path / "a"), read_tree(tmp_path / "b")
+    assert a == b
+    assert {mode for _, mode in a.values()} == {0o644}
+    dirs = [p for p in (tmp_path / "a").rglob("*") if p.is_dir()] + [tmp_path / "a"]
+    assert {p.stat().st_mode & 0o7777 for p in dirs} == {0o755}
+
+
+def test_noop_render_touches_nothing(tmp_path: Path) -> None:
+    out = tmp_path / "overlays"
+    assert write_tree(plan(), out) is True
+    before = snapshot(out)
+    assert write_tree(plan(), out) is False
+    assert snapshot(out) == before
+
+
+def test_changed_render_replaces_the_tree(tmp_path: Path) -> None:
+    out = tmp_path / "overlays"
+    write_tree(plan(), out)
+    (out / "stale").write_text("left over")
+    (out / "coreos-overlay" / "app-admin" / "piccolod" / "metadata.xml").chmod(0o600)
+    assert write_tree(plan(), out) is True
+    assert read_tree(out) == {f.path: (f.content, f.mode) for f in plan()}
+    assert [p.name for p in tmp_path.iterdir()] == ["overlays"]  # no temporary directories left
+
+
+def test_failed_write_leaves_previous_output(tmp_path: Path) -> None:
+    out = tmp_path / "overlays"
+    write_tree(plan(), out)
+    before = snapshot(out)
+    clash = [
+        *plan(),
+        OverlayFile(PurePosixPath("x"), b"file"),
+        OverlayFile(PurePosixPath("x/y"), b"under a file"),
+    ]
+    with pytest.raises(OSError):
+        write_tree(clash, out)
+    assert snapshot(out) == before
+    assert [p.name for p in tmp_path.iterdir()] == ["overlays"]
+
+
+@pytest.mark.parametrize("bad", ["../escape", "/abs", "a/../../b"])
+def test_plan_paths_stay_inside(tmp_path: Path, bad: str) -> None:
+    with pytest.raises(ValueError, match="bad or duplicate path"):
+        write_tree([OverlayFile(PurePosixPath(bad), b"")], tmp_path / "o")
+    assert not (tmp_path / "o").exists()
+
+
+def test_vendor_policy_loads_back_in_piccolod(tmp_path: Path) -> None:
+    cfg = load_config(DEFAULT_CONFIG)
+    (policy,) = [f for f in overlay_files(cfg) if f.path.name == "health-policy.yaml"]
+    path = tmp_path / "health-policy.yaml"
+    path.write_bytes(policy.content)
+    assert load_policy(path) == cfg.policy()
+
+
+def test_unit_timeouts_follow_the_policy() -> None:
+    cfg = default(BuildConfig)
+    times = service_times(cfg)
+    assert times.start_timeout == 120 + 30 + 60
+    assert times.start_timeout > cfg.health_policy.startup.timeout_seconds
+    assert times.start_limit_interval > 3 * times.start_timeout
+    unit = next(f for f in overlay_files(cfg) if f.path.name == "piccolod.service").content.decode()
+    assert "\nTimeoutStartSec=210\n" in unit
+    assert "\nType=notify\n" in unit
+    assert "\nRestartPreventExitStatus=3\n" in unit
+
+
+def test_ebuilds_use_tabs_stable_keywords_and_no_systemctl() -> None:
+    cfg = load_config(DEFAULT_CONFIG, overrides={"boards": "amd64-usr,arm64-usr"})
+    for f in overlay_files(cfg):
+        if f.path.suffix != ".ebuild":
+            continue
+        text = f.content.decode()
+        assert "EAPI=8\n" in text
+        assert "KEYWORDS='amd64 arm64'" in text
+        assert "systemctl" not in text
+        body = [line for line in text.splitlines() if line.startswith(" ")]
+        assert body == [], f"{f.path} indents with spaces"
+
+
+def test_licence_file_only_when_not_free() -> None:
+    assert not [f for f in plan() if f.path.parts[0] == "licenses"]
+    cfg = load_config(DEFAULT_CONFIG, overrides={"package.license": "Piccolo-EULA"})
+    assert [str(f.path) for f in overlay_files(cfg) if f.path.parts[0] == "licenses"] == [
+        "licenses/Piccolo-EULA"
+    ]
+
+
+# --- quoting -------------------------------------------------------------------------------------
+
+TEXT = st.text(st.characters(blacklist_categories=("Cc", "Cs")), max_size=30)
+
+
+@settings(max_examples=40, deadline=None)
+@given(TEXT)
+def test_bash_word_round_trips_through_real_bash(value: str) -> None:
+    out = subprocess.run(
+        ["bash", "-c", f"printf %s {quoting.bash_word(value)}"], capture_output=True, check=True
+    ).stdout
+    assert out.decode() == value
+
+
+@pytest.mark.parametrize("value", ["a\nb", "tab\there", "nul\x00"])
+def test_control_characters_are_rejected_everywhere(value: str) -> None:
+    for name, fn in quoting.FILTERS.items():
+        with pytest.raises(quoting.UnsafeValue, match="control characters"):
+            fn(value)
+        assert name
+
+
+@pytest.mark.parametrize("value", ["$(id)", "`id`", 'a"b', "a\\b", "${X}"])
+def test_bash_dq_refuses_expansions(value: str) -> None:
+    with pytest.raises(quoting.UnsafeValue):
+        quoting.bash_dq(value)
+
+
+def test_unit_quoting() -> None:
+    assert quoting.unit_value("100%") == "100%%"
+    assert quoting.unit_exec_arg("plain/arg") == "plain/arg"
+    assert quoting.unit_exec_arg("has space $HOME 5%") == '"has space $$HOME 5%%"'
+    assert quoting.unit_exec_arg('q"uote') == '"q\\"uote"'
+    assert quoting.unit_exec_arg("-dash") == '"-dash"'
+    with pytest.raises(quoting.UnsafeValue):
+        quoting.unit_value("trailing\\")
+    with pytest.raises(quoting.UnsafeValue):
+        quoting.unit_path("/var/lib/../etc")
+    with pytest.raises(quoting.UnsafeValue):
+        quoting.unit_path("relative")
+    assert quoting.xml_text("<a & 'b'>") == "&lt;a &amp; &apos;b&apos;&gt;"
