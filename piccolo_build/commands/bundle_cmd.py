@@ -1,0 +1,74 @@
+"""``piccolo-build bundle`` (the agent's sdist and Manifest line) and ``lock`` (refresh the pins)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from piccolo_build.commands.config_cmd import ConfigOption, JsonOption, SetOption, load_for_cli
+
+DEFAULT_OUTPUT = Path("dist")
+
+
+def register(app: typer.Typer) -> None:
+    @app.command("bundle")
+    def bundle(
+        config_file: ConfigOption = None,
+        sets: SetOption = None,
+        output: Annotated[
+            Path, typer.Option("--output", "-o", help="Directory for piccolod-<version>.tar.gz.")
+        ] = DEFAULT_OUTPUT,
+        deps: Annotated[
+            bool,
+            typer.Option(
+                "--deps",
+                help="Also put the locked dependency sdists into OUTPUT (download missing ones) and "
+                "verify every one against piccolo.lock.json.",
+            ),
+        ] = False,
+        as_json: JsonOption = False,
+    ) -> None:
+        """Write the agent's reproducible source distribution and print its Manifest DIST line."""
+        from piccolo_build.bundle import build_sdist, manifest_line
+        from piccolo_build.lock import fetch_distfiles, load_lock
+
+        cfg = load_for_cli(config_file, sets)
+        lock = load_lock()
+        path = build_sdist(cfg, output, lock=lock)
+        line = manifest_line(path.name, path.read_bytes())
+        dep_files = [str(p) for p in fetch_distfiles(lock, output)] if deps else []
+        if as_json:
+            typer.echo(json.dumps({"sdist": str(path), "manifest": line, "dependencies": dep_files}))
+        else:
+            typer.echo("\n".join([str(path), line, *(f"{p}: verified" for p in dep_files)]))
+
+    @app.command("lock")
+    def lock(
+        lock_file: Annotated[
+            Path | None, typer.Option("--lock-file", help="Lock to write (default: piccolo.lock.json).")
+        ] = None,
+        pyproject: Annotated[
+            Path | None, typer.Option("--pyproject", help="pyproject.toml with the 'agent' extra.")
+        ] = None,
+        distdir: Annotated[
+            Path | None, typer.Option("--distdir", help="Keep the downloaded sdists here.")
+        ] = None,
+        as_json: JsonOption = False,
+    ) -> None:
+        """Resolve the agent's dependencies on PyPI, download their sdists and rewrite the lock."""
+        from piccolo_build import lock as locking
+        from piccolo_build import resolve
+
+        target = lock_file or locking.LOCK_FILE
+        new = resolve.refresh(pyproject or resolve.PYPROJECT, distdir)
+        changed = locking.write_lock(new, target)
+        pins = {p.name: p.version for p in new.packages}
+        if as_json:
+            typer.echo(json.dumps({"lock": str(target), "changed": changed, "packages": pins}))
+        else:
+            for name, version in pins.items():
+                typer.echo(f"{name} {version}")
+            typer.echo(f"{target}: {'updated' if changed else 'unchanged'}")

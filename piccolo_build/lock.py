@@ -1,0 +1,272 @@
+"""The committed dependency lock, ``piccolo.lock.json``: exact versions and digests of agent dependencies.
+
+The agent's runtime dependencies (pyproject's ``agent`` extra) must be in the image, but Flatcar's
+``portage-stable`` only carries some Python packages (FLATCAR.md section 2). For every dependency it
+lacks, and every dependency of those that it lacks too (runtime and build), the lock records one exact
+version: its source distribution (file name, PyPI URL, size, SHA-256, BLAKE2B, SHA512), licence in
+Gentoo names, build backend and dependencies as Gentoo atoms. :mod:`piccolo_build.deps` writes a
+``dev-python`` ebuild and a ``Manifest`` for each from the lock alone, so a build needs no index.
+
+``piccolo-build lock`` refreshes it from PyPI (:mod:`piccolo_build.resolve`). Every build checks the
+downloaded files against the lock (:func:`verify_distfiles`; :func:`fetch_distfiles` downloads what
+is missing first).
+
+The file is JSON written with sorted keys; it is read with :mod:`piccolod.model` (JSON is YAML), so a
+bad lock gives a ``file:line: key: message`` error.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import re
+import tempfile
+import urllib.error
+import urllib.parse
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from piccolo_build.errors import PiccoloError
+from piccolod.model import ModelError, build, meta, parse_yaml, to_plain
+
+log = logging.getLogger(__name__)
+
+ROOT = Path(__file__).resolve().parent.parent
+LOCK_FILE = ROOT / "piccolo.lock.json"
+FILES_HOST = "https://files.pythonhosted.org/packages/"
+
+_HEX = re.compile(r"[0-9a-f]+")
+_PEP440_FINAL = re.compile(r"(\d+(?:\.\d+)*)(?:(a|b|rc)(\d+))?(?:\.post(\d+))?")
+_NAME = re.compile(r"[a-z0-9]+(-[a-z0-9]+)*")
+_ATOM = re.compile(r"(?:[<>]=?|~|=)?[a-z0-9+_-]+/[A-Za-z0-9+_-]+")
+
+
+def _hex(length: int) -> Any:
+    def check(value: str) -> str:
+        if len(value) != length or not _HEX.fullmatch(value):
+            raise ValueError(f"expected {length} lowercase hex digits")
+        return value
+
+    return check
+
+
+def _name(value: str) -> str:
+    if not _NAME.fullmatch(value):
+        raise ValueError(f"not a normalised package name: {value!r}")
+    return value
+
+
+def _atoms(values: tuple[str, ...]) -> tuple[str, ...]:
+    for value in values:
+        if not _ATOM.match(value) or any(c in value for c in " \"'$`\\"):
+            raise ValueError(f"not a Gentoo dependency atom: {value!r}")
+    return values
+
+
+def _filename(value: str) -> str:
+    if "/" in value or not value.endswith(".tar.gz"):
+        raise ValueError(f"expected a .tar.gz file name, got {value!r}")
+    return value
+
+
+def _url(value: str) -> str:
+    if not value.startswith(FILES_HOST):
+        raise ValueError(f"expected a URL under {FILES_HOST}, got {value!r}")
+    return value
+
+
+@dataclass(frozen=True)
+class LockedPackage:
+    """One pinned dependency the overlay carries an ebuild for."""
+
+    name: str = field(metadata=meta("Gentoo package name (PEP 503 normalised)", check=_name))
+    pypi_name: str = field(metadata=meta("project name as PyPI spells it"))
+    version: str = field(metadata=meta("exact version (PEP 440, final release)"))
+    filename: str = field(metadata=meta("source distribution file", check=_filename))
+    url: str = field(metadata=meta("where PyPI serves the file", check=_url))
+    size: int = field(metadata=meta("file size in bytes"))
+    sha256: str = field(metadata=meta("SHA-256 of the file", check=_hex(64)))
+    blake2b: str = field(metadata=meta("BLAKE2B (512 bits) of the file", check=_hex(128)))
+    sha512: str = field(metadata=meta("SHA-512 of the file", check=_hex(128)))
+    license: str = field(metadata=meta("Gentoo licence names"))
+    homepage: str = field(metadata=meta("upstream home page"))
+    summary: str = field(metadata=meta("one-line description"))
+    build_backend: str = field(metadata=meta("DISTUTILS_USE_PEP517 value"))
+    rdepend: tuple[str, ...] = field(metadata=meta("runtime dependencies, Gentoo atoms", check=_atoms))
+    bdepend: tuple[str, ...] = field(metadata=meta("build dependencies, Gentoo atoms", check=_atoms))
+    runtime: bool = field(metadata=meta("needed on the device (else only to build another package)"))
+
+    @property
+    def atom(self) -> str:
+        return f"dev-python/{self.name}"
+
+    @property
+    def gentoo_version(self) -> str:
+        return gentoo_version(self.version)
+
+    def manifest_line(self) -> str:
+        return f"DIST {self.filename} {self.size} BLAKE2B {self.blake2b} SHA512 {self.sha512}"
+
+
+@dataclass(frozen=True)
+class Lock:
+    """``piccolo.lock.json``."""
+
+    agent: tuple[str, ...] = field(metadata=meta("the agent's requirements (pyproject extra 'agent')"))
+    packages: tuple[LockedPackage, ...] = field(metadata=meta("pinned dependencies, sorted by name"))
+
+    def package(self, name: str) -> LockedPackage:
+        for pkg in self.packages:
+            if pkg.name == name:
+                return pkg
+        raise KeyError(name)
+
+
+# --- names and versions ------------------------------------------------------------------------
+
+
+def normalise(name: str) -> str:
+    """PEP 503 normalised name, which is also the Gentoo package name."""
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def gentoo_version(version: str) -> str:
+    """PEP 440 final/pre/post release -> Gentoo version (the inverse of the pypi eclass's translation)."""
+    m = _PEP440_FINAL.fullmatch(version)
+    if m is None:
+        raise PiccoloError(f"version {version!r} has no Gentoo equivalent")
+    out = m.group(1)
+    if m.group(2):
+        out += {"a": "_alpha", "b": "_beta", "rc": "_rc"}[m.group(2)] + m.group(3)
+    if m.group(4):
+        out += f"_p{m.group(4)}"
+    return out
+
+
+# --- reading and writing the lock --------------------------------------------------------------
+
+
+def load_lock(path: Path = LOCK_FILE) -> Lock:
+    """Read and validate the lock; errors are ``PiccoloError`` naming file, line and key."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise PiccoloError(
+            f"{path}: cannot read the lock: {exc.strerror}", hint="run `piccolo-build lock`"
+        ) from None
+    try:
+        data, src = parse_yaml(text, str(path))
+        lock = build(Lock, data, src)
+    except ModelError as exc:
+        raise PiccoloError(str(exc), hint="run `piccolo-build lock` to regenerate it") from None
+    names = [p.name for p in lock.packages]
+    if names != sorted(set(names)):
+        raise PiccoloError(f"{path}: packages: must be sorted by name, each once")
+    return lock
+
+
+def dump_lock(lock: Lock) -> str:
+    return json.dumps(to_plain(lock), indent=2, sort_keys=True, ensure_ascii=True) + "\n"
+
+
+def write_lock(lock: Lock, path: Path = LOCK_FILE) -> bool:
+    """Write atomically; returns whether the content changed."""
+    text = dump_lock(lock)
+    if path.exists() and path.read_text(encoding="utf-8") == text:
+        return False
+    atomic_write(path, text.encode())
+    return True
+
+
+def atomic_write(path: Path, data: bytes, mode: int = 0o644) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as out:
+            out.write(data)
+        Path(tmp).chmod(mode)
+        Path(tmp).replace(path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+# --- digests -----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Digests:
+    size: int
+    sha256: str
+    blake2b: str
+    sha512: str
+
+
+def digests(data: bytes) -> Digests:
+    return Digests(
+        len(data),
+        hashlib.sha256(data).hexdigest(),
+        hashlib.blake2b(data).hexdigest(),
+        hashlib.sha512(data).hexdigest(),
+    )
+
+
+def verify_distfiles(lock: Lock, distdir: Path) -> None:
+    """Check every locked sdist in ``distdir`` against the lock; raise one error listing each problem."""
+    problems = []
+    for pkg in lock.packages:
+        path = distdir / pkg.filename
+        try:
+            got = digests(path.read_bytes())
+        except OSError as exc:
+            problems.append(f"{pkg.filename}: {exc.strerror or exc}")
+            continue
+        want = Digests(pkg.size, pkg.sha256, pkg.blake2b, pkg.sha512)
+        bad = [k for k in ("size", "sha256", "blake2b", "sha512") if getattr(got, k) != getattr(want, k)]
+        if bad:
+            problems.append(f"{pkg.filename}: {', '.join(bad)} differ from the lock")
+    if problems:
+        raise PiccoloError(
+            f"{distdir}: distfiles do not match {LOCK_FILE.name}: " + "; ".join(problems),
+            hint="delete the bad files and fetch again, or refresh the lock with `piccolo-build lock`",
+        )
+
+
+def fetch_distfiles(lock: Lock, distdir: Path) -> list[Path]:
+    """Download the locked sdists missing from ``distdir``, then verify all of them."""
+    distdir.mkdir(parents=True, exist_ok=True)
+    for pkg in lock.packages:
+        path = distdir / pkg.filename
+        if not path.exists():
+            log.info("downloading %s", pkg.url)
+            atomic_write(path, download(pkg.url))
+    verify_distfiles(lock, distdir)
+    return [distdir / p.filename for p in lock.packages]
+
+
+# --- downloading ------------------------------------------------------------------------------
+
+
+def download(url: str, timeout: float = 60) -> bytes:
+    if not url.startswith("https://"):
+        raise PiccoloError(f"refusing to fetch a non-https URL: {url}")
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as resp:  # noqa: S310 - https only, checked above
+            return bytes(resp.read())
+    except (urllib.error.URLError, TimeoutError, OSError) as exc:
+        raise PiccoloError(f"cannot fetch {url}: {exc}", hint="is PyPI reachable?") from None
+
+
+def atom_name(atom_: str) -> str:
+    """``>=dev-python/requests-2.26.0`` -> ``requests``."""
+    pn = re.sub(r"^[<>=~]+", "", atom_).split("/", 1)[1]
+    return re.sub(r"-\d[^-]*(-r\d+)?$", "", pn) if re.match(r"^[<>=~]", atom_) else pn
+
+
+def atom_key(atom_: str) -> str:
+    """``>=dev-python/requests-2.26.0`` -> ``dev-python/requests``."""
+    category = re.sub(r"^[<>=~]+", "", atom_).split("/", 1)[0]
+    return f"{category}/{atom_name(atom_)}"
