@@ -38,6 +38,7 @@ APT_PACKAGES = (
     "gnupg",
     "iproute2",
     "e2fsprogs",
+    "btrfs-progs",
     "git",
 )
 
