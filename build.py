@@ -6,6 +6,11 @@
 
 The virtual environment is (re)installed when ``pyproject.toml`` changes. Only the standard library is
 used here, because nothing else is installed yet.
+
+``test`` also downloads, once, what the tests read instead of PyPI (tests never touch a public
+address): the locked dependency sdists and PyPI's JSON documents of those packages, into
+``$PICCOLO_TEST_CACHE`` (default ``.venv/test-cache``, ignored by git), with the project's own
+``piccolo-build lock --fetch-only``; files already there and matching the lock are not fetched again.
 """
 
 from __future__ import annotations
@@ -19,6 +24,9 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent
 VENV = ROOT / ".venv"
+# What the tests read instead of the network (tests/test_lock.py reads the same variable and default).
+TEST_CACHE_VARIABLE = "PICCOLO_TEST_CACHE"
+TEST_CACHE = VENV / "test-cache"
 
 # Debian packages the test suite drives for real (TESTING.md): a private dockerd with busybox images,
 # swtpm and the TSS headers tpm2-pytss builds against, GPT tools, systemd-nspawn, sysext tooling, gpg.
@@ -85,11 +93,21 @@ def ensure_venv(extras: str) -> Path:
     return python
 
 
+def fill_test_cache() -> None:
+    """Download the locked sdists and their PyPI documents for the tests (an install step)."""
+    cache = Path(os.environ.setdefault(TEST_CACHE_VARIABLE, str(TEST_CACHE)))
+    try:
+        run(VENV / "bin" / "piccolo-build", "lock", "--fetch-only", cache)
+    except subprocess.CalledProcessError:
+        sys.exit(f"build.py: cannot fill the tests' download cache {cache} (the error is above)")
+
+
 def main(argv: list[str]) -> int:
     if argv[:1] == ["test"]:
         apt_install()
         python = ensure_venv("test")
         os.chdir(ROOT)
+        fill_test_cache()
         return subprocess.run([str(python), "-m", "pytest", *argv[1:]], check=False).returncode
     ensure_venv("")
     cli = VENV / "bin" / "piccolo-build"

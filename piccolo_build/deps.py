@@ -19,12 +19,10 @@ from typing import Any
 
 from piccolo_build.config import Board, BuildConfig
 from piccolo_build.lock import LOCK_FILE, Lock, LockedPackage, atom_key, load_lock
-from piccolo_build.overlay import OVERLAY, OverlayFile
+from piccolo_build.overlay import OVERLAY, PYTHON_COMPAT, OverlayFile
 from piccolo_build.render import render_template
 
 CATEGORY = "dev-python"
-# distutils-r1 skips implementations it no longer knows, so the range covers older and newer SDKs.
-PYTHON_COMPAT = "python3_{11..14}"
 DESCRIPTION_MAX = 80
 
 

@@ -9,7 +9,8 @@ Gentoo names, build backend and dependencies as Gentoo atoms. :mod:`piccolo_buil
 
 ``piccolo-build lock`` refreshes it from PyPI (:mod:`piccolo_build.resolve`). Every build checks the
 downloaded files against the lock (:func:`verify_distfiles`; :func:`fetch_distfiles` downloads what
-is missing first).
+is missing first). Downloads use https only, except plain http to a loopback address (a local mirror,
+as the tests use: :func:`check_fetch_url`).
 
 The file is JSON written with sorted keys; it is read with :mod:`piccolod.model` (JSON is YAML), so a
 bad lock gives a ``file:line: key: message`` error.
@@ -18,6 +19,7 @@ bad lock gives a ``file:line: key: message`` error.
 from __future__ import annotations
 
 import hashlib
+import ipaddress
 import json
 import logging
 import os
@@ -235,29 +237,89 @@ def verify_distfiles(lock: Lock, distdir: Path) -> None:
         )
 
 
-def fetch_distfiles(lock: Lock, distdir: Path) -> list[Path]:
-    """Download the locked sdists missing from ``distdir``, then verify all of them."""
+def fetch_distfiles(
+    lock: Lock, distdir: Path, *, refetch_bad: bool = False, files_host: str = FILES_HOST
+) -> list[Path]:
+    """Download the locked sdists missing from ``distdir``, then verify all of them.
+
+    A file already there is kept as it is, so a wrong one fails the verification, unless ``refetch_bad``
+    (a cache of downloads): then a file that does not match the lock is downloaded again.
+    ``files_host`` replaces ``https://files.pythonhosted.org/packages/`` in the URLs (a mirror).
+    """
     distdir.mkdir(parents=True, exist_ok=True)
     for pkg in lock.packages:
         path = distdir / pkg.filename
+        if path.exists() and refetch_bad and not _matches(pkg, path):
+            log.info("%s does not match the lock: downloading it again", path)
+            path.unlink()
         if not path.exists():
-            log.info("downloading %s", pkg.url)
-            atomic_write(path, download(pkg.url))
+            url = files_host + pkg.url.removeprefix(FILES_HOST)
+            log.info("downloading %s", url)
+            atomic_write(path, download(url))
     verify_distfiles(lock, distdir)
     return [distdir / p.filename for p in lock.packages]
+
+
+def _matches(pkg: LockedPackage, path: Path) -> bool:
+    try:
+        got = digests(path.read_bytes())
+    except OSError:
+        return False
+    return got == Digests(pkg.size, pkg.sha256, pkg.blake2b, pkg.sha512)
 
 
 # --- downloading ------------------------------------------------------------------------------
 
 
+def check_fetch_url(url: str) -> None:
+    """Downloads use https; plain http only to a loopback address written as such (127.0.0.0/8 or
+    ``[::1]``, no name lookup): a local index or mirror, e.g. in tests. Anything else is refused."""
+    parts = urllib.parse.urlsplit(url)
+    if parts.scheme == "https" and parts.hostname:
+        return
+    if parts.scheme == "http" and parts.hostname:
+        try:
+            if ipaddress.ip_address(parts.hostname).is_loopback:
+                return
+        except ValueError:
+            pass
+    raise PiccoloError(
+        f"refusing to fetch {url}: only https URLs, or http to 127.0.0.0/8 or [::1]",
+        hint="use https, or serve a local mirror on a loopback address",
+    )
+
+
+class _CheckedRedirects(urllib.request.HTTPRedirectHandler):
+    """Follow a redirect only to a URL :func:`check_fetch_url` allows (no https -> http downgrade)."""
+
+    def redirect_request(  # noqa: PLR0917 - the signature urllib calls
+        self,
+        req: urllib.request.Request,
+        fp: Any,
+        code: int,
+        msg: str,
+        headers: Any,
+        newurl: str,
+    ) -> urllib.request.Request | None:
+        check_fetch_url(newurl)
+        return super().redirect_request(req, fp, code, msg, headers, newurl)
+
+
 def download(url: str, timeout: float = 60) -> bytes:
-    if not url.startswith("https://"):
-        raise PiccoloError(f"refusing to fetch a non-https URL: {url}")
+    """The body of ``url`` (see :func:`check_fetch_url`, also for redirects). A loopback URL never
+    goes through a proxy."""
+    check_fetch_url(url)
+    local = urllib.parse.urlsplit(url).scheme == "http"
+    handlers: list[urllib.request.BaseHandler] = [_CheckedRedirects()]
+    if local:
+        handlers.append(urllib.request.ProxyHandler({}))
+    opener = urllib.request.build_opener(*handlers)
     try:
-        with urllib.request.urlopen(url, timeout=timeout) as resp:  # noqa: S310 - https only, checked above
+        with opener.open(url, timeout=timeout) as resp:
             return bytes(resp.read())
     except (urllib.error.URLError, TimeoutError, OSError) as exc:
-        raise PiccoloError(f"cannot fetch {url}: {exc}", hint="is PyPI reachable?") from None
+        hint = "is the local index running?" if local else "is PyPI reachable?"
+        raise PiccoloError(f"cannot fetch {url}: {exc}", hint=hint) from None
 
 
 def atom_name(atom_: str) -> str:

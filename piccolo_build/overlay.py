@@ -40,6 +40,14 @@ GATE_FAILED_EXIT_STATUS = 3
 # gate that keeps failing or timing out ends in "failed" instead of looping.
 START_LIMIT_BURST = 3
 
+# PYTHON_COMPAT of every ebuild we render (the agent's and its dev-python dependencies'). Each entry must
+# be an implementation the SDK's python-utils-r1 eclass knows: an unknown one dies ("Invalid
+# implementation in PYTHON_COMPAT"), a retired one is ignored (fatal from EAPI 9). flatcar/scripts 2026-08:
+# lts-4081 knows python3_{10..13}, stable-4593 python3_{11..14}, beta-4757 python3_{11..15}, alpha-4790
+# and main python3_{12..15} (3.11 retired); every one builds python3_12 only (PYTHON_TARGETS in the
+# coreos profile). 3.12-3.13 is the range all of them accept, and it holds the interpreter they build.
+PYTHON_COMPAT = "python3_{12..13}"
+
 # Python packages the agent imports on the device (pyproject's ``agent`` extra), as Gentoo atoms.
 PYTHON_DEPENDENCIES = (
     "dev-python/docker",
@@ -106,6 +114,7 @@ def context(cfg: BuildConfig) -> dict[str, Any]:
         "start_limit_burst": START_LIMIT_BURST,
         "unit": UNIT,
         "python_deps": PYTHON_DEPENDENCIES,
+        "python_compat": PYTHON_COMPAT,
         "boards": [Board(b) for b in cfg.boards],
     }
 

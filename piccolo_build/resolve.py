@@ -7,6 +7,11 @@ SHA-256, and read (``PKG-INFO`` for runtime requirements, licence and home page;
 for the build backend and build requirements), and its own requirements are resolved the same way.
 Requirements with markers are evaluated for the device (Linux, no extras).
 
+The index is PyPI unless another base URL is given (:data:`PYPI_INDEX`): files are downloaded from
+where the index's document says, and the lock records their canonical ``files.pythonhosted.org`` URL.
+:func:`save_index_documents` keeps the documents a refresh of the committed lock reads, so a local
+server can answer for PyPI offline (``piccolo-build lock --fetch-only``, which ``build.py test`` runs).
+
 ``pip download`` is not used: for an sdist it first builds the package's metadata, which needs the
 package's build backend installed (and with ``--no-binary :all:`` builds that backend from source).
 """
@@ -33,6 +38,7 @@ from piccolo_build.lock import (
     LockedPackage,
     atom_name,
     atomic_write,
+    check_fetch_url,
     digests,
     download,
     gentoo_version,
@@ -43,7 +49,9 @@ log = logging.getLogger(__name__)
 
 PYPROJECT = ROOT / "pyproject.toml"
 AGENT_EXTRA = "agent"
-PYPI_JSON = "https://pypi.org/pypi/{name}/json"
+# The index: PyPI's JSON API lives at ``<index>pypi/<name>/json``. Another index (a local mirror, as
+# the tests run one on 127.0.0.1) answers the same documents; its file URLs may point at itself.
+PYPI_INDEX = "https://pypi.org/"
 
 # dev-python packages in Flatcar's portage-stable (flatcar/scripts main, 2026-08, under
 # sdk_container/src/third_party/portage-stable/dev-python; FLATCAR.md section 2 names the ones that
@@ -196,19 +204,41 @@ class Release:
     project: str
     version: str
     filename: str
-    url: str
+    url: str  # canonical, what the lock records
+    fetch_url: str  # where the index says the file is
     sha256: str
 
 
-def pick_release(name: str, specifier: Any) -> Release:
+def check_index(index: str) -> str:
+    """The index base URL ending in ``/``; it must be https, or http on a loopback address."""
+    base = index if index.endswith("/") else index + "/"
+    check_fetch_url(base)
+    return base
+
+
+def index_document_url(index: str, name: str) -> str:
+    """``<index>pypi/<name>/json``."""
+    return urllib.parse.urljoin(check_index(index), f"pypi/{urllib.parse.quote(name)}/json")
+
+
+def index_document(name: str, index: str = PYPI_INDEX) -> tuple[str, bytes, dict[str, Any]]:
+    """The index's JSON document of project ``name``: its URL, raw bytes and parsed content."""
+    url = index_document_url(index, name)
+    raw = download(url)
+    try:
+        info = json.loads(raw)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise PiccoloError(f"{url}: not JSON: {exc}") from None
+    if not isinstance(info, dict) or not isinstance(info.get("releases"), dict) or "info" not in info:
+        raise PiccoloError(f"{url}: not a PyPI JSON project document (no info/releases)")
+    return url, raw, info
+
+
+def pick_release(name: str, specifier: Any, index: str = PYPI_INDEX) -> Release:
     """The newest final, non-yanked release of ``name`` that satisfies ``specifier`` and has an sdist."""
     from packaging.version import InvalidVersion, Version
 
-    base = PYPI_JSON.format(name=name)
-    try:
-        info = json.loads(download(base))
-    except json.JSONDecodeError as exc:
-        raise PiccoloError(f"{base}: not JSON: {exc}") from None
+    base, _raw, info = index_document(name, index)
     best: tuple[Version, dict[str, Any]] | None = None
     for text, files in info["releases"].items():
         try:
@@ -222,15 +252,51 @@ def pick_release(name: str, specifier: Any) -> Release:
         if sdists and (best is None or version > best[0]):
             best = (version, sdists[0])
     if best is None:
-        raise PiccoloError(f"{name}{specifier}: no release with a source distribution on PyPI")
+        raise PiccoloError(f"{name}{specifier}: no release with a source distribution on {base}")
     version, f = best
     return Release(
         info["info"]["name"],
         str(version),
         f["filename"],
         canonical_url(base, f["url"]),
+        urllib.parse.urljoin(base, f["url"]),
         f["digests"]["sha256"],
     )
+
+
+def save_index_documents(lock: Lock, dest: Path, index: str = PYPI_INDEX) -> list[Path]:
+    """Keep the index's JSON document of every locked package as ``dest/<name>.json`` (bytes as served).
+
+    These are the documents a refresh of ``lock`` reads. A document already in ``dest`` that lists the
+    locked sdist with the locked SHA-256 is kept; anything else is downloaded again and must list it.
+    """
+    dest.mkdir(parents=True, exist_ok=True)
+    out = []
+    for pkg in lock.packages:
+        path = dest / f"{pkg.name}.json"
+        out.append(path)
+        try:
+            if _lists_locked_file(json.loads(path.read_bytes()), pkg):
+                continue
+        except (OSError, ValueError):
+            pass
+        url, raw, info = index_document(pkg.name, index)
+        if not _lists_locked_file(info, pkg):
+            raise PiccoloError(
+                f"{url}: does not list {pkg.filename} with the locked SHA-256",
+                hint="refresh the lock with `piccolo-build lock`",
+            )
+        log.info("saved %s", url)
+        atomic_write(path, raw)
+    return out
+
+
+def _lists_locked_file(info: Any, pkg: LockedPackage) -> bool:
+    try:
+        files = info["releases"][pkg.version]
+        return any(f["filename"] == pkg.filename and f["digests"]["sha256"] == pkg.sha256 for f in files)
+    except (KeyError, TypeError):
+        return False
 
 
 @dataclass(frozen=True)
@@ -329,11 +395,13 @@ def agent_requirements(pyproject: Path = PYPROJECT) -> tuple[str, ...]:
         raise PiccoloError(f"{pyproject}: project.optional-dependencies.{AGENT_EXTRA}: {exc}") from None
 
 
-def refresh(pyproject: Path = PYPROJECT, distdir: Path | None = None) -> Lock:
-    """Resolve the agent's requirements against PyPI and build a new lock (downloads the sdists).
+def refresh(pyproject: Path = PYPROJECT, distdir: Path | None = None, index: str = PYPI_INDEX) -> Lock:
+    """Resolve the agent's requirements against ``index`` (default PyPI) and build a new lock
+    (downloads the sdists).
 
     With ``distdir`` the downloaded sdists are kept there (then :func:`verify_distfiles` passes).
     """
+    check_index(index)  # a bad index URL fails before anything is read
     agent = agent_requirements(pyproject)
     queue: list[tuple[Any, str]] = [(r, "agent") for r in _applicable(agent)]
     found: dict[str, LockedPackage] = {}
@@ -346,7 +414,7 @@ def refresh(pyproject: Path = PYPROJECT, distdir: Path | None = None) -> Lock:
             if not req.specifier.contains(found[name].version):
                 raise PiccoloError(f"{wanted_by} needs {req}, but {found[name].version} was locked")
             continue
-        pkg, runtime, build_reqs = _lock_one(name, req.specifier, distdir)
+        pkg, runtime, build_reqs = _lock_one(name, req.specifier, distdir, index)
         found[name] = pkg
         queue.extend((r, name) for r in runtime)
         queue.extend((r, name) for r in build_reqs)
@@ -355,12 +423,14 @@ def refresh(pyproject: Path = PYPROJECT, distdir: Path | None = None) -> Lock:
     return Lock(agent=agent, packages=packages)
 
 
-def _lock_one(name: str, specifier: Any, distdir: Path | None) -> tuple[LockedPackage, list[Any], list[Any]]:
-    release = pick_release(name, specifier)
-    data = download(release.url)
+def _lock_one(
+    name: str, specifier: Any, distdir: Path | None, index: str
+) -> tuple[LockedPackage, list[Any], list[Any]]:
+    release = pick_release(name, specifier, index)
+    data = download(release.fetch_url)
     d = digests(data)
     if d.sha256 != release.sha256:
-        raise PiccoloError(f"{release.url}: SHA-256 differs from what PyPI lists")
+        raise PiccoloError(f"{release.fetch_url}: SHA-256 differs from what the index lists")
     if distdir is not None:
         distdir.mkdir(parents=True, exist_ok=True)
         atomic_write(distdir / release.filename, data)

@@ -233,6 +233,9 @@ def test_sdist_builds_and_installs(tmp_path: Path, cfg: BuildConfig) -> None:
             "pip",
             "install",
             "--no-deps",
+            # Offline: no index, and the venv's own setuptools builds it (no isolated download).
+            "--no-index",
+            "--no-build-isolation",
             "--no-cache-dir",
             "--target",
             str(target),

@@ -24,7 +24,7 @@ DOCKER_EBUILD = """\
 EAPI=8
 
 DISTUTILS_USE_PEP517=hatchling
-PYTHON_COMPAT=( python3_{11..14} )
+PYTHON_COMPAT=( python3_{12..13} )
 
 inherit distutils-r1 pypi
 
@@ -209,3 +209,29 @@ def test_scan_extras_cover_every_external_atom(lock: Lock) -> None:
         "dev-python/urllib3",
         "virtual/pkgconfig",
     ]
+
+
+def test_agent_and_dependencies_share_one_python_compat(cfg: BuildConfig) -> None:
+    """One PYTHON_COMPAT for every rendered ebuild that uses it, and it holds Flatcar's python3_12."""
+    from piccolo_build.overlay import PYTHON_COMPAT
+
+    lines = {
+        str(f.path): line
+        for f in overlay_files(cfg)
+        if f.path.suffix == ".ebuild"
+        for line in f.content.decode().splitlines()
+        if line.startswith("PYTHON_COMPAT=")
+    }
+    assert (
+        f"coreos-overlay/{cfg.package.category}/{cfg.package.name}/{cfg.package.name}-{cfg.version}.ebuild"
+        in lines
+    )
+    assert any("/dev-python/" in p for p in lines)
+    assert set(lines.values()) == {f"PYTHON_COMPAT=( {PYTHON_COMPAT} )"}
+    r = subprocess.run(
+        ["bash", "-c", f'{next(iter(lines.values()))}; echo "${{PYTHON_COMPAT[@]}}"'],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert r.stdout.split() == ["python3_12", "python3_13"]

@@ -41,7 +41,11 @@ def _imports(path: Path) -> set[str]:
             "import_module",
             "__import__",
         }:
-            names.update(a.value.split(".")[0] for a in node.args if isinstance(a, ast.Constant))
+            names.update(
+                a.value.split(".")[0]
+                for a in node.args
+                if isinstance(a, ast.Constant) and isinstance(a.value, str)
+            )
     return names
 
 

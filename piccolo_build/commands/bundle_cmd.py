@@ -47,6 +47,7 @@ def register(app: typer.Typer) -> None:
 
     @app.command("lock")
     def lock(
+        *,
         lock_file: Annotated[
             Path | None, typer.Option("--lock-file", help="Lock to write (default: piccolo.lock.json).")
         ] = None,
@@ -56,6 +57,24 @@ def register(app: typer.Typer) -> None:
         distdir: Annotated[
             Path | None, typer.Option("--distdir", help="Keep the downloaded sdists here.")
         ] = None,
+        index: Annotated[
+            str | None,
+            typer.Option(
+                "--index",
+                help="Package index with PyPI's JSON API (default https://pypi.org/; https, or http "
+                "only on 127.0.0.0/8 or [::1]).",
+            ),
+        ] = None,
+        fetch_only: Annotated[
+            Path | None,
+            typer.Option(
+                "--fetch-only",
+                metavar="DIR",
+                help="Change nothing: download what a refresh of the lock reads into DIR (the locked "
+                "sdists into DIR/distfiles, the index's JSON documents into DIR/pypi), keeping files "
+                "already there that match the lock. `build.py test` fills the tests' cache this way.",
+            ),
+        ] = None,
         as_json: JsonOption = False,
     ) -> None:
         """Resolve the agent's dependencies on PyPI, download their sdists and rewrite the lock."""
@@ -63,7 +82,21 @@ def register(app: typer.Typer) -> None:
         from piccolo_build import resolve
 
         target = lock_file or locking.LOCK_FILE
-        new = resolve.refresh(pyproject or resolve.PYPROJECT, distdir)
+        index = index or resolve.PYPI_INDEX
+        if fetch_only is not None:
+            current = locking.load_lock(target)
+            files = locking.fetch_distfiles(current, fetch_only / "distfiles", refetch_bad=True)
+            docs = resolve.save_index_documents(current, fetch_only / "pypi", index)
+            if as_json:
+                typer.echo(
+                    json.dumps({"distfiles": [str(f) for f in files], "documents": [str(d) for d in docs]})
+                )
+            else:
+                typer.echo(
+                    f"{fetch_only}: {len(files)} sdists and {len(docs)} index documents, all match the lock"
+                )
+            return
+        new = resolve.refresh(pyproject or resolve.PYPROJECT, distdir, index)
         changed = locking.write_lock(new, target)
         pins = {p.name: p.version for p in new.packages}
         if as_json:
