@@ -21,9 +21,20 @@ from collections.abc import Callable, Iterable
 from pathlib import Path, PurePosixPath
 
 from piccolo_build.config import FREE_LICENSES, Board, BuildConfig
-from piccolo_build.overlay import OVERLAY, PYTHON_DEPENDENCIES, OverlayFile
+from piccolo_build.overlay import OVERLAY, PYTHON_COMPAT, PYTHON_DEPENDENCIES, OverlayFile
 
-PYTHON_TARGETS = ("python3_11", "python3_12")
+
+def _expand_compat(compat: str) -> tuple[str, ...]:
+    """``python3_{12..13}`` -> (python3_12, python3_13), as bash brace expansion would give."""
+    prefix, _, rng = compat.partition("{")
+    if not rng:
+        return (compat,)
+    lo, _, hi = rng.rstrip("}").partition("..")
+    return tuple(f"{prefix}{n}" for n in range(int(lo), int(hi) + 1))
+
+
+# The stand-in python-r1 targets are exactly what our ebuilds declare.
+PYTHON_TARGETS = _expand_compat(PYTHON_COMPAT)
 
 _ECLASSES = {
     "systemd": """\
