@@ -58,7 +58,7 @@ def _register() -> None:
 def main() -> None:
     _register()
     try:
-        app(standalone_mode=False)
+        code = app(standalone_mode=False)
     except PiccoloError as exc:
         if _debug:
             raise
@@ -74,3 +74,8 @@ def main() -> None:
     except KeyboardInterrupt:
         typer.echo("interrupted", err=True)
         sys.exit(130)
+    # Without standalone mode, Typer *returns* the code of a typer.Exit, and turns Ctrl-C into Exit(130).
+    if isinstance(code, int) and code != 0:
+        if code == 130:
+            typer.echo("interrupted", err=True)
+        sys.exit(code)

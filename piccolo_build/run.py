@@ -1,17 +1,25 @@
 """The one place in piccolo_build that runs external programs (through the ``sh`` library).
 
-argv lists only (never a shell string), ``check=True`` by default, a small sanitised environment, and
+argv lists only (never a shell string), ``check=True`` by default, a small sanitised environment, output
+through pipes (never a pseudo-terminal, which ``sh`` would otherwise give: git would page and colour), and
 a failed or missing program turned into a readable :class:`~piccolo_build.errors.PiccoloError`
-(exit 127 becomes "X not found"). Everything else in piccolo_build calls :func:`run`.
+(exit 127 becomes "X not found"). Everything else in piccolo_build calls :func:`run`, or :func:`stream`
+for long build steps whose output is teed to a log file line by line.
+
+The one sibling allowed to talk to a daemon is ``piccolo_build.docker_sdk`` (the Docker SDK checks the
+Flatcar SDK container image); nothing else in piccolo_build spawns processes or opens sockets.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
-from collections.abc import Mapping, Sequence
+import signal
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from piccolo_build.errors import PiccoloError, StepFailed
 
@@ -51,6 +59,16 @@ def which(program: str, env: Mapping[str, str] | None = None) -> str | None:
     return shutil.which(program, path=(env or base_env()).get("PATH"))
 
 
+def _resolve(args: tuple[str, ...], env: Mapping[str, str], cwd: Path | None = None) -> str:
+    """The program to execute; a relative path such as ``./run_sdk_container`` is relative to ``cwd``."""
+    exe = which(args[0], env) if "/" not in args[0] else args[0]
+    if exe is not None and "/" in args[0] and cwd is not None and not Path(exe).is_absolute():
+        exe = str(cwd / exe)
+    if exe is None or not Path(exe).exists():
+        raise PiccoloError(f"{args[0]} not found", hint=f"install {args[0]} or put it on PATH", exit_code=127)
+    return exe
+
+
 def run(
     argv: Sequence[str | os.PathLike[str]],
     *,
@@ -69,9 +87,7 @@ def run(
 
     args = tuple(str(a) for a in argv)
     full_env = base_env(env)
-    exe = which(args[0], full_env) if "/" not in args[0] else args[0]
-    if exe is None or not Path(exe).exists():
-        raise PiccoloError(f"{args[0]} not found", hint=f"install {args[0]} or put it on PATH", exit_code=127)
+    exe = _resolve(args, full_env, cwd)
     try:
         proc = sh.Command(exe)(
             *args[1:],
@@ -81,6 +97,7 @@ def run(
             _ok_code=list(range(256)),
             _timeout=timeout,
             _return_cmd=True,
+            _tty_out=False,
             _decode_errors="replace",
         )
     except sh.TimeoutException:
@@ -96,3 +113,66 @@ def run(
             exit_code=result.returncode,
         )
     return result
+
+
+def stream(
+    argv: Sequence[str | os.PathLike[str]],
+    *,
+    log: Path,
+    cwd: Path | None = None,
+    env: Mapping[str, str] | None = None,
+    on_line: Callable[[str], None] | None = None,
+) -> int:
+    """Run ``argv`` with stdin from /dev/null, appending stdout and stderr (merged) to ``log``.
+
+    Each output line is also passed to ``on_line`` (for a live progress display). Returns the exit
+    code; the caller decides what a failure means. The child runs in its own session; Ctrl-C is
+    forwarded to its whole process group as SIGINT (a shell script only stops when its own child was
+    interrupted too), then re-raised once the child has exited (SIGKILL to the group after 10 s).
+    """
+    import sh
+
+    args = tuple(str(a) for a in argv)
+    full_env = base_env(env)
+    exe = _resolve(args, full_env, cwd)
+    with log.open("a", encoding="utf-8") as out, Path(os.devnull).open(encoding="utf-8") as devnull:
+
+        def line(text: str) -> None:
+            out.write(text)
+            out.flush()
+            if on_line is not None:
+                on_line(text.rstrip("\n"))
+
+        proc = sh.Command(exe)(
+            *args[1:],
+            _cwd=str(cwd) if cwd else None,
+            _env=full_env,
+            _in=devnull,
+            _out=line,
+            _err_to_out=True,
+            _bg=True,
+            _bg_exc=False,
+            _new_session=True,  # its own process group, so Ctrl-C reaches the whole tree below it
+            _ok_code=list(range(256)),
+            _return_cmd=True,
+            _tty_out=False,
+            _decode_errors="replace",
+        )
+        try:
+            _wait(proc)
+        except KeyboardInterrupt:
+            proc.signal_group(signal.SIGINT)
+            try:
+                _wait(proc, timeout=10)
+            except sh.TimeoutException:
+                proc.kill_group()
+            raise
+    return int(proc.exit_code)
+
+
+def _wait(proc: Any, timeout: float | None = None) -> None:
+    """Wait for a ``sh`` command; a child killed by a signal leaves exit code -N (no exception)."""
+    import sh
+
+    with contextlib.suppress(sh.SignalException):
+        proc.wait(timeout=timeout)

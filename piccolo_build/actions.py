@@ -1,0 +1,262 @@
+"""The build steps piccolo-build does itself (not SDK commands): git, overlay, bundle, RDEPEND, release.
+
+Each action takes an :class:`ActionEnv` and returns the step's *result*: a short string that describes
+what the step produced (a tag and commit, a tree digest, a fingerprint). Results are recorded in the
+state file; a changed result makes every later step run again (see :mod:`piccolo_build.sdk`). External
+programs run through :mod:`piccolo_build.run` only.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from piccolo_build import release
+from piccolo_build.config import BuildConfig
+from piccolo_build.context import BuildContext
+from piccolo_build.errors import PiccoloError, StepFailed
+from piccolo_build.plan import Action, Facts, Step, newest_stable
+from piccolod.model import to_plain
+
+
+@dataclass
+class ActionEnv:
+    cfg: BuildConfig
+    ctx: BuildContext
+    facts: Facts
+    step: Step
+    log: Callable[[str], None]
+    on_line: Callable[[str], None]
+    results: dict[str, str | None] = field(default_factory=dict)
+
+
+def tree_digest(root: Path) -> str:
+    """SHA-256 over the relative paths, modes, symlink targets and contents under ``root``."""
+    h = hashlib.sha256()
+    for path in sorted(root.rglob("*")):
+        rel = path.relative_to(root).as_posix()
+        if path.is_symlink():
+            h.update(f"L {rel} {path.readlink()}\n".encode())
+        elif path.is_file():
+            h.update(f"F {rel} {path.stat().st_mode & 0o7777:o}\n".encode())
+            h.update(hashlib.sha256(path.read_bytes()).digest())
+    return h.hexdigest()
+
+
+def config_digest(cfg: BuildConfig) -> str:
+    """SHA-256 of the effective configuration (after environment and flags), canonical JSON."""
+    return hashlib.sha256(json.dumps(to_plain(cfg), sort_keys=True).encode()).hexdigest()
+
+
+def _git(env: ActionEnv, *args: str, cwd: Path | None = None) -> None:
+    from piccolo_build.run import stream
+
+    env.log("$ git " + " ".join(args))
+    code = stream(["git", *args], log=env.ctx.log_file(env.step.name), cwd=cwd, on_line=env.on_line)
+    if code != 0:
+        raise StepFailed(f"git {args[0]} failed with exit code {code}", exit_code=code)
+
+
+def _git_out(ctx: BuildContext, *args: str) -> str:
+    from piccolo_build.run import run
+
+    return run(["git", *args], cwd=ctx.scripts_dir).stdout.strip()
+
+
+def preflight(env: ActionEnv) -> str | None:
+    from piccolo_build.run import which
+
+    for tool in ("git", *(("gpg",) if env.cfg.release.signing_key else ())):
+        if which(tool) is None:
+            raise PiccoloError(f"{tool} not found", hint=f"install {tool}", exit_code=127)
+    fpr = None
+    if env.cfg.release.signing_key:
+        fpr = release.preflight_key(env.cfg.release.signing_key)
+        env.log(f"signing key {env.cfg.release.signing_key} usable: fingerprint {fpr}")
+    else:
+        env.log("release.signing_key is not set: the release will not be signed")
+    if env.cfg.flatcar.sdk_version:
+        from piccolo_build.docker_sdk import ensure_image
+
+        image = env.ctx.sdk_image(env.cfg.flatcar.sdk_version)
+        info = ensure_image(image, pull=env.ctx.allow_pull)
+        env.log(f"SDK image {image} {'pulled' if info.pulled else 'present'}: {info.id}")
+    return fpr
+
+
+def clone(env: ActionEnv) -> str | None:
+    d = env.ctx.scripts_dir
+    if (d / ".git").exists():
+        _git(env, "fetch", "--tags", "--prune", "--prune-tags", "--force", "origin", cwd=d)
+    else:
+        d.parent.mkdir(parents=True, exist_ok=True)
+        _git(env, "clone", "--no-checkout", env.ctx.scripts_url, str(d))
+    return None
+
+
+def checkout(env: ActionEnv) -> str | None:
+    tags = _git_out(env.ctx, "tag", "--list", "stable-*").splitlines()
+    if env.cfg.flatcar.release == "stable":
+        tag = newest_stable(tags)
+        if tag is None:
+            raise PiccoloError(f"{env.ctx.scripts_url} has no stable-NNNN.N.N tag")
+    else:
+        tag = env.cfg.flatcar.release
+        if tag not in tags:
+            raise PiccoloError(
+                f"flatcar.release: tag {tag} does not exist in {env.ctx.scripts_url}",
+                hint="pick one of: " + " ".join(sorted(tags)[-5:]),
+            )
+    commit = _git_out(env.ctx, "rev-parse", f"{tag}^{{commit}}")
+    result = f"{tag} {commit}"
+    head = _git_out(env.ctx, "rev-parse", "HEAD")
+    if head == commit and env.results.get(env.step.name) == result:
+        env.log(f"already at {tag} ({commit})")
+    else:
+        _git(env, "checkout", "--force", "--detach", tag, cwd=env.ctx.scripts_dir)
+        # Our earlier edits (package directories, the bumped -rN symlink) are untracked files in the
+        # overlay; drop them so the following steps apply the edits afresh to this tag's files.
+        overlay = env.ctx.coreos_overlay.relative_to(env.ctx.scripts_dir)
+        _git(env, "clean", "-d", "--force", "--quiet", "--", str(overlay), cwd=env.ctx.scripts_dir)
+        env.log(f"checked out {tag} ({commit})")
+    return result
+
+
+def _replace_dir(src: Path, dst: Path) -> None:
+    if dst.is_symlink() or dst.is_file():
+        dst.unlink()
+    elif dst.exists():
+        shutil.rmtree(dst)
+    shutil.copytree(src, dst, symlinks=True)
+
+
+def overlay(env: ActionEnv) -> str | None:
+    """Render into the work dir, then copy each package directory into the checkout's coreos-overlay.
+
+    The rendered tree has ``coreos-overlay/<category>/<package>/...`` (copied package by package, each
+    replaced whole so no stale file survives) and may have top-level directories such as
+    ``licenses/``, whose files go to the same place inside coreos-overlay.
+    """
+    from piccolo_build.overlay import overlay_files
+    from piccolo_build.render import write_tree
+
+    try:
+        files = overlay_files(env.cfg)
+    except ValueError as exc:
+        raise PiccoloError(f"cannot render the overlay: {exc}") from None
+    changed = write_tree(files, env.ctx.rendered_overlay)
+    state = "changed" if changed else "unchanged"
+    env.log(f"rendered {len(files)} files into {env.ctx.rendered_overlay} ({state})")
+    target = env.ctx.coreos_overlay
+    if not target.is_dir():
+        raise PiccoloError(
+            f"{target}: no coreos-overlay in the checkout (is {env.ctx.scripts_dir} flatcar/scripts?)"
+        )
+    for top in sorted(p for p in env.ctx.rendered_overlay.iterdir() if p.is_dir()):
+        if top.name == "coreos-overlay":
+            for pkg in sorted(p for p in top.glob("*/*") if p.is_dir()):
+                rel = pkg.relative_to(top)
+                _replace_dir(pkg, target / rel)
+                env.log(f"placed {rel} in {target}")
+        else:
+            for f in sorted(p for p in top.rglob("*") if p.is_file()):
+                rel = f.relative_to(env.ctx.rendered_overlay)
+                (target / rel).parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy2(f, target / rel)
+                env.log(f"placed {rel} in {target}")
+    return tree_digest(env.ctx.rendered_overlay)
+
+
+def bundle(env: ActionEnv) -> str | None:
+    """Build the sdist, put it into the SDK's DISTDIR, and write the agent package's Manifest."""
+    from piccolo_build import bundle as agent_bundle
+
+    sdist = agent_bundle.build_sdist(env.cfg, env.ctx.dist_dir)
+    data = sdist.read_bytes()
+    env.ctx.distfiles_dir.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(sdist, env.ctx.distfiles_dir / sdist.name)
+    env.log(f"placed {sdist.name} in {env.ctx.distfiles_dir}")
+    pkg = env.ctx.coreos_overlay / env.cfg.package.category / env.cfg.package.name
+    pkg.mkdir(parents=True, exist_ok=True)
+    (pkg / "Manifest").write_text(agent_bundle.manifest_line(sdist.name, data) + "\n", encoding="utf-8")
+    env.log(f"wrote {pkg / 'Manifest'}")
+    return f"{sdist.name} {hashlib.sha256(data).hexdigest()}"
+
+
+def rdepend(env: ActionEnv) -> str | None:
+    from piccolo_build import coreos
+
+    changed = coreos.add_rdepend(env.ctx.coreos_ebuild_dir, env.facts.rdepend_atom)
+    env.log(
+        f"{env.facts.rdepend_atom} {'added to' if changed else 'already in'} RDEPEND of coreos-base/coreos"
+    )
+    return tree_digest(env.ctx.coreos_ebuild_dir)
+
+
+def _version_file_sdk(path: Path) -> str | None:
+    if not path.is_file():
+        return None
+    for line in path.read_text(encoding="utf-8").splitlines():
+        key, _, value = line.partition("=")
+        if key.strip() == "FLATCAR_SDK_VERSION":
+            return value.strip().strip('"') or None
+    return None
+
+
+def _need(env: ActionEnv, step: str) -> str:
+    value = env.results.get(step)
+    if not value:
+        raise PiccoloError(f"step {step} has not finished", hint="run the build without --from")
+    return value
+
+
+def collect(env: ActionEnv) -> str | None:
+    tag, _, commit = _need(env, "checkout").partition(" ")
+    sdist_name = _need(env, "bundle").split(" ")[0]
+    info = release.ReleaseInfo(
+        piccolo_version=env.cfg.version,
+        flatcar_tag=tag,
+        flatcar_commit=commit,
+        sdk_version=env.cfg.flatcar.sdk_version or _version_file_sdk(env.ctx.version_file),
+        update_group=env.cfg.update.group,
+        boards=tuple(str(b) for b in env.cfg.boards),
+        config_sha256=config_digest(env.cfg),
+    )
+    images = {str(b): env.ctx.images_dir(str(b)) for b in env.cfg.boards}
+    release.collect(images, env.ctx.dist_dir / sdist_name, info, env.ctx.staging_dir, env.log)
+    return hashlib.sha256((env.ctx.staging_dir / release.SUMS).read_bytes()).hexdigest()
+
+
+def sign(env: ActionEnv) -> str | None:
+    fpr = _need(env, "preflight")
+    release.sign_release(env.ctx.staging_dir, fpr, env.log)
+    return fpr
+
+
+def verify(env: ActionEnv) -> str | None:
+    staging = env.ctx.staging_dir
+    if not (staging / release.SUMS).is_file():
+        raise PiccoloError(f"{staging}: nothing staged to verify", hint="run the build --from collect")
+    fpr = env.results.get("preflight") if env.cfg.release.signing_key else None
+    release.verify_release(staging, fpr, env.log)
+    out = Path(env.cfg.release.output_dir)
+    release.publish(staging, out)
+    env.log(f"release verified and published in {out}")
+    return hashlib.sha256((out / release.SUMS).read_bytes()).hexdigest()
+
+
+ACTIONS: dict[Action, Callable[[ActionEnv], str | None]] = {
+    Action.PREFLIGHT: preflight,
+    Action.CLONE: clone,
+    Action.CHECKOUT: checkout,
+    Action.OVERLAY: overlay,
+    Action.BUNDLE: bundle,
+    Action.RDEPEND: rdepend,
+    Action.COLLECT: collect,
+    Action.SIGN: sign,
+    Action.VERIFY: verify,
+}

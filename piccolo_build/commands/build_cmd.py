@@ -1,0 +1,192 @@
+"""``piccolo-build plan`` (what a full build would do) and ``piccolo-build build`` (do it)."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import shlex
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any
+
+import typer
+
+from piccolo_build.commands.config_cmd import ConfigOption, JsonOption, SetOption, config_path, load_for_cli
+from piccolo_build.context import DEFAULT_SCRIPTS_URL, DEFAULT_SDK_IMAGE
+
+if TYPE_CHECKING:
+    from piccolo_build.config import BuildConfig
+    from piccolo_build.context import BuildContext
+    from piccolo_build.plan import Facts, Step
+
+WorkDirOption = Annotated[
+    Path, typer.Option("--work-dir", "-w", help="Build directory: checkout, logs, state.", file_okay=False)
+]
+ScriptsDirOption = Annotated[
+    Path | None,
+    typer.Option(
+        "--scripts-dir",
+        help="The flatcar/scripts checkout to use (cloned there when absent; default WORK_DIR/scripts).",
+        file_okay=False,
+    ),
+]
+ScriptsUrlOption = Annotated[str, typer.Option("--scripts-url", help="Where to clone flatcar/scripts from.")]
+SdkImageOption = Annotated[
+    str, typer.Option("--sdk-image", help="SDK container image repository (tag: flatcar.sdk_version).")
+]
+
+
+def facts(cfg: BuildConfig) -> Facts:
+    """What the plan takes from the overlay and bundle modules."""
+    from piccolo_build import bundle, lock
+    from piccolo_build.overlay import BASE_CATEGORY, BASE_NAME
+    from piccolo_build.plan import Facts
+
+    agent = f"{cfg.package.category}/{cfg.package.name}"
+    return Facts(
+        base_sysexts=bundle.base_sysexts(lock.load_lock(), agent),
+        rdepend_atom=f"{BASE_CATEGORY}/{BASE_NAME}",
+        agent_atom=agent,
+    )
+
+
+def _context(
+    config: Path | None, work_dir: Path, scripts_dir: Path | None, scripts_url: str, sdk_image: str
+) -> BuildContext:
+    from piccolo_build.context import BuildContext
+
+    return BuildContext(
+        work_dir=work_dir,
+        scripts_dir_override=scripts_dir,
+        scripts_url=scripts_url,
+        sdk_image_repo=sdk_image,
+        config_file=config_path(config),
+    )
+
+
+def _steps(cfg: BuildConfig, ctx: BuildContext, f: Facts) -> list[Step]:
+    from piccolo_build.errors import PiccoloError
+    from piccolo_build.plan import plan
+
+    try:
+        return plan(cfg, ctx, f)
+    except ValueError as exc:
+        raise PiccoloError(f"cannot plan the build: {exc}") from None
+
+
+def environment() -> dict[str, Any]:
+    """The environment every step runs with (piccolo_build.run's sanitised base environment)."""
+    from piccolo_build.run import PASSTHROUGH
+
+    return {"passthrough": list(PASSTHROUGH), "defaults": {"LC_ALL": "C.UTF-8"}}
+
+
+def render_plan(steps: list[Step]) -> str:
+    from piccolo_build.run import PASSTHROUGH
+
+    out = [
+        f"environment of every step: only {' '.join(PASSTHROUGH)} are passed through (when set), "
+        "LC_ALL defaults to C.UTF-8, plus the step's own env lines below"
+    ]
+    for i, s in enumerate(steps, 1):
+        flags = ", ".join(x for x in (str(s.action), s.board or "", "always" if s.always else "") if x)
+        out.append(f"{i:2}. {s.name} ({flags})")
+        out.append(f"    {s.description}")
+        if s.argv:
+            out.append(f"    $ {shlex.join(s.argv)}")
+        if s.cwd:
+            out.append(f"    cwd: {s.cwd}")
+        for k, v in s.env:
+            out.append(f"    env: {k}={v}")
+        if s.inputs:
+            out.append(f"    inputs: {' '.join(s.inputs)}")
+        if s.outputs:
+            out.append(f"    outputs: {' '.join(s.outputs)}")
+    return "\n".join(out) + "\n"
+
+
+def _resume(ctx: BuildContext, config: Path | None, sets: list[str] | None) -> str:
+    """The ``piccolo-build build`` command line that repeats this build's options (for --from hints)."""
+    argv = ["piccolo-build", "build"]
+    if config is not None:
+        argv += ["--config", str(config)]
+    for item in sets or ():
+        argv += ["--set", item]
+    if ctx.work_dir != Path("build"):
+        argv += ["--work-dir", str(ctx.work_dir)]
+    if ctx.scripts_dir_override is not None:
+        argv += ["--scripts-dir", str(ctx.scripts_dir_override)]
+    if ctx.scripts_url != DEFAULT_SCRIPTS_URL:
+        argv += ["--scripts-url", ctx.scripts_url]
+    if ctx.sdk_image_repo != DEFAULT_SDK_IMAGE:
+        argv += ["--sdk-image", ctx.sdk_image_repo]
+    if ctx.allow_pull:
+        argv.append("--pull")
+    return shlex.join(argv)
+
+
+def register(app: typer.Typer) -> None:
+    @app.command("plan")
+    def plan_cmd(
+        *,
+        config: ConfigOption = None,
+        sets: SetOption = None,
+        as_json: JsonOption = False,
+        work_dir: WorkDirOption = Path("build"),
+        scripts_dir: ScriptsDirOption = None,
+        scripts_url: ScriptsUrlOption = DEFAULT_SCRIPTS_URL,
+        sdk_image: SdkImageOption = DEFAULT_SDK_IMAGE,
+    ) -> None:
+        """Print the ordered steps of a full build (commands, directories, inputs, outputs); run nothing."""
+        cfg = load_for_cli(config, sets)
+        ctx = _context(config, work_dir, scripts_dir, scripts_url, sdk_image)
+        steps = _steps(cfg, ctx, facts(cfg))
+        if as_json:
+            doc = {"environment": environment(), "steps": [s.to_json() for s in steps]}
+            typer.echo(json.dumps(doc, indent=2, sort_keys=True))
+        else:
+            typer.echo(render_plan(steps), nl=False)
+
+    @app.command("build")
+    def build_cmd(
+        *,
+        config: ConfigOption = None,
+        sets: SetOption = None,
+        work_dir: WorkDirOption = Path("build"),
+        scripts_dir: ScriptsDirOption = None,
+        scripts_url: ScriptsUrlOption = DEFAULT_SCRIPTS_URL,
+        sdk_image: SdkImageOption = DEFAULT_SDK_IMAGE,
+        from_step: Annotated[
+            str | None, typer.Option("--from", help="Start at this step (run it even if done).")
+        ] = None,
+        to_step: Annotated[str | None, typer.Option("--to", help="Stop after this step.")] = None,
+        dry_run: Annotated[
+            bool, typer.Option("--dry-run", help="Show which steps would run or be skipped; run nothing.")
+        ] = False,
+        pull: Annotated[
+            bool, typer.Option("--pull", help="Pull the SDK image when it is not present locally.")
+        ] = False,
+    ) -> None:
+        """Run the build: flatcar/scripts checkout, overlay, SDK steps per board, signed release."""
+        from piccolo_build.sdk import Executor, Options
+
+        cfg = load_for_cli(config, sets)
+        ctx = dataclasses.replace(
+            _context(config, work_dir, scripts_dir, scripts_url, sdk_image), allow_pull=pull
+        )
+        f = facts(cfg)
+        steps = _steps(cfg, ctx, f)
+        options = Options(
+            from_step=from_step,
+            to_step=to_step,
+            dry_run=dry_run,
+            resume=_resume(ctx, config, sets),
+        )
+        outcomes = Executor(cfg, ctx, f, steps, sys.stderr).execute(options)
+        ran = sum(o.status == "ran" for o in outcomes)
+        skipped = sum(o.status == "skipped" for o in outcomes)
+        if not dry_run:
+            where = (
+                cfg.release.output_dir if (to_step is None or to_step == steps[-1].name) else str(work_dir)
+            )
+            typer.echo(f"build finished: {ran} steps ran, {skipped} skipped; output in {where}")

@@ -1,0 +1,297 @@
+"""The ordered steps of a full build, computed without running anything (``piccolo-build plan``).
+
+A :class:`Step` is either an SDK command (argv, working directory, extra environment) or an internal
+action that piccolo-build does itself in Python (copy the overlay in, edit RDEPEND, collect, sign); both
+kinds name their inputs and outputs, so ``plan`` shows the whole build. The executor
+(:mod:`piccolo_build.sdk`) runs exactly this list.
+
+The SDK commands follow flatcar/scripts (FLATCAR.md section 1; flag spellings from the usage texts of
+``run_sdk_container``, ``build_image`` and ``image_to_vm.sh``):
+
+- ``./run_sdk_container [-C IMAGE] [-V SDK_VERSION] -a all -- CMD`` runs CMD in the SDK container.
+  No ``-n``: the script then names the container after the SDK and OS versions of the checkout, so a
+  new Flatcar tag never reuses a container set up for an older one, while the steps of one build share
+  it (the board roots built by ``build_packages`` live inside it). No ``-t``: output is piped into the
+  build log, and ``docker exec -t`` refuses to run without a terminal.
+- ``emerge-<board>`` builds the agent, the base-image package and ``coreos-base/coreos``;
+- ``./build_packages --board=<board>``;
+- ``./build_image --board=<board> --group=<update group> --base_sysexts=<list> --replace prod``
+  (``--replace`` so that a resumed build may overwrite the image directory of a failed attempt);
+- ``./image_to_vm.sh --from=<images dir in the container> --board=<board> --format=qemu_uefi``: a
+  disk image with A/B USR slots and update_engine (the ISO has ``/usr/.noupdate``, section 5).
+"""
+
+from __future__ import annotations
+
+import enum
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from piccolo_build.config import BuildConfig
+from piccolo_build.context import DEFAULT_SDK_IMAGE, BuildContext
+
+_UNSAFE_IN_SDK = re.compile(r'["$`\\\n]')
+_STABLE_TAG = re.compile(r"stable-(\d+)\.(\d+)\.(\d+)")
+
+
+class Action(enum.StrEnum):
+    """What the executor does for a step: run its argv, or one of its own actions."""
+
+    COMMAND = "command"
+    PREFLIGHT = "preflight"
+    CLONE = "clone"
+    CHECKOUT = "checkout"
+    OVERLAY = "overlay"
+    BUNDLE = "bundle"
+    RDEPEND = "rdepend"
+    COLLECT = "collect"
+    SIGN = "sign"
+    VERIFY = "verify"
+
+
+@dataclass(frozen=True)
+class Step:
+    """One build step. ``always`` steps run every time (they are cheap, or follow a floating tag); when
+    their result differs from the last build's, every later step runs again."""
+
+    name: str
+    description: str
+    action: Action
+    argv: tuple[str, ...] = ()
+    cwd: Path | None = None
+    env: tuple[tuple[str, str], ...] = ()
+    inputs: tuple[str, ...] = ()
+    outputs: tuple[str, ...] = ()
+    board: str | None = None
+    always: bool = False
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "description": self.description,
+            "action": str(self.action),
+            "argv": list(self.argv),
+            "cwd": str(self.cwd) if self.cwd else None,
+            "env": dict(self.env),
+            "inputs": list(self.inputs),
+            "outputs": list(self.outputs),
+            "board": self.board,
+            "always": self.always,
+        }
+
+
+@dataclass(frozen=True)
+class Facts:
+    """What the plan needs from the overlay and bundle modules (computed by the caller)."""
+
+    base_sysexts: str
+    rdepend_atom: str
+    agent_atom: str
+
+
+def stable_version(tag: str) -> tuple[int, int, int] | None:
+    m = _STABLE_TAG.fullmatch(tag)
+    return (int(m[1]), int(m[2]), int(m[3])) if m else None
+
+
+def newest_stable(tags: Iterable[str]) -> str | None:
+    """The newest ``stable-NNNN.N.N`` tag by version (not string) order; None when there is none."""
+    versions = [(v, t) for t in tags if (v := stable_version(t)) is not None]
+    return max(versions)[1] if versions else None
+
+
+def sdk_command(cfg: BuildConfig, ctx: BuildContext, *command: str) -> tuple[str, ...]:
+    """``./run_sdk_container ... -- COMMAND``. The SDK's entry script re-quotes every argument in double
+    quotes and hands the line to a shell, so ``"``, ``$``, backticks and backslashes would be expanded
+    there: refuse them (``|``, ``&`` and ``,`` of ``--base_sysexts`` are literal inside double quotes)."""
+    for arg in command:
+        if _UNSAFE_IN_SDK.search(arg):
+            raise ValueError(f"argument {arg!r} cannot pass through run_sdk_container unchanged")
+    argv = ["./run_sdk_container"]
+    if cfg.flatcar.sdk_version is not None:
+        if ctx.sdk_image_repo != DEFAULT_SDK_IMAGE:
+            argv += ["-C", ctx.sdk_image(cfg.flatcar.sdk_version)]
+        argv += ["-V", cfg.flatcar.sdk_version]
+    return (*argv, "-a", "all", "--", *command)
+
+
+def _git_steps(cfg: BuildConfig, ctx: BuildContext) -> list[Step]:
+    floating = cfg.flatcar.release == "stable"
+    target = "the newest stable-* tag" if floating else cfg.flatcar.release
+    return [
+        Step(
+            "clone",
+            f"clone {ctx.scripts_url} (or, when the checkout exists, fetch its tags and prune stale ones)",
+            Action.CLONE,
+            argv=("git", "clone", "--no-checkout", ctx.scripts_url, str(ctx.scripts_dir)),
+            outputs=(str(ctx.scripts_dir),),
+            always=floating,
+        ),
+        Step(
+            "checkout",
+            f"check out {target} (when HEAD is elsewhere: git checkout --force --detach, then git clean of "
+            "coreos-overlay, dropping the edits of an earlier build)",
+            Action.CHECKOUT,
+            argv=("git", "checkout", "--force", "--detach", "<newest stable-* tag>" if floating else target),
+            cwd=ctx.scripts_dir,
+            inputs=(cfg.flatcar.release,),
+            always=True,
+        ),
+    ]
+
+
+def _prepare_steps(cfg: BuildConfig, ctx: BuildContext, facts: Facts) -> list[Step]:
+    return [
+        Step(
+            "overlay",
+            "render the overlay from the configuration and copy its packages into coreos-overlay "
+            "(each package directory replaced whole)",
+            Action.OVERLAY,
+            inputs=(str(ctx.config_file) if ctx.config_file else "<defaults>",),
+            outputs=(str(ctx.rendered_overlay), str(ctx.coreos_overlay)),
+            always=True,
+        ),
+        Step(
+            "bundle",
+            "build the agent's sdist, put it into the SDK's DISTDIR and write the Manifest of "
+            + facts.agent_atom,
+            Action.BUNDLE,
+            outputs=(str(ctx.dist_dir), str(ctx.distfiles_dir)),
+            always=True,
+        ),
+        Step(
+            "coreos-rdepend",
+            f"add {facts.rdepend_atom} to RDEPEND of coreos-base/coreos and bump its -rN symlink",
+            Action.RDEPEND,
+            inputs=(facts.rdepend_atom,),
+            outputs=(str(ctx.coreos_ebuild_dir),),
+            always=True,
+        ),
+    ]
+
+
+def _board_steps(cfg: BuildConfig, ctx: BuildContext, facts: Facts, board: str) -> list[Step]:
+    sdk = ctx.scripts_dir
+    images = ctx.images_dir(board)
+    return [
+        Step(
+            f"sdk-emerge-{board}",
+            f"build the agent, the base-image package and coreos-base/coreos for {board}",
+            Action.COMMAND,
+            argv=sdk_command(
+                cfg,
+                ctx,
+                f"emerge-{board}",
+                "--verbose",
+                facts.agent_atom,
+                facts.rdepend_atom,
+                "coreos-base/coreos",
+            ),
+            cwd=sdk,
+            inputs=(str(ctx.coreos_overlay), str(ctx.distfiles_dir)),
+            board=board,
+        ),
+        Step(
+            f"build-packages-{board}",
+            f"build all binary packages of the image for {board}",
+            Action.COMMAND,
+            argv=sdk_command(cfg, ctx, "./build_packages", f"--board={board}"),
+            cwd=sdk,
+            board=board,
+        ),
+        Step(
+            f"build-image-{board}",
+            f"build the production image and its update payload for {board}",
+            Action.COMMAND,
+            argv=sdk_command(
+                cfg,
+                ctx,
+                "./build_image",
+                f"--board={board}",
+                f"--group={cfg.update.group}",
+                f"--base_sysexts={facts.base_sysexts}",
+                "--replace",
+                "prod",
+            ),
+            cwd=sdk,
+            outputs=(str(images),),
+            board=board,
+        ),
+        Step(
+            f"image-to-vm-{board}",
+            f"convert the image into a qemu_uefi disk image (A/B USR slots, update_engine) for {board}",
+            Action.COMMAND,
+            argv=sdk_command(
+                cfg,
+                ctx,
+                "./image_to_vm.sh",
+                f"--from={ctx.container_images_dir(board)}",
+                f"--board={board}",
+                "--format=qemu_uefi",
+            ),
+            cwd=sdk,
+            inputs=(str(images),),
+            outputs=(str(images),),
+            board=board,
+        ),
+    ]
+
+
+def _release_steps(cfg: BuildConfig, ctx: BuildContext) -> list[Step]:
+    key = cfg.release.signing_key
+    steps = [
+        Step(
+            "collect",
+            "copy images, update payloads and qemu_uefi images out; write SHA256SUMS and manifest.json",
+            Action.COLLECT,
+            inputs=tuple(str(ctx.images_dir(b)) for b in cfg.boards),
+            outputs=(str(ctx.staging_dir),),
+            always=True,
+        )
+    ]
+    if key is not None:
+        steps.append(
+            Step(
+                "sign",
+                f"gpg --detach-sign --armor -u {key} SHA256SUMS and each update payload",
+                Action.SIGN,
+                argv=("gpg", "--batch", "--yes", "--armor", "--detach-sign", "--local-user", key),
+                inputs=(str(ctx.staging_dir),),
+                outputs=(str(ctx.staging_dir),),
+                always=True,
+            )
+        )
+    steps.append(
+        Step(
+            "verify",
+            ("check every checksum and gpg --verify every signature, " if key else "check every checksum, ")
+            + f"then move the release into {cfg.release.output_dir}",
+            Action.VERIFY,
+            inputs=(str(ctx.staging_dir),),
+            outputs=(cfg.release.output_dir,),
+            always=True,
+        )
+    )
+    return steps
+
+
+def plan(cfg: BuildConfig, ctx: BuildContext, facts: Facts) -> list[Step]:
+    """Every step of a full build, in order."""
+    preflight = Step(
+        "preflight",
+        "check the tools, the signing key (a test signature) and the SDK image before any long step",
+        Action.PREFLIGHT,
+        inputs=tuple(x for x in (cfg.release.signing_key, cfg.flatcar.sdk_version) if x),
+        always=True,
+    )
+    steps = [preflight, *_git_steps(cfg, ctx), *_prepare_steps(cfg, ctx, facts)]
+    for board in cfg.boards:
+        steps += _board_steps(cfg, ctx, facts, str(board))
+    return steps + _release_steps(cfg, ctx)
+
+
+def names(steps: Iterable[Step]) -> list[str]:
+    return [s.name for s in steps]

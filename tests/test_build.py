@@ -1,0 +1,411 @@
+"""``piccolo-build build`` against a fake flatcar/scripts (real git, real gpg, real tar; SDK faked).
+
+The fake's scripts record their argv (tests/fixtures/fakesdk.py), so these tests assert the exact SDK
+commands and their order, where the overlay and the sdist land, the RDEPEND edit, skipping, --from
+resumption, the failure path and the signed, verified release.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import re
+import shlex
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from piccolo_build.actions import config_digest
+from piccolo_build.commands.build_cmd import facts
+from piccolo_build.config import BuildConfig, load_config
+from piccolo_build.context import BuildContext
+from piccolo_build.plan import plan
+from piccolo_build.sdk import Executor, Options
+from tests.builder_helpers import DEFAULT_CONFIG, cli
+from tests.fixtures.fakesdk import NEWEST_STABLE, FakeSdk, GpgKey
+
+OVERLAY = Path("sdk_container/src/third_party/coreos-overlay")
+SDK = ["run_sdk_container", "-a", "all", "--"]
+
+
+@dataclass
+class Project:
+    root: Path
+    fake: FakeSdk
+    key: GpgKey
+
+    @property
+    def work(self) -> Path:
+        return self.root / "build"
+
+    @property
+    def scripts(self) -> Path:
+        return self.work / "scripts"
+
+    @property
+    def out(self) -> Path:
+        return self.root / "release"
+
+    def build(self, *extra: str, signed: bool = True) -> subprocess.CompletedProcess[str]:
+        args = ["build", "--config", str(DEFAULT_CONFIG), "--scripts-url", str(self.fake.upstream)]
+        if signed:
+            args += ["--set", f"release.signing_key={self.key.email}"]
+        return cli(*args, *extra, cwd=self.root, env={"GNUPGHOME": str(self.key.home)})
+
+    def sdk_calls(self) -> list[list[str]]:
+        return self.fake.calls()
+
+
+@pytest.fixture
+def project(tmp_path: Path, fakesdk: FakeSdk, gpg_key: GpgKey) -> Project:
+    root = tmp_path / "project"
+    root.mkdir()
+    return Project(root, fakesdk, gpg_key)
+
+
+def _cfg(**overrides: str) -> BuildConfig:
+    return load_config(DEFAULT_CONFIG, overrides=overrides)
+
+
+def _ok(r: subprocess.CompletedProcess[str]) -> str:
+    assert r.returncode == 0, r.stdout + r.stderr
+    return r.stderr
+
+
+def _git(repo: Path, *args: str) -> str:
+    return subprocess.run(["git", *args], cwd=repo, capture_output=True, text=True, check=True).stdout.strip()
+
+
+def expected_calls(board: str = "amd64-usr", group: str = "stable") -> list[list[str]]:
+    base = facts(_cfg()).base_sysexts
+    emerge = [
+        f"emerge-{board}",
+        "--verbose",
+        "app-admin/piccolod",
+        "coreos-base/piccolo-base",
+        "coreos-base/coreos",
+    ]
+    packages = ["./build_packages", f"--board={board}"]
+    image = [
+        "./build_image",
+        f"--board={board}",
+        f"--group={group}",
+        f"--base_sysexts={base}",
+        "--replace",
+        "prod",
+    ]
+    vm = [
+        "./image_to_vm.sh",
+        f"--from=/mnt/host/source/src/build/images/{board}/latest",
+        f"--board={board}",
+        "--format=qemu_uefi",
+    ]
+    out = []
+    for cmd in (emerge, packages, image, vm):
+        out.append([*SDK, *cmd])
+        out.append([cmd[0].removeprefix("./"), *cmd[1:]])
+    return out
+
+
+def test_full_build_runs_the_exact_sdk_commands_and_publishes_a_signed_release(project: Project) -> None:
+    err = _ok(project.build())
+
+    # The SDK commands, in order, each through run_sdk_container (which records first).
+    assert project.sdk_calls() == expected_calls()
+
+    # The newest stable tag by version order is checked out (not main, not stable-999.0.0).
+    assert _git(project.scripts, "rev-parse", "HEAD") == project.fake.tag_commit(NEWEST_STABLE)
+
+    # The rendered overlay's packages sit where the SDK reads them.
+    overlay = project.scripts / OVERLAY
+    ebuild = overlay / "app-admin" / "piccolod" / "piccolod-0.1.0.ebuild"
+    rendered = (
+        project.work / "overlay" / "coreos-overlay" / "app-admin" / "piccolod" / "piccolod-0.1.0.ebuild"
+    )
+    assert ebuild.read_bytes() == rendered.read_bytes()
+    assert (overlay / "coreos-base" / "piccolo-base" / "files" / "10-piccolod-dependency.conf").is_file()
+
+    # The sdist is in the SDK's DISTDIR, and the package Manifest describes exactly that file.
+    distfile = project.scripts / "sdk_container" / ".cache" / "distfiles" / "piccolod-0.1.0.tar.gz"
+    manifest_line = (overlay / "app-admin" / "piccolod" / "Manifest").read_text().split()
+    assert manifest_line[:3] == ["DIST", "piccolod-0.1.0.tar.gz", str(distfile.stat().st_size)]
+
+    # coreos-base/coreos pulls in the base-image package, and its revision symlink was bumped.
+    coreos = overlay / "coreos-base" / "coreos"
+    assert re.search(r"^\s*coreos-base/piccolo-base\s*$", (coreos / "coreos-0.0.1.ebuild").read_text(), re.M)
+    revisions = sorted(p.name for p in coreos.glob("coreos-0.0.1-r*.ebuild"))
+    assert len(revisions) == 1 and revisions != ["coreos-0.0.1-r1.ebuild"]
+    assert (coreos / revisions[0]).is_symlink()
+
+    # The release: artefacts, sdist, checksums, manifest, signatures; verified before success.
+    files = sorted(p.relative_to(project.out).as_posix() for p in project.out.rglob("*") if p.is_file())
+    assert files == [
+        "SHA256SUMS",
+        "SHA256SUMS.asc",
+        "amd64-usr/flatcar_production_image.bin",
+        "amd64-usr/flatcar_production_image.vmlinuz",
+        "amd64-usr/flatcar_production_image_packages.txt",
+        "amd64-usr/flatcar_production_qemu_uefi.sh",
+        "amd64-usr/flatcar_production_qemu_uefi_efi_code.fd",
+        "amd64-usr/flatcar_production_qemu_uefi_efi_vars.fd",
+        "amd64-usr/flatcar_production_qemu_uefi_image.img",
+        "amd64-usr/flatcar_production_update.bin",
+        "amd64-usr/flatcar_production_update.bin.asc",
+        "amd64-usr/flatcar_test_update.gz",
+        "amd64-usr/flatcar_test_update.gz.asc",
+        "amd64-usr/version.txt",
+        "manifest.json",
+        "piccolod-0.1.0.tar.gz",
+    ]
+    manifest = json.loads((project.out / "manifest.json").read_text())
+    cfg = _cfg(**{"release.signing_key": project.key.email})
+    assert manifest["piccolo_version"] == "0.1.0"
+    assert manifest["flatcar_tag"] == NEWEST_STABLE
+    assert manifest["flatcar_commit"] == project.fake.tag_commit(NEWEST_STABLE)
+    assert manifest["sdk_version"] == "4081.1.0"  # from the tag's version.txt: no sdk_version configured
+    assert manifest["boards"] == ["amd64-usr"]
+    assert manifest["config_sha256"] == config_digest(cfg)
+    assert manifest["agent_sdist"]["size"] == distfile.stat().st_size
+    # The image really was built with our --base_sysexts, unmangled by the trip through the SDK scripts.
+    image = (project.out / "amd64-usr" / "flatcar_production_image.bin").read_text()
+    assert f"base_sysexts={facts(cfg).base_sysexts}\n" in image
+    assert "group=stable" in image
+
+    # Independent checks with the real tools.
+    sums = subprocess.run(["sha256sum", "--check", "--strict", "SHA256SUMS"], cwd=project.out, check=False)
+    assert sums.returncode == 0
+    for sig in ("SHA256SUMS.asc", "amd64-usr/flatcar_test_update.gz.asc"):
+        r = subprocess.run(
+            ["gpg", "--batch", "--verify", sig, sig.removesuffix(".asc")],
+            cwd=project.out,
+            env=project.key.env(),
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        assert r.returncode == 0 and "Good signature" in r.stderr, r.stderr
+    listing = subprocess.run(
+        ["tar", "-tzf", "piccolod-0.1.0.tar.gz"], cwd=project.out, capture_output=True, text=True, check=True
+    ).stdout.split()
+    assert "piccolod-0.1.0/piccolod/__init__.py" in listing
+    assert "piccolod-0.1.0/pyproject.toml" in listing
+    assert not [m for m in listing if "piccolo_build" in m]
+
+    # Progress and logs.
+    assert "==> [9/13] build-image-amd64-usr" in err
+    assert re.search(r"<== \[9/13\] build-image-amd64-usr ok in 0:00:\d\d", err)
+    log = (project.work / "logs" / "build-image-amd64-usr.log").read_text()
+    assert "$ ./run_sdk_container -a all -- ./build_image --board=amd64-usr" in log
+    assert "Done. Image(s) created in" in log
+    assert (project.work / "release-staging").exists() is False
+
+
+def test_a_second_build_skips_what_is_done_and_repairs_the_overlay(project: Project) -> None:
+    _ok(project.build())
+    project.fake.reset_calls()
+    stale = project.scripts / OVERLAY / "app-admin" / "piccolod" / "stale-file"
+    stale.write_text("left over from an older overlay\n")
+
+    r = project.build()
+    err = _ok(r)
+    assert project.sdk_calls() == []
+    for step in ("sdk-emerge", "build-packages", "build-image", "image-to-vm"):
+        assert f"{step}-amd64-usr: done for the same inputs, skipped" in err
+    assert "build finished: 9 steps ran, 4 skipped" in r.stdout
+    assert not stale.exists()  # the overlay step replaces package directories whole
+    assert (project.out / "SHA256SUMS.asc").is_file()
+
+
+def test_changing_only_the_signing_key_rebuilds_nothing(project: Project) -> None:
+    _ok(project.build(signed=False))
+    assert not list(project.out.rglob("*.asc"))
+    project.fake.reset_calls()
+    _ok(project.build())
+    assert project.sdk_calls() == []
+    assert (project.out / "SHA256SUMS.asc").is_file()
+
+
+def test_from_reruns_a_step_and_everything_after_it(project: Project) -> None:
+    _ok(project.build())
+    project.fake.reset_calls()
+    _ok(project.build("--from", "build-image-amd64-usr"))
+    assert project.sdk_calls() == expected_calls()[4:]
+
+    project.fake.reset_calls()
+    _ok(project.build("--from", "sdk-emerge-amd64-usr", "--to", "build-packages-amd64-usr"))
+    assert project.sdk_calls() == expected_calls()[:4]
+
+
+def test_a_failing_step_stops_the_build_and_resuming_finishes_it(project: Project) -> None:
+    project.fake.fail("build_image", 3)
+    r = project.build()
+    assert r.returncode == 3, r.stdout + r.stderr
+    assert [c[0] for c in project.sdk_calls()] == [
+        "run_sdk_container",
+        "emerge-amd64-usr",
+        "run_sdk_container",
+        "build_packages",
+        "run_sdk_container",
+        "build_image",
+    ]
+    log = project.work / "logs" / "build-image-amd64-usr.log"
+    assert "error: step build-image-amd64-usr failed with exit code 3 after 0:00:0" in r.stderr
+    assert "(log: build/logs/build-image-amd64-usr.log)" in r.stderr
+    assert re.search(r"^last \d+ lines of build/logs/build-image-amd64-usr\.log:$", r.stderr, re.M)
+    assert "  | build_image: compiling part 5" in r.stderr
+    assert "  | build_image: error: injected failure" in r.stderr
+    assert "injected failure" in log.read_text()
+    assert not project.out.exists()  # nothing half-published
+    hint = next(line for line in r.stderr.splitlines() if line.startswith("hint:"))
+    resume = shlex.split(hint.split("resume with: ", 1)[1])
+    assert resume[:2] == ["piccolo-build", "build"]
+    assert resume[-2:] == ["--from", "build-image-amd64-usr"]
+
+    # Fixed: the printed command resumes at the failed step; what was done is not redone.
+    project.fake.heal()
+    project.fake.reset_calls()
+    r2 = cli(*resume[1:], cwd=project.root, env={"GNUPGHOME": str(project.key.home)})
+    _ok(r2)
+    assert project.sdk_calls() == expected_calls()[4:]
+    assert (project.out / "SHA256SUMS.asc").is_file()
+
+
+def test_after_a_failure_a_plain_rebuild_skips_the_finished_steps(project: Project) -> None:
+    project.fake.fail("image_to_vm.sh", 42)
+    assert project.build().returncode == 42
+    project.fake.heal()
+    project.fake.reset_calls()
+    _ok(project.build())
+    assert project.sdk_calls() == expected_calls()[6:]
+
+
+def test_a_new_stable_tag_rebuilds_everything(project: Project) -> None:
+    _ok(project.build())
+    project.fake.add_tag("stable-4081.2.11", "4081.1.0")
+    project.fake.reset_calls()
+    _ok(project.build())
+    assert project.sdk_calls() == expected_calls()
+    manifest = json.loads((project.out / "manifest.json").read_text())
+    assert manifest["flatcar_tag"] == "stable-4081.2.11"
+
+
+def test_a_pinned_release_and_an_unknown_one(project: Project) -> None:
+    _ok(project.build("--set", "flatcar.release=stable-3510.2.8"))
+    assert _git(project.scripts, "rev-parse", "HEAD") == project.fake.tag_commit("stable-3510.2.8")
+    manifest = json.loads((project.out / "manifest.json").read_text())
+    assert (manifest["flatcar_tag"], manifest["sdk_version"]) == ("stable-3510.2.8", "3510.1.0")
+
+    project.fake.reset_calls()
+    r = project.build("--set", "flatcar.release=stable-1.2.3")
+    assert r.returncode == 2
+    assert "tag stable-1.2.3 does not exist" in r.stderr
+    assert project.sdk_calls() == []
+
+
+def test_a_missing_signing_key_fails_before_anything_starts(project: Project) -> None:
+    r = project.build("--set", "release.signing_key=nobody@piccolo.test", signed=False)
+    assert r.returncode == 2, r.stdout + r.stderr
+    assert "error: release.signing_key: no secret key 'nobody@piccolo.test'" in r.stderr
+    assert not project.scripts.exists()  # not even cloned
+    assert project.sdk_calls() == []
+
+
+def test_two_boards_and_an_unsigned_release(project: Project) -> None:
+    _ok(project.build("--set", "boards=amd64-usr,arm64-usr", "--set", "update.group=beta", signed=False))
+    assert project.sdk_calls() == expected_calls("amd64-usr", "beta") + expected_calls("arm64-usr", "beta")
+    manifest = json.loads((project.out / "manifest.json").read_text())
+    assert manifest["boards"] == ["amd64-usr", "arm64-usr"]
+    assert "arm64-usr/flatcar_test_update.gz" in manifest["payloads"]
+    assert not list(project.out.rglob("*.asc"))
+
+
+def test_dry_run_runs_nothing(project: Project) -> None:
+    r = project.build("--dry-run")
+    _ok(r)
+    assert not project.work.exists() or not project.scripts.exists()
+    assert project.sdk_calls() == []
+    assert "[9/13] build-image-amd64-usr: would run: ./run_sdk_container -a all -- ./build_image" in r.stderr
+
+    _ok(project.build())
+    project.fake.reset_calls()
+    r = project.build("--dry-run")
+    assert "[9/13] build-image-amd64-usr: would skip" in r.stderr
+    assert project.sdk_calls() == []
+
+
+def test_unknown_step_names_are_refused(project: Project) -> None:
+    r = project.build("--from", "build-imag")
+    assert r.returncode == 2
+    assert "--from build-imag: no such step" in r.stderr
+
+
+def test_live_progress_shows_step_elapsed_time_and_log_tail(
+    project: Project, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(project.root)
+    monkeypatch.setenv("GNUPGHOME", str(project.key.home))
+    project.fake.slow("build_packages", 2)
+    cfg = _cfg()
+    ctx = BuildContext(scripts_url=str(project.fake.upstream))
+    f = facts(cfg)
+    out = io.StringIO()
+    Executor(cfg, ctx, f, plan(cfg, ctx, f), out).execute(
+        Options(to_step="build-packages-amd64-usr", heartbeat=0.25, tty=False)
+    )
+    text = out.getvalue()
+    assert re.search(
+        r"^\.\.\. \[8/12\] build-packages-amd64-usr 0:00:0\d \| build_packages: working, line \d+$",
+        text,
+        re.M,
+    )
+
+    # On a terminal the block (status + last lines) is redrawn in place.
+    tty = io.StringIO()
+    Executor(cfg, ctx, f, plan(cfg, ctx, f), tty).execute(
+        Options(from_step="build-packages-amd64-usr", to_step="build-packages-amd64-usr", tty=True)
+    )
+    drawn = tty.getvalue()
+    assert "\x1b[K... [8/12] build-packages-amd64-usr 0:00:0" in drawn
+    assert re.search(r"\x1b\[K    build_packages: working, line \d+\n", drawn)
+    assert "\x1b[4F\x1b[J" in drawn  # status line + 3 tail lines erased before the next draw
+
+
+def test_ctrl_c_stops_the_running_step_and_records_nothing_for_it(project: Project) -> None:
+    project.fake.slow("build_packages", 60)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PICCOLO_")}
+    argv = [sys.executable, "-m", "piccolo_build", "build", "--config", str(DEFAULT_CONFIG)]
+    argv += ["--scripts-url", str(project.fake.upstream)]
+    proc = subprocess.Popen(argv, cwd=project.root, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    log = project.work / "logs" / "build-packages-amd64-usr.log"
+    try:
+        deadline = time.monotonic() + 60
+        while not (log.exists() and "working" in log.read_text()):
+            assert proc.poll() is None and time.monotonic() < deadline, "build_packages never started"
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGINT)
+        rc = proc.wait(timeout=30)
+        assert rc == 130, proc.communicate()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    _, err = proc.communicate()
+    assert b"interrupted" in err
+    steps = json.loads((project.work / "state.json").read_text())["steps"]
+    assert "sdk-emerge-amd64-usr" in steps
+    assert "build-packages-amd64-usr" not in steps
+    size = log.stat().st_size
+    time.sleep(0.5)
+    assert log.stat().st_size == size  # the fake build_packages is gone, not writing on
+
+
+def test_a_non_free_licence_file_lands_in_the_overlay_licenses_dir(project: Project) -> None:
+    _ok(project.build("--set", "package.license=Piccolo-EULA", "--to", "overlay", signed=False))
+    assert (project.scripts / OVERLAY / "licenses" / "Piccolo-EULA").is_file()
+    assert project.sdk_calls() == []

@@ -1,0 +1,207 @@
+"""``piccolo_build.plan`` and ``piccolo-build plan``: the exact ordered steps, computed without running."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from piccolo_build.config import BuildConfig, load_config
+from piccolo_build.context import BuildContext
+from piccolo_build.plan import Action, Facts, newest_stable, plan, sdk_command, stable_version
+from tests.builder_helpers import cli
+
+ROOT = Path(__file__).resolve().parent.parent
+FACTS = Facts(
+    base_sysexts="containerd-flatcar|app-containers/containerd,piccolod|dev-lang/python&app-admin/piccolod",
+    rdepend_atom="coreos-base/piccolo-base",
+    agent_atom="app-admin/piccolod",
+)
+
+
+def _cfg(**overrides: str) -> BuildConfig:
+    return load_config(ROOT / "piccolo.yaml", overrides=overrides)
+
+
+def test_default_plan_order_and_commands() -> None:
+    steps = plan(_cfg(), BuildContext(), FACTS)
+    assert [s.name for s in steps] == [
+        "preflight",
+        "clone",
+        "checkout",
+        "overlay",
+        "bundle",
+        "coreos-rdepend",
+        "sdk-emerge-amd64-usr",
+        "build-packages-amd64-usr",
+        "build-image-amd64-usr",
+        "image-to-vm-amd64-usr",
+        "collect",
+        "verify",  # no signing key in the default config: nothing to sign
+    ]
+    by = {s.name: s for s in steps}
+    sdk = ("./run_sdk_container", "-a", "all", "--")
+    assert by["sdk-emerge-amd64-usr"].argv == (
+        *sdk,
+        "emerge-amd64-usr",
+        "--verbose",
+        "app-admin/piccolod",
+        "coreos-base/piccolo-base",
+        "coreos-base/coreos",
+    )
+    assert by["build-packages-amd64-usr"].argv == (*sdk, "./build_packages", "--board=amd64-usr")
+    assert by["build-image-amd64-usr"].argv == (
+        *sdk,
+        "./build_image",
+        "--board=amd64-usr",
+        "--group=stable",
+        f"--base_sysexts={FACTS.base_sysexts}",
+        "--replace",
+        "prod",
+    )
+    assert by["image-to-vm-amd64-usr"].argv == (
+        *sdk,
+        "./image_to_vm.sh",
+        "--from=/mnt/host/source/src/build/images/amd64-usr/latest",
+        "--board=amd64-usr",
+        "--format=qemu_uefi",
+    )
+    for s in steps:
+        if s.action is Action.COMMAND:
+            assert s.cwd == Path("build/scripts")
+            assert "iso" not in " ".join(s.argv)
+
+
+def test_boards_sdk_version_group_and_signing_change_the_plan() -> None:
+    cfg = _cfg(
+        boards="amd64-usr,arm64-usr",
+        **{
+            "flatcar.sdk_version": "4230.1.0+nightly",
+            "update.group": "beta",
+            "release.signing_key": "A1B2C3D4",
+        },
+    )
+    steps = plan(cfg, BuildContext(work_dir=Path("/w")), FACTS)
+    names = [s.name for s in steps]
+    assert names[6:14] == [
+        f"{kind}-{board}"
+        for board in ("amd64-usr", "arm64-usr")
+        for kind in ("sdk-emerge", "build-packages", "build-image", "image-to-vm")
+    ]
+    assert names[-3:] == ["collect", "sign", "verify"]
+    image = next(s for s in steps if s.name == "build-image-arm64-usr")
+    assert image.argv[:6] == ("./run_sdk_container", "-V", "4230.1.0+nightly", "-a", "all", "--")
+    assert "--group=beta" in image.argv and "--board=arm64-usr" in image.argv
+    assert image.board == "arm64-usr"
+    sign = next(s for s in steps if s.name == "sign")
+    assert sign.argv[-2:] == ("--local-user", "A1B2C3D4")
+
+
+def test_custom_sdk_image_is_passed_with_dash_c() -> None:
+    cfg = _cfg(**{"flatcar.sdk_version": "4230.1.0+nightly"})
+    ctx = BuildContext(sdk_image_repo="registry.example.invalid/sdk")
+    argv = sdk_command(cfg, ctx, "./build_packages", "--board=amd64-usr")
+    # Docker tags cannot hold '+': flatcar/scripts turns it into '-', so do we.
+    assert argv[:5] == (
+        "./run_sdk_container",
+        "-C",
+        "registry.example.invalid/sdk:4230.1.0-nightly",
+        "-V",
+        "4230.1.0+nightly",
+    )
+
+
+@pytest.mark.parametrize("bad", ['a"b', "a$b", "a`b", "a\\b", "a\nb"])
+def test_sdk_arguments_that_the_entry_script_would_expand_are_refused(bad: str) -> None:
+    with pytest.raises(ValueError, match="cannot pass through run_sdk_container"):
+        sdk_command(_cfg(), BuildContext(), "./build_image", f"--group={bad}")
+
+
+def test_pinned_release_is_checked_out_by_name() -> None:
+    steps = plan(_cfg(**{"flatcar.release": "stable-4081.2.0"}), BuildContext(), FACTS)
+    by = {s.name: s for s in steps}
+    assert by["checkout"].argv[-1] == "stable-4081.2.0"
+    assert not by["clone"].always  # a pinned tag needs no fetch once cloned
+    floating = {s.name: s for s in plan(_cfg(), BuildContext(), FACTS)}
+    assert floating["clone"].always
+
+
+def test_newest_stable_uses_version_order_not_string_order() -> None:
+    tags = ["stable-999.0.0", "stable-4081.2.9", "stable-4081.2.10", "beta-9999.0.0", "stable-4081.2.10-rc1"]
+    assert newest_stable(tags) == "stable-4081.2.10"
+    assert newest_stable(["alpha-1.2.3", "main"]) is None
+
+
+@given(st.lists(st.tuples(st.integers(0, 9999), st.integers(0, 99), st.integers(0, 99)), min_size=1))
+def test_newest_stable_is_the_maximum_version(versions: list[tuple[int, int, int]]) -> None:
+    tags = [f"stable-{a}.{b}.{c}" for a, b, c in versions] + ["beta-99999.0.0", "lts-99999.1.1"]
+    newest = newest_stable(tags)
+    assert newest is not None
+    assert stable_version(newest) == max(versions)
+
+
+def test_step_json_is_complete_and_serialisable() -> None:
+    for step in plan(_cfg(), BuildContext(), FACTS):
+        data = json.loads(json.dumps(step.to_json()))
+        assert set(data) == {
+            "name",
+            "description",
+            "action",
+            "argv",
+            "cwd",
+            "env",
+            "inputs",
+            "outputs",
+            "board",
+            "always",
+        }
+
+
+# --- the command -------------------------------------------------------------------------------
+
+
+def _cli(*args: str, cwd: Path | None = None) -> tuple[int, str]:
+    r = cli(*args, cwd=cwd)
+    return r.returncode, r.stdout + r.stderr
+
+
+def test_plan_command_prints_the_full_default_build_and_runs_nothing(tmp_path: Path) -> None:
+    code, out = _cli("plan", "--config", str(ROOT / "piccolo.yaml"), cwd=tmp_path)
+    assert code == 0, out
+    numbered = re.findall(r"^\s*(\d+)\. (\S+) ", out, flags=re.M)
+    assert [int(i) for i, _ in numbered] == list(range(1, 13))
+    assert [n for _, n in numbered] == [s.name for s in plan(_cfg(), BuildContext(), FACTS)]
+    assert "$ ./run_sdk_container -a all -- ./build_image --board=amd64-usr --group=stable" in out
+    assert "piccolod|" in out  # our sysext entry is part of --base_sysexts
+    assert "--format=qemu_uefi" in out
+    assert list(tmp_path.iterdir()) == []  # nothing cloned, rendered or written
+
+
+def test_plan_json_matches_the_library(tmp_path: Path) -> None:
+    code, out = _cli(
+        "plan", "--config", str(ROOT / "piccolo.yaml"), "--json", "--set", "boards=arm64-usr", cwd=tmp_path
+    )
+    assert code == 0, out
+    doc = json.loads(out)
+    assert {"GNUPGHOME", "DOCKER_HOST", "PATH"} <= set(doc["environment"]["passthrough"])
+    steps = doc["steps"]
+    assert [s["name"] for s in steps if s["board"]] == [
+        "sdk-emerge-arm64-usr",
+        "build-packages-arm64-usr",
+        "build-image-arm64-usr",
+        "image-to-vm-arm64-usr",
+    ]
+    assert steps[8]["argv"][0] == "./run_sdk_container"
+    assert steps[8]["cwd"] == "build/scripts"
+
+
+def test_plan_with_a_bad_config_value_names_file_line_and_key(tmp_path: Path) -> None:
+    cfg = tmp_path / "p.yaml"
+    cfg.write_text("version: 0.1.0\nflatcar:\n  release: beta\n")
+    code, out = _cli("plan", "--config", str(cfg))
+    assert code != 0
+    assert f"{cfg}:3: flatcar.release" in out
