@@ -1,0 +1,414 @@
+"""Benchmark of the agent: assessment wall time, hang verdict time, API throughput/latency, memory.
+
+Run: ``.venv/bin/python bench/agent.py [--soak-seconds 600] [--load-seconds 10] [--clients 3]``.
+
+Everything is local: a private ``dockerd`` with one busybox container whose health check passes, a
+``swtpm`` on a unix socket, the storage check on a temporary directory, the network check against a
+127.0.0.1 listener this script runs and ``localhost``, and the ``api`` check against the agent itself.
+It prints four figures against their targets:
+
+1. assessment wall time with all six components healthy vs the slowest single check (<= 1.2x);
+2. verdict time when one check hangs (the TPM check replaced by one that never returns) vs its
+   deadline (<= deadline + 0.5 s);
+3. ``GET /api/v1/system/health`` throughput and p99 latency from concurrent keep-alive ``http.client``
+   processes while ``piccolod serve`` runs its checks every second (>= 3000 req/s, p99 < 10 ms);
+4. the resident memory of ``piccolod serve`` after ``--soak-seconds`` of checks every second (< 45 MB).
+"""
+
+from __future__ import annotations
+
+import argparse
+import http.client
+import multiprocessing
+import os
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from piccolod.api import listen_socket  # noqa: E402
+from piccolod.assess import Assessor, Check  # noqa: E402
+from piccolod.checks import CHECKS, timeout_for  # noqa: E402
+from piccolod.daemon import Daemon, ready_after_first_assessment  # noqa: E402
+from piccolod.model import Source, build  # noqa: E402
+from piccolod.policy import Component, PolicyFile  # noqa: E402
+from piccolod.result import Outcome, Status  # noqa: E402
+from tests.fixtures.daemons import BUSYBOX_IMAGE, Dockerd, Swtpm  # noqa: E402
+
+HEALTH = "/api/v1/system/health"
+DEADLINE = 2.0  # network and TPM deadline in the bench policy
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+@contextmanager
+def tcp_target() -> Iterator[str]:
+    """A 127.0.0.1 listener that accepts and closes, for the network check."""
+    srv = socket.socket()
+    srv.bind(("127.0.0.1", 0))
+    srv.listen(128)
+    stop = threading.Event()
+
+    def serve() -> None:
+        srv.settimeout(0.2)
+        while not stop.is_set():
+            try:
+                conn, _ = srv.accept()
+                conn.close()
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+
+    t = threading.Thread(target=serve, daemon=True)
+    t.start()
+    try:
+        yield f"127.0.0.1:{srv.getsockname()[1]}"
+    finally:
+        stop.set()
+        t.join(2)
+        srv.close()
+
+
+def policy_data(
+    tmp: Path, docker_host: str, tcti: str, target: str, port: int, interval: float
+) -> dict[str, Any]:
+    return {
+        "health_policy": {
+            "startup": {
+                "required_components": ["tpm", "storage", "api"],
+                "optional_components": ["docker", "network"],
+            },
+            "runtime": {"check_interval_seconds": interval, "failure_threshold": 3},
+            "thresholds": {"network_timeout_seconds": DEADLINE, "tpm_operation_timeout_seconds": DEADLINE},
+            "checks": {
+                "docker": {"host": docker_host},
+                "tpm": {"tcti": tcti},
+                "storage": {"mounts": [str(tmp)]},
+                "network": {"targets": [target], "dns_names": ["localhost"]},
+            },
+        },
+        "agent": {"listen": f"127.0.0.1:{port}", "state_dir": str(tmp / "state")},
+    }
+
+
+def ms(seconds: float) -> str:
+    return f"{seconds * 1000:.1f} ms"
+
+
+def verdict(ok: bool) -> str:
+    return "PASS" if ok else "MISS"
+
+
+# --- 1 and 2: the engine with the real checks -----------------------------------------------------------
+
+
+def bench_assessment(policy: PolicyFile, runs: int) -> None:
+    singles: dict[Component, float] = {}
+    cpu: dict[Component, float] = {}
+    for comp in policy.health_policy.checked():
+        check, timeout = CHECKS[comp], timeout_for(comp, policy)
+        check(policy, timeout)  # warm-up (imports, first connections)
+        times, cpus = [], []
+        for _ in range(runs):
+            t0, c0 = time.perf_counter(), time.process_time()
+            out = check(policy, timeout)
+            times.append(time.perf_counter() - t0)
+            cpus.append(time.process_time() - c0)
+            if not out.healthy:
+                raise SystemExit(f"bench set-up broken: {comp} is not healthy: {out.reason}")
+        singles[comp] = statistics.median(times)
+        cpu[comp] = statistics.median(cpus)
+    assessor = Assessor()
+    walls = []
+    for _ in range(runs):
+        t0 = time.perf_counter()
+        a = assessor.assess(policy)
+        walls.append(time.perf_counter() - t0)
+        if a.status is not Status.HEALTHY:
+            raise SystemExit(
+                f"bench set-up broken: {a.status}: {[(r.component, r.reason) for r in a.results]}"
+            )
+
+    # The engine alone: stand-in checks that just wait as long as each real one took.
+    def waits(seconds: float) -> Check:
+        def check(p: PolicyFile, timeout: float) -> Outcome:
+            time.sleep(seconds)
+            return Outcome(True, "waited")
+
+        return check
+
+    standins = {c: waits(t) for c, t in singles.items()}
+    engine = Assessor(standins, timeout_for)
+    engine_walls = []
+    for _ in range(runs):
+        t0 = time.perf_counter()
+        engine.assess(policy)
+        engine_walls.append(time.perf_counter() - t0)
+    slowest_comp = max(singles, key=lambda c: singles[c])
+    slowest, wall = singles[slowest_comp], statistics.median(walls)
+    print("1. assessment wall time, six components healthy and local (median of", runs, "runs)")
+    for comp, t in singles.items():
+        print(f"     {comp:<10} alone {ms(t)} wall, {ms(cpu[comp])} CPU in this process")
+    print(
+        f"   all six concurrently: {ms(wall)} (max {ms(max(walls))}); slowest single ({slowest_comp}) "
+        f"{ms(slowest)}; ratio {wall / slowest:.2f}x  target <= 1.2x  {verdict(wall <= 1.2 * slowest)}"
+    )
+    pair = []
+    for _ in range(runs):
+        t0 = time.perf_counter()
+        assessor.assess(policy, [Component.DOCKER, Component.CONTAINERS])
+        pair.append(time.perf_counter() - t0)
+    print(
+        f"   docker and containers alone together (one dockerd answers both): {ms(statistics.median(pair))}"
+    )
+    engine_wall = statistics.median(engine_walls)
+    print(
+        f"   the engine alone (stand-ins sleeping as long as each check took): {ms(engine_wall)}, "
+        f"ratio {engine_wall / slowest:.2f}x"
+    )
+
+
+def bench_hang(policy: PolicyFile, runs: int) -> None:
+    release = threading.Event()
+
+    def hang(p: PolicyFile, timeout: float) -> Outcome:
+        release.wait()
+        return Outcome(True, "released")
+
+    checks: dict[Component, Check] = dict(CHECKS)
+    checks[Component.TPM] = hang
+    deadline = timeout_for(Component.TPM, policy)
+    times = []
+    for _ in range(runs):
+        t0 = time.perf_counter()
+        a = Assessor(checks, timeout_for).assess(policy)  # a fresh engine: no call in flight
+        times.append(time.perf_counter() - t0)
+        tpm = a.result(Component.TPM)
+        assert tpm is not None and not tpm.healthy and a.status is Status.UNHEALTHY
+    release.set()
+    worst = max(times)
+    print(f"2. verdict with the tpm check hung (deadline {deadline:g} s), {runs} runs")
+    print(
+        f"   median {statistics.median(times):.3f} s, worst {worst:.3f} s"
+        f" = deadline + {worst - deadline:.3f} s  target <= deadline + 0.5 s  "
+        f"{verdict(worst <= deadline + 0.5)}"
+    )
+
+
+# --- 3 and 4: the real daemon under load ------------------------------------------------------------------
+
+
+def client(port: int, seconds: float, queue: Any) -> None:
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+    lat: list[float] = []
+    errors = 0
+    end = time.perf_counter() + seconds
+    while True:
+        t0 = time.perf_counter()
+        if t0 >= end:
+            break
+        try:
+            conn.request("GET", HEALTH)
+            resp = conn.getresponse()
+            resp.read()
+            if resp.status != 200:
+                errors += 1
+        except (OSError, http.client.HTTPException):
+            errors += 1
+            conn.close()
+            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+        lat.append(time.perf_counter() - t0)
+    conn.close()
+    queue.put((lat, errors))
+
+
+def metric(port: int, name: str) -> float:
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+    conn.request("GET", "/metrics")
+    text = conn.getresponse().read().decode()
+    conn.close()
+    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith(name + "{"))
+
+
+def status_kib(pid: int, *names: str) -> tuple[int, ...]:
+    fields = dict(line.split(":", 1) for line in Path(f"/proc/{pid}/status").read_text().splitlines())
+    return tuple(int(fields[n].split()[0]) for n in names)
+
+
+def rss_kib(pid: int) -> tuple[int, int]:
+    rss, hwm = status_kib(pid, "VmRSS", "VmHWM")
+    return rss, hwm
+
+
+def wait_answering(port: int, proc: subprocess.Popen[bytes]) -> None:
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise SystemExit(f"piccolod serve exited with {proc.returncode}")
+        try:
+            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=1)
+            conn.request("GET", HEALTH)
+            if conn.getresponse().status == 200:
+                return
+        except OSError:
+            pass
+        time.sleep(0.1)
+    raise SystemExit("piccolod serve did not become healthy")
+
+
+def bench_daemon(config: Path, port: int, clients: int, load_seconds: float, soak_seconds: float) -> None:
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "piccolod", "serve", "--config", str(config)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env={k: v for k, v in os.environ.items() if k not in ("NOTIFY_SOCKET", "WATCHDOG_USEC")},
+    )
+    try:
+        wait_answering(port, proc)
+        time.sleep(2)
+        rss_start, _ = rss_kib(proc.pid)
+        before = metric(port, "piccolod_assessments_total")
+        ctx = multiprocessing.get_context("fork")
+        queue = ctx.Queue()
+        workers = [ctx.Process(target=client, args=(port, load_seconds, queue)) for _ in range(clients)]
+        t0 = time.perf_counter()
+        for w in workers:
+            w.start()
+        results = [queue.get(timeout=load_seconds + 60) for _ in workers]
+        elapsed = time.perf_counter() - t0
+        for w in workers:
+            w.join(10)
+        during = metric(port, "piccolod_assessments_total") - before
+        lat = sorted(x for r in results for x in r[0])
+        errors = sum(r[1] for r in results)
+        p50, p99 = lat[len(lat) // 2], lat[min(len(lat) - 1, int(len(lat) * 0.99))]
+        rate = len(lat) / elapsed
+        print(
+            f"3. GET {HEALTH}: {clients} keep-alive http.client processes for {load_seconds:g} s "
+            f"while checks ran every 1 s ({during:g} assessments during the load)"
+        )
+        print(
+            f"   {len(lat)} requests, {errors} errors, {rate:.0f} req/s, p50 {ms(p50)}, p99 {ms(p99)}, "
+            f"max {ms(lat[-1])}  target >= 3000 req/s and p99 < 10 ms  "
+            f"{verdict(rate >= 3000 and p99 < 0.010)}"
+        )
+        soak_end = time.monotonic() + soak_seconds
+        marks = []
+        while time.monotonic() < soak_end:
+            time.sleep(min(60.0, max(0.0, soak_end - time.monotonic())))
+            marks.append(rss_kib(proc.pid)[0])
+        rss, hwm = rss_kib(proc.pid)
+        assessments = metric(port, "piccolod_assessments_total")
+        print(
+            f"4. resident memory of piccolod serve: {rss_start / 1024:.1f} MiB after start, "
+            f"{rss / 1024:.1f} MiB after {soak_seconds:g} s more of checks every 1 s "
+            f"({assessments:g} assessments in all), peak {hwm / 1024:.1f} MiB"
+        )
+        anon, file, threads = status_kib(proc.pid, "RssAnon", "RssFile", "Threads")
+        print(
+            f"   of which anonymous {anon / 1024:.1f} MiB, file-backed (shared libraries) "
+            f"{file / 1024:.1f} MiB; {threads} threads"
+        )
+        if len(marks) > 1:
+            print("   RSS each minute (MiB):", " ".join(f"{m / 1024:.1f}" for m in marks))
+        print(f"   target < 45 MB (42.9 MiB)  {verdict(rss * 1024 < 45e6)}")
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+# --- set-up ------------------------------------------------------------------------------------------
+
+
+def start_container(dockerd: Dockerd) -> None:
+    client = dockerd.client()
+    try:
+        c = client.containers.run(
+            BUSYBOX_IMAGE,
+            ["sleep", "36000"],
+            detach=True,
+            healthcheck={"test": ["CMD", "true"], "interval": 1_000_000_000, "retries": 1},
+        )
+        deadline = time.monotonic() + 30
+        while client.api.inspect_container(c.id)["State"].get("Health", {}).get("Status") != "healthy":
+            if time.monotonic() > deadline:
+                raise SystemExit("bench container never became healthy")
+            time.sleep(0.2)
+    finally:
+        client.close()
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
+    ap.add_argument("--runs", type=int, default=10, help="repetitions for figures 1 and 2 (default 10)")
+    ap.add_argument("--hang-runs", type=int, default=3)
+    ap.add_argument("--clients", type=int, default=3, help="load generator processes (default 3)")
+    ap.add_argument("--load-seconds", type=float, default=10.0)
+    ap.add_argument("--soak-seconds", type=float, default=60.0, help="memory soak (the target: 600)")
+    args = ap.parse_args()
+
+    with tempfile.TemporaryDirectory(prefix="pbench-", dir="/tmp") as tmp_name:
+        tmp = Path(tmp_name)
+        dockerd = Dockerd(tmp / "d")
+        (tmp / "d").mkdir(exist_ok=True)
+        swtpm = Swtpm(tmp / "t")
+        print(f"set-up: private dockerd, swtpm, 127.0.0.1 listener; {os.cpu_count()} CPUs")
+        dockerd.start()
+        try:
+            swtpm.start()
+            try:
+                start_container(dockerd)
+                with tcp_target() as target:
+                    port = free_port()
+                    data = policy_data(tmp, dockerd.host, swtpm.tcti, target, port, interval=3600)
+                    policy = build(PolicyFile, data, Source("<bench>"))
+                    # The api check needs an agent to talk to: a real Daemon in this process.
+                    daemon = Daemon(
+                        policy, gate=ready_after_first_assessment, listener=listen_socket(policy.agent.listen)
+                    )
+                    thread = threading.Thread(target=daemon.run, daemon=True)
+                    thread.start()
+                    daemon.is_ready.wait(30)
+                    try:
+                        bench_assessment(policy, args.runs)
+                        bench_hang(policy, args.hang_runs)
+                    finally:
+                        daemon.stop()
+                        thread.join(10)
+                    port = free_port()
+                    config = tmp / "policy.yaml"
+                    config.write_text(
+                        yaml.safe_dump(policy_data(tmp, dockerd.host, swtpm.tcti, target, port, 1.0))
+                    )
+                    bench_daemon(config, port, args.clients, args.load_seconds, args.soak_seconds)
+            finally:
+                swtpm.stop()
+        finally:
+            dockerd.stop()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,41 @@
+"""The ``piccolod`` subcommands, one module each; every module has ``add_parser(subparsers)``.
+
+A module's ``add_parser`` adds its subparser and sets ``func`` (``args -> exit code``) as a default.
+New commands (``gate``, ``status``) are added by listing their module in :data:`COMMAND_MODULES`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from types import ModuleType
+
+from piccolod.policy import ModelError, PolicyFile, load_policy
+
+EXIT_CANNOT_ASSESS = 3  # also a bad policy (the monitoring-plugin "unknown")
+
+
+def command_modules() -> tuple[ModuleType, ...]:
+    from piccolod.commands import check, gate, serve, status
+
+    return (serve, check, gate, status)
+
+
+def add_config_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--config",
+        metavar="FILE",
+        type=Path,
+        help="use exactly this policy file (default: the vendor policy "
+        "/usr/lib/piccolod/health-policy.yaml overridden key by key by /etc/piccolod/health-policy.yaml)",
+    )
+
+
+def load(args: argparse.Namespace) -> PolicyFile | None:
+    """The policy the command line asks for; prints the one-line error and returns None if it is bad."""
+    try:
+        return load_policy(args.config)
+    except ModelError as exc:
+        print(f"piccolod: {exc}", file=sys.stderr)
+        return None

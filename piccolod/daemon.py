@@ -1,0 +1,194 @@
+"""The agent's life: start the API, pass the gate, then assess on a schedule until told to stop.
+
+:meth:`Daemon.run` is the whole startup sequence, in this order:
+
+1. the policy is already loaded (by ``piccolod serve``) and handed to the constructor;
+2. the HTTP API starts (so the ``api`` check, and people, can reach it from the first second);
+3. the **gate hook** runs: a callable ``gate(daemon)`` that decides when ``READY=1`` is sent. The default,
+   :func:`ready_after_first_assessment`, runs one assessment and then sends ``READY=1``; the first-boot
+   gate replaces it (it may assess repeatedly, update :class:`~piccolod.state.State`, count outcomes in
+   :class:`~piccolod.metrics.Metrics`, call :meth:`Daemon.ready` or never do so);
+4. the runtime loop: an assessment every ``check_interval_seconds`` through the
+   :class:`~piccolod.hysteresis.Hysteresis` filter, one log record per check, metrics, ``STATUS=``, and
+   ``WATCHDOG=1`` from this same loop when systemd asked for a watchdog.
+
+SIGTERM/SIGINT send ``STOPPING=1``, end any wait at once, stop the API and return 0.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import socket
+import threading
+import time
+from collections.abc import Callable, Mapping
+from types import FrameType
+
+from piccolod import document, logs, notify
+from piccolod.api import ApiServer, Response, listen_socket
+from piccolod.assess import Assessment, Assessor
+from piccolod.hysteresis import Hysteresis
+from piccolod.metrics import CONTENT_TYPE, GateOutcome, Metrics
+from piccolod.policy import PolicyFile
+from piccolod.state import State
+
+log = logging.getLogger("piccolod")
+
+HEALTH_PATH = "/api/v1/system/health"
+GateHook = Callable[["Daemon"], None]
+
+
+def ready_after_first_assessment(daemon: Daemon) -> None:
+    """The default gate: no first-boot gate, ``READY=1`` after the first assessment."""
+    daemon.assess()
+    daemon.state.update(startup_health_check="skipped")
+    daemon.metrics.gate_outcome(GateOutcome.SKIPPED)
+    daemon.ready()
+
+
+def status_line(assessment: Assessment) -> str:
+    total = len(assessment.results)
+    good = sum(1 for r in assessment.results if r.healthy)
+    line = f"{assessment.status}: {good}/{total} components pass"
+    failing = assessment.failing()
+    return line + (f" (failing: {', '.join(failing)})" if failing else "")
+
+
+class Daemon:
+    def __init__(
+        self,
+        policy: PolicyFile,
+        *,
+        assessor: Assessor | None = None,
+        gate: GateHook = ready_after_first_assessment,
+        listener: socket.socket | None = None,
+        facts: document.Facts | None = None,
+        env: Mapping[str, str] | None = None,
+    ) -> None:
+        hp = policy.health_policy
+        self.policy = policy
+        self.assessor = assessor if assessor is not None else Assessor()
+        self.gate = gate
+        self.env = env
+        self.facts = facts if facts is not None else document.current_facts(hp.checks.storage.mounts)
+        self.state = State(self.facts, hp.checked())
+        self.metrics = Metrics()
+        self.hysteresis = Hysteresis(hp.runtime.failure_threshold)
+        self.stopping = threading.Event()
+        self.is_ready = threading.Event()
+        self.watchdog = notify.watchdog_seconds(env)
+        # Bound now, so a busy or bad address fails the start before anything else happens.
+        self._listener = listener if listener is not None else listen_socket(policy.agent.listen)
+        self.server: ApiServer | None = None
+        self._last_assessment = 0.0
+        self._last_ping = 0.0
+
+    # --- what the gate hook may use -----------------------------------------------------------------
+
+    def notify(self, *lines: str) -> bool:
+        return notify.notify(*lines, env=self.env)
+
+    def ready(self, status: str | None = None) -> None:
+        """Send ``READY=1`` (once) with a status line."""
+        if self.is_ready.is_set():
+            return
+        self.is_ready.set()
+        text = status or (status_line(self.state.assessment) if self.state.assessment else "ready")
+        self.notify(notify.READY, f"STATUS={text}")
+        log.info("ready: %s", text)
+
+    def assess(self, *, hysteresis: bool = True) -> Assessment:
+        """Run one assessment, log each check, publish it to metrics, state and systemd; return it raw.
+
+        With ``hysteresis=False`` (the startup gate) failures count at once and the failure counters
+        of the runtime filter are left alone.
+        """
+        raw = self.assessor.assess(self.policy)
+        for res in raw.results:
+            logs.log_check(res, self.facts.boot_id)
+        effective = self.hysteresis.apply(raw) if hysteresis else raw
+        failures = dict(self.hysteresis.failures) if hysteresis else None
+        self.metrics.observe(effective, failures)
+        self.state.update(assessment=effective, raw=raw)
+        self._last_assessment = time.monotonic()
+        self.notify(f"STATUS={status_line(effective)}")
+        self.ping_watchdog(force=True)
+        return raw
+
+    def sleep(self, seconds: float) -> bool:
+        """Wait up to ``seconds``, keeping the watchdog fed; True if the agent is stopping."""
+        end = time.monotonic() + seconds
+        while not self.stopping.is_set():
+            left = end - time.monotonic()
+            if left <= 0:
+                break
+            step = min(left, self.watchdog / 2) if self.watchdog else left
+            if self.stopping.wait(step):
+                break
+            self.ping_watchdog()
+        return self.stopping.is_set()
+
+    def ping_watchdog(self, *, force: bool = False) -> None:
+        if self.watchdog is None:
+            return
+        now = time.monotonic()
+        if force or now - self._last_ping >= self.watchdog / 4:
+            self._last_ping = now
+            self.notify(notify.WATCHDOG)
+
+    def stop(self) -> None:
+        """Ask the agent to stop (signal handlers and tests call this)."""
+        if not self.stopping.is_set():
+            self.stopping.set()
+            self.notify(notify.STOPPING)
+
+    # --- the sequence -------------------------------------------------------------------------------
+
+    def start_api(self) -> ApiServer:
+        state, metrics = self.state, self.metrics
+
+        def health() -> Response:
+            code, body = state.health
+            return Response(code, body)
+
+        routes = {
+            HEALTH_PATH: health,
+            "/metrics": lambda: Response(200, metrics.render(), CONTENT_TYPE),
+            "/livez": lambda: Response(200, b"ok", "text/plain; charset=utf-8"),
+        }
+        self.server = ApiServer(self._listener, routes)
+        self.server.start()
+        host, port = self.server.address
+        log.info("API listening on %s port %d", host, port)
+        return self.server
+
+    def loop(self) -> None:
+        interval = self.policy.health_policy.runtime.check_interval_seconds
+        while not self.stopping.is_set():
+            due = self._last_assessment + interval if self._last_assessment else 0.0
+            if self.sleep(due - time.monotonic()):
+                break
+            self.assess()
+
+    def run(self) -> int:
+        if threading.current_thread() is threading.main_thread():
+            self._install_signals()
+        try:
+            self.start_api()
+            self.gate(self)
+            self.loop()
+        finally:
+            self.stop()
+            if self.server is not None:
+                self.server.stop()
+            log.info("stopped")
+        return 0
+
+    def _install_signals(self) -> None:
+        def handle(signum: int, frame: FrameType | None) -> None:
+            log.info("received %s, stopping", signal.Signals(signum).name)
+            self.stop()
+
+        signal.signal(signal.SIGTERM, handle)
+        signal.signal(signal.SIGINT, handle)

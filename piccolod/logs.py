@@ -1,0 +1,91 @@
+"""Logging for the agent: JSON lines for journald, readable text on a terminal.
+
+:func:`setup` is called once at the entry point. :func:`log_check` writes one record per check with the
+fields AGENT.md names (component, healthy, details, timestamp, boot_id) plus reason and duration. With a
+non-terminal stream every record is one JSON object per line, the extra fields at top level; on a
+terminal it is one human line per record.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import logging
+import sys
+from typing import Any, TextIO
+
+from piccolod.result import CheckResult
+
+LOGGER = "piccolod"
+FIELDS = "piccolod_fields"  # the LogRecord attribute that carries structured fields
+
+
+def rfc3339(ts: float) -> str:
+    """A wall-clock timestamp as RFC 3339 UTC with milliseconds (``2026-01-02T03:04:05.678Z``)."""
+    dt = datetime.datetime.fromtimestamp(ts, tz=datetime.UTC)
+    return dt.strftime("%Y-%m-%dT%H:%M:%S.") + f"{dt.microsecond // 1000:03d}Z"
+
+
+class JsonFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        out: dict[str, Any] = {
+            "timestamp": rfc3339(record.created),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        out.update(getattr(record, FIELDS, {}))
+        if record.exc_info:
+            out["exception"] = self.formatException(record.exc_info)
+        return json.dumps(out, default=str, separators=(",", ":"))
+
+
+class TextFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        fields = getattr(record, FIELDS, {})
+        line = f"{rfc3339(record.created)} {record.levelname:<7} {record.getMessage()}"
+        details = fields.get("details")
+        if details:
+            line += "  " + " ".join(f"{k}={v}" for k, v in details.items())
+        if record.exc_info:
+            line += "\n" + self.formatException(record.exc_info)
+        return line
+
+
+def setup(stream: TextIO | None = None, level: int = logging.INFO, *, json_lines: bool | None = None) -> None:
+    """Route the ``piccolod`` logger to ``stream`` (stdout): JSON unless it is a terminal."""
+    stream = sys.stdout if stream is None else stream
+    if json_lines is None:
+        json_lines = not stream.isatty()
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(JsonFormatter() if json_lines else TextFormatter())
+    logger = logging.getLogger(LOGGER)
+    for old in list(logger.handlers):
+        logger.removeHandler(old)
+    logger.addHandler(handler)
+    logger.setLevel(level)
+    logger.propagate = False
+
+
+def log_check(result: CheckResult, boot_id: str, logger: logging.Logger | None = None) -> None:
+    """One structured record for one check."""
+    logger = logger or logging.getLogger(LOGGER)
+    fields = {
+        "component": str(result.component),
+        "healthy": result.healthy,
+        "reason": result.reason,
+        "details": dict(result.details),
+        "duration_seconds": round(result.duration_seconds, 6),
+        "timestamp": rfc3339(result.timestamp),
+        "boot_id": boot_id,
+    }
+    verdict = "healthy" if result.healthy else "FAILED"
+    logger.log(
+        logging.INFO if result.healthy else logging.WARNING,
+        "check %s %s: %s (%.3fs)",
+        result.component,
+        verdict,
+        result.reason,
+        result.duration_seconds,
+        extra={FIELDS: fields},
+    )

@@ -1,0 +1,95 @@
+"""``/metrics``: parsed with prometheus_client's own text parser, series present at zero from the start."""
+
+from __future__ import annotations
+
+from prometheus_client.parser import text_string_to_metric_families
+from prometheus_client.samples import Sample
+
+from piccolod.metrics import GateOutcome, Metrics
+from piccolod.policy import Component
+from piccolod.result import Status
+from tests.agent_helpers import Switch, get, policy_data, running_daemon, wait_for
+
+
+def samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    out: dict[tuple[str, tuple[tuple[str, str], ...]], float] = {}
+    for family in text_string_to_metric_families(text):
+        for s in family.samples:
+            assert isinstance(s, Sample)
+            out[s.name, tuple(sorted(s.labels.items()))] = s.value
+    return out
+
+
+def value(text: str, name: str, **labels: str) -> float:
+    return samples(text)[name, tuple(sorted(labels.items()))]
+
+
+def test_every_series_exists_at_zero_before_any_event() -> None:
+    text = Metrics().render().decode()
+    got = samples(text)
+    for comp in Component:
+        assert value(text, "piccolod_health_check_status", component=comp) == 0
+        assert value(text, "piccolod_health_check_duration_seconds_count", component=comp) == 0
+        assert value(text, "piccolod_health_check_duration_seconds_bucket", component=comp, le="+Inf") == 0
+    for st in Status:
+        assert value(text, "piccolod_assessments_total", status=st) == 0
+    for outcome in GateOutcome:
+        assert value(text, "piccolod_gate_outcomes_total", outcome=outcome) == 0
+    assert value(text, "piccolod_rollbacks_total") == 0
+    assert {name for name, _ in got} >= {"piccolod_health_status", "piccolod_build_info"}
+
+
+def test_registries_are_isolated() -> None:
+    a, b = Metrics(), Metrics()
+    a.rollback()
+    assert value(a.render().decode(), "piccolod_rollbacks_total") == 1
+    assert value(b.render().decode(), "piccolod_rollbacks_total") == 0
+
+
+def test_metrics_over_http_follow_the_assessments() -> None:
+    checks = {c: Switch() for c in Component}
+    checks[Component.NETWORK].healthy = False
+    data = policy_data(["tpm", "storage", "api"], ["network"], interval=0.05, threshold=2)
+    with running_daemon(checks, data) as (daemon, port):
+        # The fifth call has started only once the fourth assessment was published.
+        wait_for(lambda: checks[Component.TPM].calls >= 5, what="four published assessments")
+        daemon.metrics.rollback()
+        status, headers, body = get(port, "/metrics")
+    assert status == 200
+    assert headers["content-type"].startswith("text/plain; version=0.0.4")
+    text = body.decode()
+    assessments = sum(value(text, "piccolod_assessments_total", status=st) for st in Status)
+    assert assessments >= 4
+    # network was never healthy, so hysteresis gives it no credit: every assessment is degraded.
+    assert value(text, "piccolod_assessments_total", status="degraded") == assessments
+    assert value(text, "piccolod_assessments_total", status="unhealthy") == 0
+    assert value(text, "piccolod_health_check_status", component="tpm") == 1
+    assert value(text, "piccolod_health_check_status", component="network") == 0
+    assert value(text, "piccolod_health_check_status", component="docker") == 0  # not checked
+    assert value(text, "piccolod_health_check_consecutive_failures", component="network") >= 2
+    assert value(text, "piccolod_health_check_duration_seconds_count", component="tpm") >= 4
+    assert value(text, "piccolod_health_check_duration_seconds_count", component="docker") == 0
+    assert value(text, "piccolod_health_status", status="degraded") == 1
+    assert value(text, "piccolod_health_status", status="healthy") == 0
+    assert value(text, "piccolod_gate_outcomes_total", outcome="skipped") == 1
+    assert value(text, "piccolod_gate_outcomes_total", outcome="passed") == 0
+    assert value(text, "piccolod_rollbacks_total") == 1
+    assert value(text, "piccolod_last_assessment_timestamp_seconds") > 1.7e9
+
+
+def test_one_blip_does_not_flip_the_status_gauge() -> None:
+    checks = {c: Switch() for c in Component}
+    data = policy_data(["tpm", "storage", "api"], interval=3600, threshold=3)
+    with running_daemon(checks, data) as (daemon, port):
+        checks[Component.TPM].healthy = False
+        daemon.assess()
+        daemon.assess()
+        text = get(port, "/metrics")[2].decode()
+        assert value(text, "piccolod_health_check_status", component="tpm") == 1
+        assert value(text, "piccolod_health_check_consecutive_failures", component="tpm") == 2
+        assert get(port, "/api/v1/system/health")[0] == 200
+        daemon.assess()
+        text = get(port, "/metrics")[2].decode()
+        assert value(text, "piccolod_health_check_status", component="tpm") == 0
+        assert value(text, "piccolod_assessments_total", status="unhealthy") == 1
+        assert get(port, "/api/v1/system/health")[0] == 503

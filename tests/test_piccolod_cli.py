@@ -1,0 +1,145 @@
+"""The ``piccolod`` command line, run as a real process with real, local-only checks.
+
+Policies point the storage check at the test's directory and the network check at a listener on
+127.0.0.1 that the test opens; ``api`` probes the configured address, where a daemon runs or not.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from piccolod import __version__
+from tests.agent_helpers import free_port, get, policy_data, wait_for, write_policy
+
+PICCOLOD = [sys.executable, "-m", "piccolod"]
+
+
+def run(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([*PICCOLOD, *args], check=False, capture_output=True, text=True, timeout=60)
+
+
+@pytest.fixture
+def tcp_target() -> Iterator[str]:
+    """A listening socket on 127.0.0.1 for the network check to connect to."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen(16)
+        yield f"127.0.0.1:{s.getsockname()[1]}"
+
+
+def local_policy(
+    tmp_path: Path, target: str, required: list[str], optional: list[str], port: int | None = None
+) -> Path:
+    data: dict[str, Any] = policy_data(
+        required, optional, listen=f"127.0.0.1:{port or free_port()}", interval=0.5
+    )
+    data["health_policy"]["checks"] = {
+        "storage": {"mounts": [str(tmp_path)]},
+        "network": {"targets": [target], "dns_names": ["localhost"]},
+    }
+    data["agent"]["state_dir"] = str(tmp_path / "state")
+    return write_policy(tmp_path / "policy.yaml", data)
+
+
+def test_version() -> None:
+    r = run("--version")
+    assert (r.returncode, r.stdout) == (0, f"piccolod {__version__}\n")
+
+
+def test_no_command_prints_help_and_exits_3() -> None:
+    r = run()
+    assert r.returncode == 3
+    assert "serve" in r.stderr
+    assert "check" in r.stderr
+
+
+def test_check_healthy_exits_0(tmp_path: Path, tcp_target: str) -> None:
+    r = run("check", "--config", str(local_policy(tmp_path, tcp_target, ["storage"], ["network"])))
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert r.stdout.startswith("status: healthy")
+    assert "storage" in r.stdout
+    assert "network" in r.stdout
+
+
+def test_check_json_is_the_health_document(tmp_path: Path, tcp_target: str) -> None:
+    config = local_policy(tmp_path, tcp_target, ["storage"], ["network"])
+    r = run("check", "--config", str(config), "--json")
+    assert r.returncode == 0, r.stderr
+    doc = json.loads(r.stdout)
+    assert doc["status"] == "healthy"
+    assert doc["components"]["network"]["connectivity_test"] == "passed"
+    assert doc["components"]["network"]["dns_resolution"] == "passed"
+    assert isinstance(doc["components"]["storage"]["free_space_percent"], float)
+    assert doc["components"]["tpm"]["status"] == "not_checked"
+    assert doc["boot_id"] == Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+
+
+def test_check_without_a_daemon_says_api_fails(tmp_path: Path, tcp_target: str) -> None:
+    degraded = local_policy(tmp_path, tcp_target, ["storage"], ["network", "api"])
+    r = run("check", "--config", str(degraded), "--json")
+    assert r.returncode == 1, r.stderr
+    doc = json.loads(r.stdout)
+    assert doc["status"] == "degraded"
+    assert doc["components"]["api"]["status"] == "unhealthy"
+    assert "connection refused" in doc["components"]["api"]["reason"]
+    unhealthy = local_policy(tmp_path, tcp_target, ["storage", "api"], ["network"])
+    r = run("check", "--config", str(unhealthy))
+    assert r.returncode == 2, r.stdout
+    assert r.stdout.startswith("status: unhealthy")
+
+
+def test_check_against_a_running_daemon(tmp_path: Path, tcp_target: str) -> None:
+    port = free_port()
+    config = local_policy(tmp_path, tcp_target, ["storage", "api"], ["network"], port=port)
+    daemon = subprocess.Popen(
+        [*PICCOLOD, "serve", "--config", str(config)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env={k: v for k, v in os.environ.items() if k != "NOTIFY_SOCKET"},
+    )
+    try:
+        wait_for(lambda: _answers(port), what="daemon API")
+        r = run("check", "--config", str(config))
+        assert r.returncode == 0, r.stdout + r.stderr
+        code, _, body = get(port, "/api/v1/system/health")
+        assert code == 200, body
+    finally:
+        daemon.send_signal(signal.SIGTERM)
+        assert daemon.wait(10) == 0
+
+
+def _answers(port: int) -> bool:
+    try:
+        return get(port, "/livez", timeout=1)[0] == 200
+    except OSError:
+        return False
+
+
+def test_serve_with_a_bad_policy_exits_3(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("agent:\n  listen: nowhere\n")
+    r = run("serve", "--config", str(bad))
+    assert r.returncode == 3
+    assert r.stderr.strip().startswith(f"piccolod: {bad}:2: agent.listen: ")
+
+
+def test_serve_on_a_busy_port_fails_in_one_line(tmp_path: Path, tcp_target: str) -> None:
+    port = int(tcp_target.rsplit(":", 1)[1])  # already listening
+    config = local_policy(tmp_path, tcp_target, ["storage"], [], port=port)
+    started = time.monotonic()
+    r = run("serve", "--config", str(config))
+    assert r.returncode == 3
+    assert "cannot start" in r.stdout + r.stderr
+    assert "Traceback" not in r.stdout + r.stderr
+    assert time.monotonic() - started < 10

@@ -1,0 +1,288 @@
+"""Policy files as ``piccolod check --config FILE`` sees them: bad files and the vendor+admin merge.
+
+Every bad file must make the real command exit 3 ("could not assess") with one line on stderr naming
+the file, the line and the key, and nothing on stdout (no assessment ran).
+"""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from piccolod.policy import Component, FailureCondition, ModelError, load_policy
+
+PICCOLOD = [sys.executable, "-m", "piccolod"]
+
+# (name, file text, line, dotted key, words the message must contain)
+BAD: list[tuple[str, str, int, str, str]] = [
+    ("unknown-top-key", "healt_policy:\n  startup: {}\n", 1, "healt_policy", "unknown key"),
+    (
+        "unknown-nested-key",
+        "health_policy:\n  startup:\n    timeout: 30\n",
+        3,
+        "health_policy.startup.timeout",
+        "unknown key",
+    ),
+    (
+        "interval-not-a-number",
+        "health_policy:\n  runtime:\n    check_interval_seconds: soon\n",
+        3,
+        "health_policy.runtime.check_interval_seconds",
+        "expected a number",
+    ),
+    (
+        "threshold-zero",
+        "health_policy:\n  runtime:\n    failure_threshold: 0\n",
+        3,
+        "health_policy.runtime.failure_threshold",
+        "greater than 0",
+    ),
+    (
+        "threshold-float",
+        "health_policy:\n  runtime:\n    failure_threshold: 2.5\n",
+        3,
+        "health_policy.runtime.failure_threshold",
+        "expected an integer",
+    ),
+    (
+        "required-and-optional",
+        "health_policy:\n  startup:\n    required_components: [tpm, api]\n"
+        "    optional_components:\n      - docker\n      - tpm\n",
+        6,
+        "health_policy.startup.optional_components[1]",
+        "both required and optional",
+    ),
+    (
+        "unknown-component",
+        "health_policy:\n  startup:\n    required_components:\n      - tpm\n      - gpu\n",
+        5,
+        "health_policy.startup.required_components[1]",
+        "must be one of",
+    ),
+    (
+        "component-twice",
+        "health_policy:\n  startup:\n    required_components: [tpm, tpm]\n",
+        3,
+        "health_policy.startup.required_components[1]",
+        "listed twice",
+    ),
+    (
+        "duplicate-key",
+        "agent:\n  listen: 127.0.0.1:8080\n  listen: 127.0.0.1:9090\n",
+        3,
+        "agent.listen",
+        "duplicate key",
+    ),
+    (
+        "percent-out-of-range",
+        "health_policy:\n  thresholds:\n\n    min_disk_space_percent: 150\n",
+        4,
+        "health_policy.thresholds.min_disk_space_percent",
+        "between 0 and 100",
+    ),
+    ("listen-without-port", "agent:\n  listen: localhost\n", 2, "agent.listen", "host:port"),
+    (
+        "relative-mount",
+        "health_policy:\n  checks:\n    storage:\n      mounts: [/, var]\n",
+        4,
+        "health_policy.checks.storage.mounts",
+        "absolute path",
+    ),
+    (
+        "target-port-too-big",
+        "health_policy:\n  checks:\n    network:\n      targets: ['127.0.0.1:99999']\n",
+        4,
+        "health_policy.checks.network.targets",
+        "port must be 1-65535",
+    ),
+    (
+        "bad-dns-name",
+        "health_policy:\n  checks:\n    network:\n      dns_names: ['bad name!']\n",
+        4,
+        "health_policy.checks.network.dns_names",
+        "not a valid DNS name",
+    ),
+    (
+        "empty-reboot-command",
+        "health_policy:\n  rollback:\n    reboot_command: []\n",
+        3,
+        "health_policy.rollback.reboot_command",
+        "must name a command",
+    ),
+    (
+        "automatic-not-boolean",
+        "health_policy:\n  rollback:\n    enable_automatic: 1\n",
+        3,
+        "health_policy.rollback.enable_automatic",
+        "expected true or false",
+    ),
+    (
+        "unknown-failure-condition",
+        "health_policy:\n  rollback:\n    failure_conditions: [startup_timeout, cosmic_rays]\n",
+        3,
+        "health_policy.rollback.failure_conditions[1]",
+        "must be one of",
+    ),
+    (
+        "control-character",
+        'health_policy:\n  checks:\n    tpm: {tcti: "device:/dev/tpm\\n0"}\n',
+        3,
+        "health_policy.checks.tpm.tcti",
+        "control characters",
+    ),
+    ("list-not-mapping", "health_policy:\n  - startup\n", 1, "health_policy", "expected a mapping"),
+    (
+        "relative-state-dir",
+        "agent:\n  state_dir: var/lib/piccolod\n",
+        2,
+        "agent.state_dir",
+        "absolute path",
+    ),
+]
+
+
+def check(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [*PICCOLOD, "check", *args], check=False, capture_output=True, text=True, timeout=60
+    )
+
+
+@pytest.mark.parametrize(("name", "text", "line", "key", "words"), BAD, ids=[b[0] for b in BAD])
+def test_bad_policy_exits_3_with_file_line_and_key(
+    tmp_path: Path, name: str, text: str, line: int, key: str, words: str
+) -> None:
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(text, encoding="utf-8")
+    r = check("--config", str(path))
+    assert r.returncode == 3, r.stderr
+    assert r.stdout == ""
+    lines = r.stderr.splitlines()
+    assert len(lines) == 1, r.stderr
+    assert re.fullmatch(rf"piccolod: {re.escape(str(path))}:{line}: {re.escape(key)}: .+", lines[0]), lines[0]
+    assert words in lines[0]
+
+
+@pytest.mark.parametrize(
+    ("text", "line"),
+    [("health_policy:\n  startup: [tpm\n", 3), ("agent:\n\tlisten: x\n", 2)],
+    ids=["unclosed-bracket", "tab-indent"],
+)
+def test_malformed_yaml_exits_3_with_file_and_line(tmp_path: Path, text: str, line: int) -> None:
+    path = tmp_path / "broken.yaml"
+    path.write_text(text, encoding="utf-8")
+    r = check("--config", str(path))
+    assert r.returncode == 3
+    assert re.fullmatch(rf"piccolod: {re.escape(str(path))}:{line}: malformed YAML: .+\n", r.stderr), r.stderr
+
+
+def test_missing_or_unreadable_file_exits_3(tmp_path: Path) -> None:
+    r = check("--config", str(tmp_path / "absent.yaml"))
+    assert r.returncode == 3
+    assert r.stderr == f"piccolod: {tmp_path / 'absent.yaml'}: cannot read: No such file or directory\n"
+    binary = tmp_path / "binary.yaml"
+    binary.write_bytes(b"\xff\xfe\x00")
+    r = check("--config", str(binary))
+    assert (r.returncode, r.stderr) == (3, f"piccolod: {binary}: not UTF-8 text\n")
+
+
+def test_usage_errors_exit_3_too() -> None:
+    r = check("--no-such-flag")
+    assert r.returncode == 3
+    assert "unrecognized arguments: --no-such-flag" in r.stderr
+
+
+# --- vendor + admin, key by key ---------------------------------------------------------------------
+
+VENDOR = """\
+health_policy:
+  startup:
+    timeout_seconds: 90
+    required_components: [tpm, storage, api]
+    optional_components: [docker, network]
+  runtime:
+    check_interval_seconds: 30
+    failure_threshold: 3
+  thresholds:
+    min_disk_space_percent: 15
+  checks:
+    network: {targets: ["127.0.0.1:53"], dns_names: [localhost]}
+agent:
+  listen: 127.0.0.1:8080
+"""
+
+ADMIN = """\
+health_policy:
+  runtime:
+    failure_threshold: 5
+  checks:
+    network:
+      targets: ["127.0.0.2:443"]
+agent:
+  listen: "[::1]:9000"
+"""
+
+
+def test_admin_overrides_vendor_key_by_key(tmp_path: Path) -> None:
+    vendor, admin = tmp_path / "vendor.yaml", tmp_path / "admin.yaml"
+    vendor.write_text(VENDOR)
+    admin.write_text(ADMIN)
+    p = load_policy(vendor=vendor, admin=admin)
+    hp = p.health_policy
+    assert hp.runtime.failure_threshold == 5  # admin
+    assert hp.runtime.check_interval_seconds == 30  # vendor, sibling of an admin key
+    assert hp.startup.timeout_seconds == 90  # vendor, untouched block
+    assert hp.thresholds.min_disk_space_percent == 15
+    assert hp.checks.network.targets == ("127.0.0.2:443",)  # lists are replaced, not appended
+    assert hp.checks.network.dns_names == ("localhost",)  # vendor, sibling of an admin list
+    assert p.agent.listen == "[::1]:9000"
+    assert p.agent.state_dir == "/var/lib/piccolod"  # built-in default
+    assert hp.startup.required_components == (Component.TPM, Component.STORAGE, Component.API)
+    assert hp.rollback.failure_conditions == tuple(FailureCondition)
+
+
+def test_without_files_the_defaults_apply(tmp_path: Path) -> None:
+    p = load_policy(vendor=tmp_path / "none.yaml", admin=tmp_path / "none2.yaml")
+    assert p.health_policy.runtime.failure_threshold == 3
+    assert p.agent.listen == "127.0.0.1:8080"
+
+
+def test_admin_only_and_vendor_only(tmp_path: Path) -> None:
+    vendor, admin = tmp_path / "vendor.yaml", tmp_path / "admin.yaml"
+    admin.write_text(ADMIN)
+    assert load_policy(vendor=vendor, admin=admin).health_policy.runtime.failure_threshold == 5
+    vendor.write_text(VENDOR)
+    assert load_policy(vendor=vendor, admin=tmp_path / "no").health_policy.runtime.failure_threshold == 3
+
+
+def test_an_error_in_the_admin_file_names_the_admin_file(tmp_path: Path) -> None:
+    vendor, admin = tmp_path / "vendor.yaml", tmp_path / "admin.yaml"
+    vendor.write_text(VENDOR)
+    admin.write_text("health_policy:\n  runtime:\n    failure_threshold: -1\n")
+    with pytest.raises(
+        ModelError, match=rf"^{re.escape(str(admin))}:3: health_policy.runtime.failure_threshold"
+    ):
+        load_policy(vendor=vendor, admin=admin)
+
+
+def test_a_conflict_made_by_the_merge_is_an_error_at_the_conflicting_item(tmp_path: Path) -> None:
+    """The admin makes network required; the vendor still lists it as optional (its line 5)."""
+    vendor, admin = tmp_path / "vendor.yaml", tmp_path / "admin.yaml"
+    vendor.write_text(VENDOR)
+    admin.write_text("health_policy:\n  startup:\n    required_components: [network]\n")
+    with pytest.raises(ModelError) as err:
+        load_policy(vendor=vendor, admin=admin)
+    assert str(err.value) == (
+        f"{vendor}:5: health_policy.startup.optional_components[1]: 'network' is both required and optional"
+    )
+
+
+def test_config_uses_exactly_one_file(tmp_path: Path) -> None:
+    only = tmp_path / "only.yaml"
+    only.write_text(ADMIN)
+    p = load_policy(only, vendor=tmp_path / "vendor-never-read.yaml", admin=tmp_path / "admin-never-read")
+    assert p.health_policy.checks.network.dns_names == ("piccolo.space",)  # default, not vendor
+    assert p.health_policy.runtime.check_interval_seconds == 60
