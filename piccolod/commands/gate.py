@@ -1,0 +1,73 @@
+"""``piccolod gate [--dry-run]``: run the first-boot gate alone (what ``piccolod serve`` does at start).
+
+With ``--dry-run`` it prints the slot table and the decision it would take after one assessment, and
+sends nothing to systemd, writes no record and never reboots. Exit status: 0 when the gate opens (or
+would), 3 when it fails (or would).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from piccolod import logs
+from piccolod.commands import EXIT_CANNOT_ASSESS, add_config_option, load
+from piccolod.daemon import Daemon
+from piccolod.gate import Decision, GateResult
+from piccolod.gatehook import EXIT_GATE_FAILED, GateClosed, detect_slot, first_boot_gate
+from piccolod.slot import SlotState, format_table
+
+
+def describe(result: GateResult) -> str:
+    v = result.verdict
+    if v.decision is Decision.READY:
+        when = "at once" if result.slot.state is SlotState.MARKED else "now"
+        action = f"send READY=1 {when} (update_engine may mark the slot)"
+    else:
+        after = "then reboot into the previous slot" if v.reboot else "and not reboot"
+        action = f"fail the gate ({v.condition}), write the rollback record, not send READY=1, {after}"
+    lines = [f"decision: {v.decision}: {v.reason}", f"would: {action}"]
+    if result.assessment is not None:
+        for r in result.assessment.results:
+            verdict = "ok  " if r.healthy else "FAIL"
+            kind = "required" if r.required else "optional"
+            lines.append(f"  {verdict} {r.component:10} {kind:8} {r.duration_seconds:7.3f}s  {r.reason}")
+    return "\n".join(lines)
+
+
+def run(args: argparse.Namespace) -> int:
+    logs.setup(sys.stderr)
+    policy = load(args)
+    if policy is None:
+        return EXIT_CANNOT_ASSESS
+    daemon = Daemon(policy, env={} if args.dry_run else None)
+    try:
+        daemon.start_api()  # the api check needs an answer; a running serve answers instead
+    except OSError as exc:
+        print(
+            f"piccolod: API not started here ({exc}); the api check asks the running agent", file=sys.stderr
+        )
+    try:
+        if args.dry_run:
+            print(format_table(detect_slot(policy)))
+        result = first_boot_gate(daemon, dry_run=args.dry_run)
+    except GateClosed as exc:
+        print(f"piccolod: {exc}", file=sys.stderr)
+        return EXIT_GATE_FAILED
+    finally:
+        if daemon.server is not None:
+            daemon.server.stop()
+    if result is None:
+        return EXIT_GATE_FAILED
+    if args.dry_run:
+        print(describe(result))
+    return 0 if result.ready else EXIT_GATE_FAILED
+
+
+def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser("gate", help="run the first-boot gate once (READY=1 or rollback)")
+    add_config_option(p)
+    p.add_argument(
+        "--dry-run", action="store_true", help="print the slot table and the decision; act on nothing"
+    )
+    p.set_defaults(func=run)

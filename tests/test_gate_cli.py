@@ -1,0 +1,172 @@
+"""``piccolod gate [--dry-run]`` and ``piccolod status [--json]`` as a user runs them (subprocesses)."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from piccolod import record as rec
+from tests.fixtures.gptdisk import USR_A, USR_B, cmdline_for, gptprio_next, install_update
+
+PICCOLOD = [sys.executable, "-m", "piccolod"]
+
+
+def _port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def setup(tmp_path: Path, disk: Path, *, update: bool, tpm: bool = False) -> Path:
+    """A policy for the image ``disk``; with ``update`` the harness boots a fresh update (USR-B)."""
+    if update:
+        install_update(disk, USR_A)
+    booted = gptprio_next(disk)
+    (tmp_path / "cmdline").write_text(cmdline_for(booted))
+    script = tmp_path / "reboot"
+    script.write_text(f"#!/bin/sh\necho requested >> {tmp_path}/reboots\n")
+    script.chmod(0o755)
+    required = "[storage, api, tpm]" if tpm else "[storage, api]"
+    config = tmp_path / "policy.yaml"
+    config.write_text(
+        f"""\
+health_policy:
+  startup: {{timeout_seconds: 1, required_components: {required}, optional_components: []}}
+  rollback: {{reboot_grace_seconds: 0, reboot_command: ["{script}"]}}
+  thresholds: {{tpm_operation_timeout_seconds: 0.5}}
+  checks: {{storage: {{mounts: ["{tmp_path}"]}}, tpm: {{tcti: "swtpm:path={tmp_path}/no-tpm"}}}}
+agent:
+  listen: "127.0.0.1:{_port()}"
+  state_dir: "{tmp_path}/state"
+  boot: {{cmdline: "{tmp_path}/cmdline", disk: "{disk}"}}
+"""
+    )
+    return config
+
+
+def run(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    base = {k: v for k, v in os.environ.items() if k != "NOTIFY_SOCKET"}
+    return subprocess.run(
+        [*PICCOLOD, *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**base, **(env or {})},
+        check=False,
+    )
+
+
+def test_dry_run_on_a_healthy_update(tmp_path: Path, flatcar_disk: Path) -> None:
+    config = setup(tmp_path, flatcar_disk, update=True)
+    r = run("gate", "--dry-run", "--config", str(config))
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "* USR-B" in r.stdout and "unmarked" in r.stdout
+    assert "decision: ready: required components passed" in r.stdout
+    assert "would: send READY=1 now" in r.stdout
+    assert not (tmp_path / "state" / "last-gate.json").exists()
+
+
+def test_dry_run_on_a_failing_update_acts_on_nothing(tmp_path: Path, flatcar_disk: Path) -> None:
+    config = setup(tmp_path, flatcar_disk, update=True, tpm=True)
+    r = run("gate", "--dry-run", "--config", str(config))
+    assert r.returncode == 3, r.stdout + r.stderr
+    assert "would: fail the gate (critical_component_failure)" in r.stdout
+    assert "then reboot into the previous slot" in r.stdout
+    assert "FAIL tpm" in r.stdout
+    assert not (tmp_path / "reboots").exists()
+    assert not (tmp_path / "state" / rec.RECORD_NAME).exists()
+
+
+def test_dry_run_on_a_marked_slot(tmp_path: Path, flatcar_disk: Path) -> None:
+    config = setup(tmp_path, flatcar_disk, update=False, tpm=True)
+    r = run("gate", "--dry-run", "--config", str(config))
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "* USR-A" in r.stdout and "would: send READY=1 at once" in r.stdout
+
+
+def test_failed_gate_records_reboots_once_and_status_shows_it(tmp_path: Path, flatcar_disk: Path) -> None:
+    config = setup(tmp_path, flatcar_disk, update=True, tpm=True)
+    sock_path = tmp_path / "notify.sock"
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+        sock.bind(str(sock_path))
+        r = run("gate", "--config", str(config), env={"NOTIFY_SOCKET": str(sock_path)})
+        sock.setblocking(False)
+        sent = []
+        while True:
+            try:
+                sent.append(sock.recv(4096).decode())
+            except BlockingIOError:
+                break
+    assert r.returncode == 3, r.stdout + r.stderr
+    assert "gate failed: critical_component_failure" in r.stderr
+    assert not any("READY=1" in s for s in sent) and any("EXTEND_TIMEOUT_USEC=" in s for s in sent)
+    assert (tmp_path / "reboots").read_text() == "requested\n"
+    again = run("gate", "--config", str(config))  # same boot: the verdict stands, no second reboot
+    assert again.returncode == 3 and "already failed in this boot" in again.stderr
+    assert (tmp_path / "reboots").read_text() == "requested\n"
+
+    status = run("status", "--json", "--config", str(config))
+    assert status.returncode == 0, status.stderr
+    doc = json.loads(status.stdout)
+    assert doc["booted"] == {
+        "slot": "USR-B",
+        "partuuid": USR_B,
+        "disk": str(flatcar_disk),
+        "state": "unmarked",
+    }
+    assert [(s["name"], s["priority"], s["tries"], s["successful"]) for s in doc["slots"]] == [
+        ("USR-A", 1, 0, True),
+        ("USR-B", 2, 0, False),
+    ]
+    assert doc["last_gate"]["startup_health_check"] == "failed"
+    assert doc["rollback_record"]["condition"] == "critical_component_failure"
+    assert doc["update_status"] is None  # still on the failed slot, in the same boot
+
+
+def test_status_after_the_fallback_boot(tmp_path: Path, flatcar_disk: Path) -> None:
+    config = setup(tmp_path, flatcar_disk, update=False)  # booted USR-A, marked
+    record = rec.RollbackRecord(
+        boot_id="an-earlier-boot",
+        slot="USR-B",
+        partuuid=USR_B,
+        disk=str(flatcar_disk),
+        os_version="4081.2.0",
+        condition="startup_timeout",
+        reason="no assessment finished within 120s",
+        started_at=1.0,
+        failed_at=121.0,
+        deadline_seconds=120.0,
+        attempts=1,
+        reboot_requested=True,
+    )
+    rec.write(tmp_path / "state", record)
+    r = run("status", "--config", str(config))
+    assert r.returncode == 0, r.stderr
+    assert "* USR-A" in r.stdout
+    assert "update status: rolled_back: USR-B rolled back: startup_timeout" in r.stdout
+    assert "last rollback record: USR-B" in r.stdout and "last gate: none recorded" in r.stdout
+
+
+@pytest.mark.parametrize("command", ["gate", "status"])
+def test_bad_input_is_one_line(tmp_path: Path, flatcar_disk: Path, command: str) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("agent:\n  boot:\n    disk: relative/path\n")
+    r = run(command, "--config", str(bad))
+    assert r.returncode == 3
+    assert r.stderr.strip().count("\n") == 0 and "bad.yaml:3: agent.boot.disk" in r.stderr
+
+
+def test_status_with_a_corrupt_record(tmp_path: Path, flatcar_disk: Path) -> None:
+    config = setup(tmp_path, flatcar_disk, update=False)
+    (tmp_path / "state").mkdir()
+    (tmp_path / "state" / rec.RECORD_NAME).write_text("{half")
+    r = run("status", "--config", str(config))
+    assert r.returncode == 3
+    assert r.stderr.strip().count("\n") == 0 and "rollback.json: not JSON" in r.stderr

@@ -1,0 +1,305 @@
+"""The gate's rule (property tests over slot state x results x deadline) and its driver loop."""
+
+from __future__ import annotations
+
+import json
+import socket
+import stat
+import time
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from piccolod import gate
+from piccolod import record as rec
+from piccolod.assess import Assessment, verdict
+from piccolod.gate import Decision, decide, run_gate
+from piccolod.model import Source, build
+from piccolod.notify import notify
+from piccolod.policy import Component, FailureCondition, PolicyFile
+from piccolod.result import CheckResult
+from piccolod.slot import BootSlot, SlotState
+
+REQUIRED = (Component.TPM, Component.STORAGE, Component.API)
+
+failing_st = st.one_of(st.none(), st.lists(st.sampled_from(REQUIRED), unique=True).map(tuple))
+conditions_st = st.sets(st.sampled_from(list(FailureCondition)))
+times_st = st.floats(min_value=0, max_value=1000, allow_nan=False)
+
+
+@given(
+    slot=st.sampled_from(list(SlotState)),
+    failing=failing_st,
+    elapsed=times_st,
+    deadline=st.floats(min_value=0.01, max_value=500),
+    conditions=conditions_st,
+    automatic=st.booleans(),
+    already=st.booleans(),
+    dry_run=st.booleans(),
+    api_for=times_st,
+)
+def test_decision_properties(
+    slot: SlotState,
+    failing: tuple[Component, ...] | None,
+    elapsed: float,
+    deadline: float,
+    conditions: set[FailureCondition],
+    automatic: bool,
+    already: bool,
+    dry_run: bool,
+    api_for: float,
+) -> None:
+    v = decide(
+        slot,
+        failing,
+        elapsed=elapsed,
+        deadline=deadline,
+        conditions=conditions,
+        automatic=automatic,
+        already_rebooted=already,
+        dry_run=dry_run,
+        api_failing_for=api_for,
+    )
+    # A marked slot is never blocked and never rebooted.
+    if slot is SlotState.MARKED:
+        assert v.decision is Decision.READY and not v.reboot
+    # Passing required components always open the gate.
+    if failing == ():
+        assert v.decision is Decision.READY
+    # A reboot only on a failed, unmarked (known) slot, when enabled, once, and never in dry-run.
+    if v.reboot:
+        assert v.decision is Decision.FAIL
+        assert slot is SlotState.UNMARKED and automatic and not already and not dry_run
+    # A failure always names an enabled condition; a failed gate on an unmarked slot reboots when allowed.
+    if v.decision is Decision.FAIL:
+        assert v.condition in conditions
+        assert v.reboot == (slot is SlotState.UNMARKED and automatic and not already and not dry_run)
+    # Before the deadline a failing slot waits (unless the API has been down for 300 s).
+    api_down = api_for >= 300 and failing is not None and Component.API in failing
+    if slot is not SlotState.MARKED and failing != () and elapsed < deadline and not api_down:
+        assert v.decision is Decision.WAIT
+    # After the deadline nothing waits any more.
+    if elapsed >= deadline:
+        assert v.decision is not Decision.WAIT
+    # Opening an unmarked gate without a pass only happens when no enabled condition applies.
+    if slot is not SlotState.MARKED and v.decision is Decision.READY and failing != ():
+        assert FailureCondition.STARTUP_TIMEOUT not in conditions
+        assert not (failing and FailureCondition.CRITICAL_COMPONENT_FAILURE in conditions)
+
+
+def test_conditions_that_fire() -> None:
+    kw: dict[str, Any] = {"deadline": 10.0, "conditions": set(FailureCondition), "automatic": True}
+    u = SlotState.UNMARKED
+    assert (
+        decide(u, (Component.TPM,), elapsed=10, **kw).condition is FailureCondition.CRITICAL_COMPONENT_FAILURE
+    )
+    assert decide(u, None, elapsed=10, **kw).condition is FailureCondition.STARTUP_TIMEOUT
+    v = decide(u, (Component.API,), elapsed=5, api_failing_for=300, **kw)
+    assert v.condition is FailureCondition.API_UNRESPONSIVE_300S and v.reboot
+    kw["conditions"] = {FailureCondition.STARTUP_TIMEOUT}
+    assert decide(u, (Component.TPM,), elapsed=10, **kw).condition is FailureCondition.STARTUP_TIMEOUT
+    unknown = decide(SlotState.UNKNOWN, (Component.TPM,), elapsed=10, **kw)
+    assert unknown.decision is Decision.FAIL and not unknown.reboot  # fail closed, but no reboot
+
+
+# --- the driver, with a fake clock and plain assessment functions -----------------------------------
+
+
+def policy(state_dir: Path, **startup: Any) -> PolicyFile:
+    data = {
+        "health_policy": {
+            "startup": {"timeout_seconds": 5, "required_components": ["tpm", "storage"], **startup},
+            "rollback": {"reboot_grace_seconds": 2, "reboot_command": ["reboot-stand-in"]},
+        },
+        "agent": {"state_dir": str(state_dir)},
+    }
+    return build(PolicyFile, data, Source("test-policy.yaml"))
+
+
+def assessment(**healthy: bool) -> Assessment:
+    results = tuple(
+        CheckResult(Component(c), ok, "fine" if ok else f"{c} is down", {}, 0.01, time.time(), True)
+        for c, ok in healthy.items()
+    )
+    return Assessment(verdict(results), results, time.time(), 0.02)
+
+
+def slot_in(state: SlotState) -> BootSlot:
+    return BootSlot("e03dd35c-7c2d-4a47-b3fe-27f15780a57c", "/disk.img", "USR-B", state)
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 100.0
+        self.slept: list[float] = []
+
+    def __call__(self) -> float:
+        return self.now
+
+    def sleep(self, s: float) -> None:
+        self.slept.append(s)
+        self.now += s
+
+
+class Recorder:
+    def __init__(self) -> None:
+        self.sent: list[str] = []
+        self.reboots: list[Sequence[str]] = []
+
+    def notify(self, *lines: str) -> bool:
+        self.sent.extend(lines)
+        return True
+
+    def reboot(self, argv: Sequence[str]) -> str | None:
+        self.reboots.append(argv)
+        return None
+
+
+def drive(
+    p: PolicyFile, state: SlotState, results: Iterator[Assessment], *, dry_run: bool = False
+) -> tuple[gate.GateResult, Recorder, Clock]:
+    clock, r = Clock(), Recorder()
+    out = run_gate(
+        p,
+        slot_in(state),
+        lambda: next(results),
+        notify=r.notify,
+        boot_id="boot-1",
+        dry_run=dry_run,
+        clock=clock,
+        sleep=clock.sleep,
+        reboot=r.reboot,
+    )
+    return out, r, clock
+
+
+def test_marked_slot_is_ready_at_once_without_assessing(tmp_path: Path) -> None:
+    out, r, clock = drive(policy(tmp_path), SlotState.MARKED, iter(()))
+    assert out.ready and out.startup_health_check == "skipped" and out.attempts == 0
+    assert r.sent[0] == "READY=1" and not r.reboots and clock.slept == []
+
+
+def test_unmarked_slot_retries_until_pass(tmp_path: Path) -> None:
+    seq = iter([assessment(tpm=False, storage=True)] * 3 + [assessment(tpm=True, storage=True)])
+    out, r, _ = drive(policy(tmp_path), SlotState.UNMARKED, seq)
+    assert out.ready and out.attempts == 4 and out.startup_health_check == "passed"
+    assert sum(s.startswith("EXTEND_TIMEOUT_USEC=") for s in r.sent) == 4
+    assert sum(s.startswith("STATUS=gate: checking USR-B") for s in r.sent) == 4
+    assert "READY=1" in r.sent and not r.reboots
+    assert rec.read(tmp_path) is None
+
+
+def test_failure_writes_record_and_reboots_once(tmp_path: Path) -> None:
+    p = policy(tmp_path)
+    out, r, clock = drive(p, SlotState.UNMARKED, iter([assessment(tpm=False, storage=True)] * 100))
+    assert not out.ready and out.startup_health_check == "failed"
+    assert out.verdict.condition is FailureCondition.CRITICAL_COMPONENT_FAILURE
+    assert "READY=1" not in r.sent
+    assert r.reboots == [("reboot-stand-in",)] and clock.slept[-1] == 2  # the grace
+    record = rec.read(tmp_path)
+    assert record is not None and record.slot == "USR-B" and record.boot_id == "boot-1"
+    assert record.condition == "critical_component_failure" and record.reboot_requested
+    assert [(c.component, c.healthy) for c in record.components] == [("tpm", False), ("storage", True)]
+    assert gate.reboot_marked(tmp_path, "boot-1")
+    # A restarted agent in the same boot fails again but never reboots a second time.
+    out2, r2, _ = drive(p, SlotState.UNMARKED, iter([assessment(tpm=False, storage=True)] * 100))
+    assert not out2.ready and not out2.verdict.reboot and r2.reboots == []
+
+
+def test_no_reboot_when_automatic_rollback_is_off(tmp_path: Path) -> None:
+    data = policy(tmp_path)
+    p = build(
+        PolicyFile,
+        {
+            "health_policy": {
+                "startup": {"timeout_seconds": 2, "required_components": ["tpm"]},
+                "rollback": {"enable_automatic": False},
+            },
+            "agent": {"state_dir": data.agent.state_dir},
+        },
+        Source("t.yaml"),
+    )
+    out, r, _ = drive(p, SlotState.UNMARKED, iter([assessment(tpm=False)] * 100))
+    assert not out.ready and r.reboots == [] and rec.read(tmp_path) is not None
+
+
+def test_hung_assessment_is_a_startup_timeout(tmp_path: Path) -> None:
+    p = policy(tmp_path, timeout_seconds=0.3)
+    t0 = time.monotonic()
+
+    def hang() -> Assessment:
+        time.sleep(5)
+        raise AssertionError("unreachable")
+
+    r = Recorder()
+    out = run_gate(
+        p,
+        slot_in(SlotState.UNMARKED),
+        hang,
+        notify=r.notify,
+        boot_id="b",
+        reboot=r.reboot,
+        sleep=lambda s: None,
+    )
+    assert time.monotonic() - t0 < 1.0
+    assert out.verdict.condition is FailureCondition.STARTUP_TIMEOUT and r.reboots
+
+
+def test_dry_run_acts_on_nothing(tmp_path: Path) -> None:
+    out, r, clock = drive(
+        policy(tmp_path), SlotState.UNMARKED, iter([assessment(tpm=False, storage=True)]), dry_run=True
+    )
+    assert out.attempts == 1 and out.verdict.decision is Decision.FAIL and out.verdict.reboot  # would
+    assert r.sent == [] and r.reboots == [] and clock.slept == []
+    assert rec.read(tmp_path) is None and not gate.reboot_marked(tmp_path, "boot-1")
+
+
+def test_pass_supersedes_an_old_record(tmp_path: Path) -> None:
+    drive(policy(tmp_path), SlotState.UNMARKED, iter([assessment(tpm=False, storage=True)] * 100))
+    assert (tmp_path / rec.RECORD_NAME).exists()
+    out, _, _ = drive(policy(tmp_path), SlotState.UNMARKED, iter([assessment(tpm=True, storage=True)]))
+    assert out.ready and not (tmp_path / rec.RECORD_NAME).exists()
+    assert (tmp_path / rec.PREVIOUS_NAME).exists()
+
+
+def test_real_reboot_command_and_real_notify_socket(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    script = tmp_path / "reboot"
+    script.write_text(f'#!/bin/sh\necho "$@" >> {tmp_path}/reboots\n')
+    script.chmod(script.stat().st_mode | stat.S_IEXEC)
+    p = build(
+        PolicyFile,
+        {
+            "health_policy": {
+                "startup": {"timeout_seconds": 0.2, "required_components": ["tpm"]},
+                "rollback": {"reboot_grace_seconds": 0, "reboot_command": [str(script), "--now"]},
+            },
+            "agent": {"state_dir": str(tmp_path / "state")},
+        },
+        Source("t.yaml"),
+    )
+    sock_path = tmp_path / "notify.sock"
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+        sock.bind(str(sock_path))
+        sock.settimeout(0.5)
+        monkeypatch.setenv("NOTIFY_SOCKET", str(sock_path))
+        out = run_gate(
+            p, slot_in(SlotState.UNMARKED), lambda: assessment(tpm=False), notify=notify, boot_id="b"
+        )
+        got = []
+        try:
+            while True:
+                got.append(sock.recv(4096).decode())
+        except TimeoutError:
+            pass
+    assert out.reboot_requested and out.reboot_error is None
+    assert (tmp_path / "reboots").read_text() == "--now\n"
+    joined = "\n".join(got)
+    assert "EXTEND_TIMEOUT_USEC=" in joined and "READY=1" not in joined
+    assert "STATUS=gate failed (critical_component_failure)" in joined
+    marker = json.loads((tmp_path / "state" / gate.MARKER_NAME).read_text())
+    assert marker["boot_id"] == "b"
+    assert gate.run_reboot(["/nonexistent/reboot"]) is not None

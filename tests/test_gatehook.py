@@ -1,0 +1,139 @@
+"""The gate inside the real Daemon: API fields, metrics, the rollback report and the exit on failure."""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from piccolod import record as rec
+from piccolod.api import listen_socket
+from piccolod.assess import Assessor
+from piccolod.daemon import Daemon
+from piccolod.gatehook import GateClosed, serve_hook
+from piccolod.model import Source, build
+from piccolod.policy import Component, PolicyFile
+from tests.agent_helpers import FACTS, Switch, get, wait_for
+from tests.fixtures.gptdisk import USR_A, USR_B, cmdline_for, gptprio_next, install_update
+
+
+def policy(tmp_path: Path, disk: Path, port: int, timeout: float = 0.6) -> PolicyFile:
+    script = tmp_path / "reboot"
+    script.write_text(f"#!/bin/sh\necho requested >> {tmp_path}/reboots\n")
+    script.chmod(0o755)
+    data: dict[str, Any] = {
+        "health_policy": {
+            "startup": {
+                "timeout_seconds": timeout,
+                "required_components": ["tpm"],
+                "optional_components": [],
+            },
+            "rollback": {"reboot_grace_seconds": 0.3, "reboot_command": [str(script)]},
+        },
+        "agent": {
+            "listen": f"127.0.0.1:{port}",
+            "state_dir": str(tmp_path / "state"),
+            "boot": {"cmdline": str(tmp_path / "cmdline"), "disk": str(disk)},
+        },
+    }
+    return build(PolicyFile, data, Source("<test>"))
+
+
+class Running:
+    def __init__(self, daemon: Daemon, port: int) -> None:
+        self.daemon, self.port = daemon, port
+        self.error: BaseException | None = None
+        self.thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        try:
+            self.daemon.run()
+        except BaseException as e:  # handed to the test
+            self.error = e
+
+    def health(self) -> dict[str, Any]:
+        doc: dict[str, Any] = json.loads(get(self.port, "/api/v1/system/health")[2])
+        return doc
+
+    def metric(self, line_start: str) -> float:
+        text = get(self.port, "/metrics")[2].decode()
+        return float(next(ln for ln in text.splitlines() if ln.startswith(line_start)).rsplit(" ", 1)[1])
+
+
+@pytest.fixture
+def start(tmp_path: Path, flatcar_disk: Path) -> Iterator[Any]:
+    started: list[Running] = []
+
+    def go(tpm: Switch, *, timeout: float = 0.6) -> Running:
+        listener = listen_socket("127.0.0.1:0")
+        port = listener.getsockname()[1]
+        daemon = Daemon(
+            policy(tmp_path, flatcar_disk, port, timeout),
+            assessor=Assessor({Component.TPM: tpm}, lambda c, p: 1.0),
+            gate=serve_hook,
+            listener=listener,
+            facts=FACTS,
+            env={},
+        )
+        run = Running(daemon, port)
+        run.thread.start()
+        started.append(run)
+        return run
+
+    yield go
+    for run in started:
+        run.daemon.stop()
+        run.thread.join(10)
+        assert not run.thread.is_alive()
+
+
+def test_fallback_boot_reports_rolled_back(tmp_path: Path, flatcar_disk: Path, start: Any) -> None:
+    (tmp_path / "cmdline").write_text(cmdline_for(gptprio_next(flatcar_disk)))  # USR-A, marked
+    earlier = rec.RollbackRecord(
+        "an-earlier-boot", "USR-B", USR_B, "/dev/vda", "1.2.3", "critical_component_failure",
+        "required components failing: tpm", 1.0, 2.0, 120.0, 3, True,
+    )  # fmt: skip
+    rec.write(tmp_path / "state", earlier)
+    run = start(Switch(False))
+    assert run.daemon.is_ready.wait(5)  # marked: ready at once, though the TPM fails
+    doc = run.health()
+    assert doc["update_status"] == "rolled_back"
+    assert doc["rollback_reason"].startswith("USR-B rolled back: critical_component_failure")
+    assert doc["startup_health_check"] == "skipped"
+    assert run.metric("piccolod_rollbacks_total ") == 1
+    assert run.metric('piccolod_gate_outcomes_total{outcome="skipped"}') == 1
+
+
+def test_failed_gate_is_pending_then_failed_then_closed(
+    tmp_path: Path, flatcar_disk: Path, start: Any
+) -> None:
+    install_update(flatcar_disk, USR_A)
+    (tmp_path / "cmdline").write_text(cmdline_for(gptprio_next(flatcar_disk)))  # USR-B, unmarked
+    run = start(Switch(False), timeout=1.5)
+    wait_for(lambda: run.daemon.server is not None, what="API")
+    assert run.health()["startup_health_check"] == "pending"
+    wait_for(lambda: run.health()["startup_health_check"] == "failed", timeout=5, what="failed verdict")
+    run.thread.join(10)
+    assert isinstance(run.error, GateClosed)
+    assert not run.daemon.is_ready.is_set()
+    assert (tmp_path / "reboots").read_text() == "requested\n"
+    record = rec.read(tmp_path / "state")
+    assert record is not None and record.slot == "USR-B" and record.boot_id == FACTS.boot_id
+
+
+def test_restart_in_the_same_boot_keeps_the_verdict(tmp_path: Path, flatcar_disk: Path, start: Any) -> None:
+    install_update(flatcar_disk, USR_A)
+    (tmp_path / "cmdline").write_text(cmdline_for(gptprio_next(flatcar_disk)))
+    first = start(Switch(True))
+    assert first.daemon.is_ready.wait(5)
+    assert first.health()["startup_health_check"] == "passed"
+    first.daemon.stop()
+    first.thread.join(10)
+    second = start(Switch(False))  # same boot id: no second gate, the pass stands
+    assert second.daemon.is_ready.wait(5)
+    assert second.health()["startup_health_check"] == "passed"
+    assert not (tmp_path / "reboots").exists()

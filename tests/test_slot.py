@@ -1,0 +1,161 @@
+"""piccolod.slot: the booted slot from the kernel command line and the GPT of a real sgdisk image."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import uuid
+from pathlib import Path
+
+import pytest
+
+from piccolod.slot import SlotError, SlotState, detect, find_disk, format_table, parse_cmdline
+from tests.fixtures.gptdisk import USR_A, USR_B, cmdline_for, gptprio_next, install_update, setgoodroot
+
+
+@pytest.mark.parametrize(
+    ("cmdline", "expected"),
+    [
+        (f"root=LABEL=ROOT mount.usr=PARTUUID={USR_A} ro", USR_A),
+        (cmdline_for(USR_B), USR_B),  # mount.usr=/dev/mapper/usr falls through to verity.usr
+        (f"usr=PARTUUID={USR_B.upper()}", USR_B),
+        (f"mount.usr=/dev/disk/by-partuuid/{USR_A}", USR_A),
+        (f'mount.usr="PARTUUID={USR_A}"', USR_A),
+        (f"usr=PARTUUID={USR_A} mount.usr=PARTUUID={USR_B}", USR_B),  # mount.usr wins over usr
+        (f"mount.usr=PARTUUID={USR_A} mount.usr=PARTUUID={USR_B}", USR_B),  # last occurrence counts
+        ("root=/dev/vda9 quiet", None),
+        ("mount.usr=PARTUUID=zzzz", None),
+        ("mount.usr=/dev/mapper/usr", None),
+        (f"xmount.usr=PARTUUID={USR_A}", None),
+    ],
+)
+def test_parse_cmdline(cmdline: str, expected: str | None) -> None:
+    assert parse_cmdline(cmdline) == expected
+
+
+def _cmdline(tmp_path: Path, partuuid: str) -> Path:
+    path = tmp_path / "cmdline"
+    path.write_text(cmdline_for(partuuid))
+    return path
+
+
+def test_marked_slot(flatcar_disk: Path, tmp_path: Path) -> None:
+    slot = detect(_cmdline(tmp_path, USR_A), str(flatcar_disk))
+    assert slot.error is None
+    assert (slot.state, slot.name, slot.partuuid, slot.disk) == (
+        SlotState.MARKED,
+        "USR-A",
+        USR_A,
+        str(flatcar_disk),
+    )
+    assert [(r.name, r.number, r.priority, r.tries, r.successful, r.booted) for r in slot.rows] == [
+        ("USR-A", 3, 1, 0, True, True),
+        ("USR-B", 4, 0, 0, False, False),
+    ]
+    text = format_table(slot)
+    assert "* USR-A" in text and "booted: USR-A" in text and "marked" in text
+
+
+def test_first_boot_of_an_update_is_unmarked(flatcar_disk: Path, tmp_path: Path) -> None:
+    install_update(flatcar_disk, USR_A)
+    booted = gptprio_next(flatcar_disk)
+    assert booted == USR_B
+    slot = detect(_cmdline(tmp_path, booted), str(flatcar_disk))
+    assert (slot.state, slot.name) == (SlotState.UNMARKED, "USR-B")
+    assert slot.booted is not None and (slot.booted.priority, slot.booted.tries) == (2, 0)
+    setgoodroot(flatcar_disk, booted)
+    assert detect(_cmdline(tmp_path, booted), str(flatcar_disk)).state is SlotState.MARKED
+
+
+def test_unmarked_slot_not_marked_falls_back(flatcar_disk: Path) -> None:
+    install_update(flatcar_disk, USR_A)
+    assert gptprio_next(flatcar_disk) == USR_B  # tries 1 -> 0
+    assert gptprio_next(flatcar_disk) == USR_A  # B now unbootable: GRUB falls back
+
+
+def test_slot_named_by_number_when_unlabelled(flatcar_disk: Path, tmp_path: Path) -> None:
+    subprocess.run(["sgdisk", "-c3:", "-c4:", str(flatcar_disk)], check=True, capture_output=True)
+    slot = detect(_cmdline(tmp_path, USR_A), str(flatcar_disk))
+    assert [r.name for r in slot.rows] == ["USR-A", "USR-B"]
+
+
+def test_unknown_states_carry_a_clear_error(flatcar_disk: Path, tmp_path: Path) -> None:
+    missing = detect(tmp_path / "nope", str(flatcar_disk))
+    assert missing.state is SlotState.UNKNOWN
+    assert missing.error and "nope: cannot read kernel command line" in missing.error
+
+    (tmp_path / "plain").write_text("root=/dev/vda9\n")
+    assert "no mount.usr=" in (detect(tmp_path / "plain", str(flatcar_disk)).error or "")
+
+    other = "11111111-2222-3333-4444-555555555555"
+    slot = detect(_cmdline(tmp_path, other), str(flatcar_disk))
+    assert slot.state is SlotState.UNKNOWN and slot.partuuid == other
+    assert f"no partition with PARTUUID {other}" in (slot.error or "")
+
+    nodisk = detect(_cmdline(tmp_path, USR_A), str(tmp_path / "gone.img"))
+    assert nodisk.state is SlotState.UNKNOWN and "gone.img: cannot open" in (nodisk.error or "")
+
+    with flatcar_disk.open("r+b") as f:
+        f.seek(512 + 24)
+        f.write(b"\xff")
+    corrupt = detect(_cmdline(tmp_path, USR_A), str(flatcar_disk))
+    assert corrupt.state is SlotState.UNKNOWN and "CRC32" in (corrupt.error or "")
+    assert "error:" in format_table(corrupt)
+
+
+def _fake_sysfs(root: Path, disk_img: Path, name: str = "vdz") -> tuple[Path, Path]:
+    sys_root, dev_root = root / "sys", root / "dev"
+    (sys_root / "block" / "loop0").mkdir(parents=True)  # an unpartitioned disk is skipped
+    for n in (1, 3, 4, 9):
+        part = sys_root / "block" / name / f"{name}{n}"
+        part.mkdir(parents=True)
+        (part / "partition").write_text(f"{n}\n")
+    dev_root.mkdir()
+    shutil.copyfile(disk_img, dev_root / name)
+    return sys_root, dev_root
+
+
+def test_find_disk_by_scanning_sysfs(flatcar_disk: Path, tmp_path: Path) -> None:
+    sys_root, dev_root = _fake_sysfs(tmp_path, flatcar_disk)
+    assert find_disk(USR_B, sys_root=sys_root, dev_root=dev_root) == str(dev_root / "vdz")
+    with pytest.raises(SlotError, match=r"no disk holds PARTUUID 11111111.*searched: vdz"):
+        find_disk("11111111-2222-3333-4444-555555555555", sys_root=sys_root, dev_root=dev_root)
+    slot = detect(_cmdline(tmp_path, USR_A), "auto", sys_root=sys_root, dev_root=dev_root)
+    assert (slot.state, slot.disk) == (SlotState.MARKED, str(dev_root / "vdz"))
+
+
+def test_find_disk_by_udev_link(flatcar_disk: Path, tmp_path: Path) -> None:
+    sys_root, dev_root = _fake_sysfs(tmp_path, flatcar_disk)
+    # The disk is only reachable through the link: /sys/block does not list it, so a scan cannot.
+    real = sys_root / "devices" / "pci0" / "vdz"
+    real.parent.mkdir(parents=True)
+    (sys_root / "block" / "vdz").rename(real)
+    (sys_root / "class" / "block").mkdir(parents=True)
+    (sys_root / "class" / "block" / "vdz3").symlink_to(real / "vdz3")
+    (dev_root / "vdz3").touch()
+    (dev_root / "disk" / "by-partuuid").mkdir(parents=True)
+    (dev_root / "disk" / "by-partuuid" / USR_A).symlink_to("../../vdz3")
+    assert find_disk(USR_A, sys_root=sys_root, dev_root=dev_root) == str(dev_root / "vdz")
+    with pytest.raises(SlotError, match="no disks"):
+        find_disk(USR_B, sys_root=sys_root, dev_root=dev_root)
+
+
+def test_auto_finds_a_real_loop_device(flatcar_disk: Path, tmp_path: Path) -> None:
+    """The real /sys and /dev: the image attached as a loop device with its partitions added."""
+    mine = str(uuid.uuid4())  # unique, so no other loop device on this machine can hold it
+    subprocess.run(["sgdisk", f"-u3:{mine}", str(flatcar_disk)], capture_output=True, check=True)
+    dev = subprocess.run(
+        ["losetup", "--find", "--show", "--partscan", str(flatcar_disk)],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
+    try:
+        subprocess.run(["partx", "-a", dev], capture_output=True, check=False)  # no udev here
+        assert Path(f"/sys/block/{Path(dev).name}/{Path(dev).name}p3/partition").exists()
+        assert find_disk(mine) == dev
+        slot = detect(_cmdline(tmp_path, mine), "auto")
+        assert (slot.state, slot.disk, slot.name) == (SlotState.MARKED, dev, "USR-A")
+    finally:
+        subprocess.run(["partx", "-d", dev], capture_output=True, check=False)
+        subprocess.run(["losetup", "-d", dev], capture_output=True, check=True)
