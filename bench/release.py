@@ -2,11 +2,13 @@
 
 Run: ``.venv/bin/python bench/release.py [--size-mib 512] [--runs 3]``. Offline; uses the fake
 flatcar/scripts of the tests (the SDK steps are the fake's, so the figures are piccolo-build's own cost,
-not Flatcar's) and a throwaway gpg key. Prints:
+not Flatcar's), the locked dependency sdists from the tests' download cache (``$PICCOLO_TEST_CACHE``,
+default ``.venv/test-cache``; verified, not downloaded), no SDK image check (no Docker needed) and a
+throwaway gpg key. Prints:
 
 1. wall time of a full build against the fake SDK (clone to verified, signed release), median of runs;
 2. wall time of a rebuild where every SDK step is skipped (the cost of deciding what to skip, plus the
-   always-run steps: overlay, sdist, RDEPEND, collect, sign, verify);
+   always-run steps: overlay, sdist, distfile verification, RDEPEND, collect, sign, verify);
 3. artefact digest throughput (SHA-256 and SHA-512 in one read, as ``collect`` does) on a SIZE MiB file;
 4. the time to preflight the key (list + test signature) and to sign and verify one SHA256SUMS.
 """
@@ -26,12 +28,22 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from piccolo_build import release  # noqa: E402
-from tests.fixtures.fakesdk import generate_key, kill_agent, make_fake_scripts, make_gnupghome  # noqa: E402
+from piccolo_build.errors import PiccoloError  # noqa: E402
+from piccolo_build.lock import load_lock, verify_distfiles  # noqa: E402
+from tests.fixtures.fakesdk import (  # noqa: E402
+    generate_key,
+    kill_agent,
+    make_fake_scripts,
+    make_gnupghome,
+    seed_distfiles,
+)
+
+CACHE = Path(os.environ.get("PICCOLO_TEST_CACHE") or ROOT / ".venv" / "test-cache") / "distfiles"
 
 
 def build(project: Path, upstream: Path, email: str, home: Path) -> float:
     argv = [sys.executable, "-m", "piccolo_build", "build", "--config", str(ROOT / "piccolo.yaml")]
-    argv += ["--scripts-url", str(upstream), "--set", f"release.signing_key={email}"]
+    argv += ["--scripts-url", str(upstream), "--set", f"release.signing_key={email}", "--no-sdk-image-check"]
     env = {k: v for k, v in os.environ.items() if not k.startswith("PICCOLO_")}
     started = time.monotonic()
     r = subprocess.run(
@@ -48,6 +60,10 @@ def main() -> None:
     ap.add_argument("--size-mib", type=int, default=512)
     ap.add_argument("--runs", type=int, default=3)
     args = ap.parse_args()
+    try:
+        verify_distfiles(load_lock(), CACHE)
+    except PiccoloError as exc:
+        sys.exit(f"{exc.message}; fill the cache with: python3 build.py test")
     home = make_gnupghome()
     try:
         email = "bench@piccolo.test"
@@ -60,6 +76,7 @@ def main() -> None:
                 fake = make_fake_scripts(root / f"fake{i}")
                 project = root / f"project{i}"
                 project.mkdir()
+                seed_distfiles(CACHE, project / "build")
                 full.append(build(project, fake.upstream, email, home))
                 noop.append(build(project, fake.upstream, email, home))
             print(

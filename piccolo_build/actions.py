@@ -20,6 +20,7 @@ from piccolo_build.config import BuildConfig
 from piccolo_build.context import BuildContext
 from piccolo_build.errors import PiccoloError, StepFailed
 from piccolo_build.plan import Action, Facts, Step, newest_stable
+from piccolo_build.versionfile import read_sdk_version, sdk_version_or_none
 from piccolod.model import to_plain
 
 
@@ -79,13 +80,34 @@ def preflight(env: ActionEnv) -> str | None:
         env.log(f"signing key {env.cfg.release.signing_key} usable: fingerprint {fpr}")
     else:
         env.log("release.signing_key is not set: the release will not be signed")
-    if env.cfg.flatcar.sdk_version:
-        from piccolo_build.docker_sdk import ensure_image
-
-        image = env.ctx.sdk_image(env.cfg.flatcar.sdk_version)
-        info = ensure_image(image, pull=env.ctx.allow_pull)
-        env.log(f"SDK image {image} {'pulled' if info.pulled else 'present'}: {info.id}")
+    if env.cfg.flatcar.sdk_version and env.ctx.check_sdk_image:
+        _check_image(env, env.cfg.flatcar.sdk_version)
     return fpr
+
+
+def _check_image(env: ActionEnv, version: str) -> str:
+    from piccolo_build.docker_sdk import ensure_image
+
+    image = env.ctx.sdk_image(version)
+    info = ensure_image(image, pull=env.ctx.allow_pull)
+    env.log(f"SDK image {image} {'pulled' if info.pulled else 'present'}: {info.id}")
+    return info.id
+
+
+def sdk_image(env: ActionEnv) -> str | None:
+    """The SDK image the SDK steps will use: the configured version's, or else the one the checked-out
+    tag pins (``FLATCAR_SDK_VERSION`` in version.txt, which run_sdk_container uses without ``-V``)."""
+    pinned = read_sdk_version(env.ctx.version_file)
+    configured = env.cfg.flatcar.sdk_version
+    if configured and configured != pinned:
+        env.log(f"the checkout pins SDK {pinned}; building with flatcar.sdk_version {configured}")
+    version = configured or pinned
+    if not configured:
+        env.log(f"SDK version {version}: FLATCAR_SDK_VERSION in {env.ctx.version_file}")
+    if not env.ctx.check_sdk_image:
+        env.log(f"SDK image {env.ctx.sdk_image(version)} not checked (--no-sdk-image-check)")
+        return version
+    return f"{version} {_check_image(env, version)}"
 
 
 def clone(env: ActionEnv) -> str | None:
@@ -187,6 +209,31 @@ def bundle(env: ActionEnv) -> str | None:
     return f"{sdist.name} {hashlib.sha256(data).hexdigest()}"
 
 
+def distfiles(env: ActionEnv) -> str | None:
+    """The locked dependency sdists: into the cache (only missing ones are downloaded), verified
+    against the lock there, copied into the SDK's DISTDIR and verified there again."""
+    from piccolo_build import lock as locking
+
+    lock = locking.load_lock()
+    cache, distdir = env.ctx.distfile_cache, env.ctx.distfiles_dir
+    missing = [p.filename for p in lock.packages if not (cache / p.filename).exists()]
+    if missing:
+        source = env.ctx.distfiles_mirror or "the lock's URLs"
+        env.log(f"downloading {len(missing)} missing into {cache} from {source}: {' '.join(missing)}")
+    host = env.ctx.distfiles_mirror or locking.FILES_HOST
+    locking.fetch_distfiles(lock, cache, files_host=host)  # verifies every file, downloaded or not
+    env.log(f"verified {len(lock.packages)} files in {cache} against {locking.LOCK_FILE.name}")
+    distdir.mkdir(parents=True, exist_ok=True)
+    for pkg in lock.packages:
+        data = (cache / pkg.filename).read_bytes()
+        target = distdir / pkg.filename
+        if not target.is_file() or target.read_bytes() != data:
+            locking.atomic_write(target, data)
+            env.log(f"placed {pkg.filename} in {distdir}")
+    locking.verify_distfiles(lock, distdir)
+    return hashlib.sha256("".join(f"{p.filename} {p.sha256}\n" for p in lock.packages).encode()).hexdigest()
+
+
 def rdepend(env: ActionEnv) -> str | None:
     from piccolo_build import coreos
 
@@ -195,16 +242,6 @@ def rdepend(env: ActionEnv) -> str | None:
         f"{env.facts.rdepend_atom} {'added to' if changed else 'already in'} RDEPEND of coreos-base/coreos"
     )
     return tree_digest(env.ctx.coreos_ebuild_dir)
-
-
-def _version_file_sdk(path: Path) -> str | None:
-    if not path.is_file():
-        return None
-    for line in path.read_text(encoding="utf-8").splitlines():
-        key, _, value = line.partition("=")
-        if key.strip() == "FLATCAR_SDK_VERSION":
-            return value.strip().strip('"') or None
-    return None
 
 
 def _need(env: ActionEnv, step: str) -> str:
@@ -221,7 +258,7 @@ def collect(env: ActionEnv) -> str | None:
         piccolo_version=env.cfg.version,
         flatcar_tag=tag,
         flatcar_commit=commit,
-        sdk_version=env.cfg.flatcar.sdk_version or _version_file_sdk(env.ctx.version_file),
+        sdk_version=env.cfg.flatcar.sdk_version or sdk_version_or_none(env.ctx.version_file),
         update_group=env.cfg.update.group,
         boards=tuple(str(b) for b in env.cfg.boards),
         config_sha256=config_digest(env.cfg),
@@ -253,8 +290,10 @@ ACTIONS: dict[Action, Callable[[ActionEnv], str | None]] = {
     Action.PREFLIGHT: preflight,
     Action.CLONE: clone,
     Action.CHECKOUT: checkout,
+    Action.SDK_IMAGE: sdk_image,
     Action.OVERLAY: overlay,
     Action.BUNDLE: bundle,
+    Action.DISTFILES: distfiles,
     Action.RDEPEND: rdepend,
     Action.COLLECT: collect,
     Action.SIGN: sign,

@@ -9,8 +9,12 @@ flatcar/scripts (FLATCAR.md section 1):
   ``__build__/images`` at ``/mnt/host/source/src/build`` inside the SDK container;
 - the overlay is ``sdk_container/src/third_party/coreos-overlay``;
 - portage's ``DISTDIR`` in the SDK is ``/mnt/host/source/.cache/distfiles``, which is the checkout's
-  ``sdk_container/.cache/distfiles`` on the host: that is where the agent's sdist must be for
-  ``emerge`` to find it without a download;
+  ``sdk_container/.cache/distfiles`` on the host: that is where the agent's sdist and the locked
+  ``dev-python`` sdists (``piccolo.lock.json``) must be for ``emerge`` to find them without a download.
+  The locked sdists are kept in ``build/distfiles`` (:attr:`BuildContext.distfile_cache`) between
+  builds, so a fresh checkout needs no download, and verified against the lock on every build;
+- ``sdk_container/.repo/manifests/version.txt`` pins the SDK version of the checked-out tag
+  (:mod:`piccolo_build.versionfile`);
 - ``build_image`` writes to ``<build root>/images/<board>/<group>-<version>-a<attempt>`` (older
   scripts: ``<version>-a<attempt>``) and points ``latest`` at it, i.e.
   ``__build__/images/images/<board>/latest`` on the host.
@@ -44,6 +48,8 @@ class BuildContext:
     sdk_image_repo: str = DEFAULT_SDK_IMAGE
     allow_pull: bool = False
     config_file: Path | None = None
+    check_sdk_image: bool = True  # check the SDK image through the Docker API before any SDK step
+    distfiles_mirror: str | None = None  # replaces https://files.pythonhosted.org/packages/ in downloads
 
     @property
     def scripts_dir(self) -> Path:
@@ -71,6 +77,11 @@ class BuildContext:
     def dist_dir(self) -> Path:
         """Where the agent's source distribution is built."""
         return self.work_dir / "dist"
+
+    @property
+    def distfile_cache(self) -> Path:
+        """The locked dependency sdists, downloaded once (only missing files) and kept between builds."""
+        return self.work_dir / "distfiles"
 
     @property
     def staging_dir(self) -> Path:

@@ -9,6 +9,8 @@ The SDK commands follow flatcar/scripts (FLATCAR.md section 1; flag spellings fr
 ``run_sdk_container``, ``build_image`` and ``image_to_vm.sh``):
 
 - ``./run_sdk_container [-C IMAGE] [-V SDK_VERSION] -a all -- CMD`` runs CMD in the SDK container.
+  Without ``flatcar.sdk_version`` there is no ``-V``: the script takes ``FLATCAR_SDK_VERSION`` from the
+  checked-out tag's ``version.txt``, and so does the ``sdk-image`` check after the checkout.
   No ``-n``: the script then names the container after the SDK and OS versions of the checkout, so a
   new Flatcar tag never reuses a container set up for an older one, while the steps of one build share
   it (the board roots built by ``build_packages`` live inside it). No ``-t``: output is piped into the
@@ -44,8 +46,10 @@ class Action(enum.StrEnum):
     PREFLIGHT = "preflight"
     CLONE = "clone"
     CHECKOUT = "checkout"
+    SDK_IMAGE = "sdk-image"
     OVERLAY = "overlay"
     BUNDLE = "bundle"
+    DISTFILES = "distfiles"
     RDEPEND = "rdepend"
     COLLECT = "collect"
     SIGN = "sign"
@@ -90,6 +94,8 @@ class Facts:
     base_sysexts: str
     rdepend_atom: str
     agent_atom: str
+    distfiles: tuple[str, ...] = ()  # the locked dependency sdists (file names), in lock order
+    lock_file: str = "piccolo.lock.json"
 
 
 def stable_version(tag: str) -> tuple[int, int, int] | None:
@@ -103,6 +109,16 @@ def newest_stable(tags: Iterable[str]) -> str | None:
     return max(versions)[1] if versions else None
 
 
+def sdk_version_label(cfg: BuildConfig) -> str:
+    """The SDK version the build uses, as far as it is known before the checkout."""
+    return cfg.flatcar.sdk_version or "from checkout"
+
+
+def sdk_image_label(cfg: BuildConfig, ctx: BuildContext) -> str:
+    v = cfg.flatcar.sdk_version
+    return ctx.sdk_image(v) if v else f"{ctx.sdk_image_repo}:<FLATCAR_SDK_VERSION of the checkout>"
+
+
 def sdk_command(cfg: BuildConfig, ctx: BuildContext, *command: str) -> tuple[str, ...]:
     """``./run_sdk_container ... -- COMMAND``. The SDK's entry script re-quotes every argument in double
     quotes and hands the line to a shell, so ``"``, ``$``, backticks and backslashes would be expanded
@@ -111,6 +127,12 @@ def sdk_command(cfg: BuildConfig, ctx: BuildContext, *command: str) -> tuple[str
         if _UNSAFE_IN_SDK.search(arg):
             raise ValueError(f"argument {arg!r} cannot pass through run_sdk_container unchanged")
     argv = ["./run_sdk_container"]
+    if cfg.flatcar.sdk_version is None and ctx.sdk_image_repo != DEFAULT_SDK_IMAGE:
+        # run_sdk_container's -C takes a whole image name, whose tag is only known after the checkout.
+        raise ValueError(
+            f"the SDK image {ctx.sdk_image_repo} needs flatcar.sdk_version for its tag "
+            "(--set flatcar.sdk_version=...)"
+        )
     if cfg.flatcar.sdk_version is not None:
         if ctx.sdk_image_repo != DEFAULT_SDK_IMAGE:
             argv += ["-C", ctx.sdk_image(cfg.flatcar.sdk_version)]
@@ -140,7 +162,29 @@ def _git_steps(cfg: BuildConfig, ctx: BuildContext) -> list[Step]:
             inputs=(cfg.flatcar.release,),
             always=True,
         ),
+        _sdk_image_step(cfg, ctx),
     ]
+
+
+def _sdk_image_step(cfg: BuildConfig, ctx: BuildContext) -> Step:
+    version = cfg.flatcar.sdk_version
+    if version:
+        what = f"check that the SDK image {ctx.sdk_image(version)} (flatcar.sdk_version) is present"
+        inputs: tuple[str, ...] = (version,)
+    else:
+        what = (
+            f"read FLATCAR_SDK_VERSION from {ctx.version_file} (the SDK the checked-out tag pins) and "
+            f"check that the SDK image {ctx.sdk_image_repo}:<that version> is present"
+        )
+        inputs = (str(ctx.version_file),)
+    how = "pulled with --pull" if ctx.allow_pull else "pull it with --pull"
+    return Step(
+        "sdk-image",
+        f"{what} through the Docker API ({how}) before any SDK step",
+        Action.SDK_IMAGE,
+        inputs=inputs,
+        always=True,
+    )
 
 
 def _prepare_steps(cfg: BuildConfig, ctx: BuildContext, facts: Facts) -> list[Step]:
@@ -162,6 +206,7 @@ def _prepare_steps(cfg: BuildConfig, ctx: BuildContext, facts: Facts) -> list[St
             outputs=(str(ctx.dist_dir), str(ctx.distfiles_dir)),
             always=True,
         ),
+        _distfiles_step(ctx, facts),
         Step(
             "coreos-rdepend",
             f"add {facts.rdepend_atom} to RDEPEND of coreos-base/coreos and bump its -rN symlink",
@@ -171,6 +216,20 @@ def _prepare_steps(cfg: BuildConfig, ctx: BuildContext, facts: Facts) -> list[St
             always=True,
         ),
     ]
+
+
+def _distfiles_step(ctx: BuildContext, facts: Facts) -> Step:
+    source = ctx.distfiles_mirror or "the https URL in the lock"
+    return Step(
+        "distfiles",
+        f"verify the {len(facts.distfiles)} dependency sdists locked in {facts.lock_file} (size, SHA-256, "
+        f"BLAKE2B, SHA512) in {ctx.distfile_cache}, downloading only missing ones (from {source}), "
+        "and copy them into the SDK's DISTDIR; a file that differs from the lock stops the build",
+        Action.DISTFILES,
+        inputs=(facts.lock_file, *(str(ctx.distfile_cache / name) for name in facts.distfiles)),
+        outputs=tuple(str(ctx.distfiles_dir / name) for name in facts.distfiles),
+        always=True,
+    )
 
 
 def _board_steps(cfg: BuildConfig, ctx: BuildContext, facts: Facts, board: str) -> list[Step]:
@@ -280,9 +339,10 @@ def _release_steps(cfg: BuildConfig, ctx: BuildContext) -> list[Step]:
 
 def plan(cfg: BuildConfig, ctx: BuildContext, facts: Facts) -> list[Step]:
     """Every step of a full build, in order."""
+    image = f" and the SDK image {ctx.sdk_image(cfg.flatcar.sdk_version)}" if cfg.flatcar.sdk_version else ""
     preflight = Step(
         "preflight",
-        "check the tools, the signing key (a test signature) and the SDK image before any long step",
+        f"check the tools, the signing key (a test signature){image} before any long step",
         Action.PREFLIGHT,
         inputs=tuple(x for x in (cfg.release.signing_key, cfg.flatcar.sdk_version) if x),
         always=True,

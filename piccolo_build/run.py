@@ -35,6 +35,14 @@ PASSTHROUGH = (
     "GNUPGHOME",
     "DOCKER_HOST",
     "SSH_AUTH_SOCK",
+    # A build host behind a proxy: git, curl and docker in the children read these (both spellings
+    # are in use; run_sdk_container passes the lower-case ones on into the SDK container).
+    "http_proxy",
+    "https_proxy",
+    "no_proxy",
+    "HTTP_PROXY",
+    "HTTPS_PROXY",
+    "NO_PROXY",
 )
 
 
@@ -81,7 +89,8 @@ def run(
     """Run ``argv`` to completion and capture its output.
 
     ``env`` is added to the sanitised base environment. With ``check``, a non-zero exit raises
-    :class:`StepFailed` carrying the program's exit code and the tail of its stderr.
+    :class:`StepFailed` carrying the program's exit code and the tail of its stderr. A child killed by
+    signal N has exit code 128+N (raised as :class:`StepFailed` with ``check``, returned without).
     """
     import sh
 
@@ -102,9 +111,16 @@ def run(
         )
     except sh.TimeoutException:
         raise StepFailed(f"{args[0]} timed out after {timeout:g}s", exit_code=124) from None
-    result = Completed(
-        args, proc.exit_code, proc.stdout.decode("utf-8", "replace"), proc.stderr.decode("utf-8", "replace")
-    )
+    except sh.SignalException as exc:  # killed by a signal: exit code 128+N, as a shell reports it
+        signum = -int(exc.exit_code)
+        result = Completed(args, 128 + signum, _text(exc.stdout), _text(exc.stderr))
+        if check:
+            raise StepFailed(
+                f"{' '.join(args)} was killed by signal {_signame(signum)} (exit code {128 + signum})",
+                exit_code=128 + signum,
+            ) from None
+        return result
+    result = Completed(args, proc.exit_code, _text(proc.stdout), _text(proc.stderr))
     if check and result.returncode != 0:
         tail = (result.stderr or result.stdout).strip().splitlines()[-5:]
         raise StepFailed(
@@ -126,9 +142,10 @@ def stream(
     """Run ``argv`` with stdin from /dev/null, appending stdout and stderr (merged) to ``log``.
 
     Each output line is also passed to ``on_line`` (for a live progress display). Returns the exit
-    code; the caller decides what a failure means. The child runs in its own session; Ctrl-C is
-    forwarded to its whole process group as SIGINT (a shell script only stops when its own child was
-    interrupted too), then re-raised once the child has exited (SIGKILL to the group after 10 s).
+    code (128+N when the child was killed by signal N); the caller decides what a failure means. The
+    child runs in its own session; Ctrl-C is forwarded to its whole process group as SIGINT (a shell
+    script only stops when its own child was interrupted too), then re-raised once the child has
+    exited (SIGKILL to the group after 10 s).
     """
     import sh
 
@@ -167,11 +184,23 @@ def stream(
             except sh.TimeoutException:
                 proc.kill_group()
             raise
-    return int(proc.exit_code)
+    code = int(proc.exit_code)
+    return 128 - code if code < 0 else code
+
+
+def _text(data: bytes | None) -> str:
+    return (data or b"").decode("utf-8", "replace")
+
+
+def _signame(signum: int) -> str:
+    try:
+        return signal.Signals(signum).name
+    except ValueError:
+        return str(signum)
 
 
 def _wait(proc: Any, timeout: float | None = None) -> None:
-    """Wait for a ``sh`` command; a child killed by a signal leaves exit code -N (no exception)."""
+    """Wait for a ``sh`` command; a child killed by signal N leaves exit code -N (no exception)."""
     import sh
 
     with contextlib.suppress(sh.SignalException):

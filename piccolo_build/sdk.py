@@ -8,8 +8,10 @@ Rules:
   already been done for the same inputs and is skipped. ``always`` steps (cheap ones, or the checkout
   of a floating tag) run every time; their results feed the digests of what follows.
 - Once a step has actually run, every later step runs too: the SDK's state has moved on.
-- ``--from STEP`` starts at STEP (which runs even if recorded as done; ``preflight`` still runs first,
-  so a bad key or a missing SDK image fails before any long step); ``--to STEP`` stops after it.
+- ``--from STEP`` starts at STEP (which runs even if recorded as done; the checks ``preflight`` and
+  ``sdk-image`` still run first, so a bad key or a missing SDK image fails before any long step);
+  ``--to STEP`` stops after it. The checks' results (a key fingerprint, an image id) do not count as
+  inputs of later steps.
 - A failing step stops the build with the step's own exit code, the last lines of its log and the
   command that resumes from it. Its full output stays in ``build/logs/<step>.log``.
 """
@@ -34,6 +36,9 @@ from piccolo_build.plan import Action, Facts, Step
 from piccolo_build.progress import Progress, elapsed
 
 FAILURE_TAIL = 20
+# Steps that only check (the signing key, the SDK image): run whenever a later step may, fail with their
+# own message and hint, and never make later steps run again.
+CHECKS = frozenset({Action.PREFLIGHT, Action.SDK_IMAGE})
 
 
 @dataclass(frozen=True)
@@ -121,14 +126,12 @@ class Executor:
         outcomes: list[Outcome] = []
         cascade = False
         for i, step in enumerate(self.steps):
-            # The key's fingerprint (preflight's result) must not make the SDK steps run again.
-            upstream = {
-                s.name: self.results[s.name] for s in self.steps[:i] if s.action is not Action.PREFLIGHT
-            }
+            # A check's result (key fingerprint, image id) must not make the SDK steps run again.
+            upstream = {s.name: self.results[s.name] for s in self.steps[:i] if s.action not in CHECKS}
             digest = step_digest(step, upstream)
-            selected = start <= i < stop or (step.action is Action.PREFLIGHT and i < stop)
+            selected = start <= i < stop or (step.action in CHECKS and i < stop)
             if not selected:
-                if i < start and step.name not in self.state.steps and step.action is not Action.PREFLIGHT:
+                if i < start and step.name not in self.state.steps:
                     raise PiccoloError(
                         f"cannot start at {options.from_step}: step {step.name} has never finished",
                         hint=f"{options.resume} --from {step.name}",
@@ -154,7 +157,7 @@ class Executor:
             changed = (
                 not step.always or self.results[step.name] != before or self.state.digest(step.name) != digest
             )
-            cascade = cascade or (changed and step.action is not Action.PREFLIGHT)
+            cascade = cascade or (changed and step.action not in CHECKS)
             self.state.record(step.name, digest, self.results[step.name])
         return outcomes
 
@@ -205,7 +208,7 @@ class Executor:
             return progress.finish("ok")
         took = progress.finish(f"FAILED (exit code {code})")
         self.state.forget(step.name)
-        if error is not None and step.action is Action.PREFLIGHT:
+        if error is not None and step.action in CHECKS:
             raise error  # a bad key or a missing SDK image: its own message and hint say what to do
         raise self._failure(step, code, error, took, options)
 
@@ -218,8 +221,9 @@ class Executor:
         self.out.flush()
         code = code if 0 < code < 256 else 128 + abs(code) if code < 0 else 1
         reason = f": {error.message}" if error else ""
+        fix = error.hint if error is not None and error.hint else "fix the cause"
         return StepFailed(
             f"step {step.name} failed with exit code {code} after {elapsed(took)}{reason} (log: {log})",
-            hint=f"fix the cause, then resume with: {options.resume} --from {step.name}",
+            hint=f"{fix}, then resume with: {options.resume} --from {step.name}",
             exit_code=code,
         )

@@ -2,11 +2,16 @@
 
 The fake's scripts record their argv (tests/fixtures/fakesdk.py), so these tests assert the exact SDK
 commands and their order, where the overlay and the sdist land, the RDEPEND edit, skipping, --from
-resumption, the failure path and the signed, verified release.
+resumption, the failure path and the signed, verified release. The locked dependency sdists come
+from the tests' download cache (seeded into each build's ``build/distfiles``; nothing is downloaded).
+The SDK image check through Docker is tested in tests/test_sdk_docker.py; these builds run with
+``--no-sdk-image-check``.
 """
 
 from __future__ import annotations
 
+import functools
+import http.server
 import io
 import json
 import os
@@ -15,7 +20,9 @@ import shlex
 import signal
 import subprocess
 import sys
+import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,12 +32,14 @@ from piccolo_build.actions import config_digest
 from piccolo_build.commands.build_cmd import facts
 from piccolo_build.config import BuildConfig, load_config
 from piccolo_build.context import BuildContext
+from piccolo_build.lock import FILES_HOST, load_lock
 from piccolo_build.plan import plan
 from piccolo_build.sdk import Executor, Options
 from tests.builder_helpers import DEFAULT_CONFIG, cli
-from tests.fixtures.fakesdk import NEWEST_STABLE, FakeSdk, GpgKey
+from tests.fixtures.fakesdk import NEWEST_STABLE, FakeSdk, GpgKey, seed_distfiles
 
 OVERLAY = Path("sdk_container/src/third_party/coreos-overlay")
+DISTDIR = Path("sdk_container/.cache/distfiles")
 SDK = ["run_sdk_container", "-a", "all", "--"]
 
 
@@ -52,8 +61,13 @@ class Project:
     def out(self) -> Path:
         return self.root / "release"
 
+    @property
+    def cache(self) -> Path:
+        return self.work / "distfiles"
+
     def build(self, *extra: str, signed: bool = True) -> subprocess.CompletedProcess[str]:
         args = ["build", "--config", str(DEFAULT_CONFIG), "--scripts-url", str(self.fake.upstream)]
+        args.append("--no-sdk-image-check")
         if signed:
             args += ["--set", f"release.signing_key={self.key.email}"]
         return cli(*args, *extra, cwd=self.root, env={"GNUPGHOME": str(self.key.home)})
@@ -63,9 +77,10 @@ class Project:
 
 
 @pytest.fixture
-def project(tmp_path: Path, fakesdk: FakeSdk, gpg_key: GpgKey) -> Project:
+def project(tmp_path: Path, fakesdk: FakeSdk, gpg_key: GpgKey, locked_distfiles: Path) -> Project:
     root = tmp_path / "project"
     root.mkdir()
+    seed_distfiles(locked_distfiles, root / "build")
     return Project(root, fakesdk, gpg_key)
 
 
@@ -136,6 +151,19 @@ def test_full_build_runs_the_exact_sdk_commands_and_publishes_a_signed_release(p
     manifest_line = (overlay / "app-admin" / "piccolod" / "Manifest").read_text().split()
     assert manifest_line[:3] == ["DIST", "piccolod-0.1.0.tar.gz", str(distfile.stat().st_size)]
 
+    # The locked dependency sdists were verified in the cache and copied into DISTDIR, where the
+    # (fake) emerge found each with the size and SHA512 of its dev-python Manifest.
+    emerge_log = (project.work / "logs" / "sdk-emerge-amd64-usr.log").read_text()
+    for pkg in load_lock().packages:
+        assert (project.scripts / DISTDIR / pkg.filename).read_bytes() == (
+            project.cache / pkg.filename
+        ).read_bytes()
+        assert f">>> {pkg.filename}: checksums ok" in emerge_log
+    assert (
+        "verified 5 files in build/distfiles against piccolo.lock.json"
+        in (project.work / "logs" / "distfiles.log").read_text()
+    )
+
     # coreos-base/coreos pulls in the base-image package, and its revision symlink was bumped.
     coreos = overlay / "coreos-base" / "coreos"
     assert re.search(r"^\s*coreos-base/piccolo-base\s*$", (coreos / "coreos-0.0.1.ebuild").read_text(), re.M)
@@ -198,8 +226,8 @@ def test_full_build_runs_the_exact_sdk_commands_and_publishes_a_signed_release(p
     assert not [m for m in listing if "piccolo_build" in m]
 
     # Progress and logs.
-    assert "==> [9/13] build-image-amd64-usr" in err
-    assert re.search(r"<== \[9/13\] build-image-amd64-usr ok in 0:00:\d\d", err)
+    assert "==> [11/15] build-image-amd64-usr" in err
+    assert re.search(r"<== \[11/15\] build-image-amd64-usr ok in 0:00:\d\d", err)
     log = (project.work / "logs" / "build-image-amd64-usr.log").read_text()
     assert "$ ./run_sdk_container -a all -- ./build_image --board=amd64-usr" in log
     assert "Done. Image(s) created in" in log
@@ -217,7 +245,7 @@ def test_a_second_build_skips_what_is_done_and_repairs_the_overlay(project: Proj
     assert project.sdk_calls() == []
     for step in ("sdk-emerge", "build-packages", "build-image", "image-to-vm"):
         assert f"{step}-amd64-usr: done for the same inputs, skipped" in err
-    assert "build finished: 9 steps ran, 4 skipped" in r.stdout
+    assert "build finished: 11 steps ran, 4 skipped" in r.stdout
     assert not stale.exists()  # the overlay step replaces package directories whole
     assert (project.out / "SHA256SUMS.asc").is_file()
 
@@ -330,12 +358,12 @@ def test_dry_run_runs_nothing(project: Project) -> None:
     _ok(r)
     assert not project.work.exists() or not project.scripts.exists()
     assert project.sdk_calls() == []
-    assert "[9/13] build-image-amd64-usr: would run: ./run_sdk_container -a all -- ./build_image" in r.stderr
+    assert "[11/15] build-image-amd64-usr: would run: ./run_sdk_container -a all -- ./build_image" in r.stderr
 
     _ok(project.build())
     project.fake.reset_calls()
     r = project.build("--dry-run")
-    assert "[9/13] build-image-amd64-usr: would skip" in r.stderr
+    assert "[11/15] build-image-amd64-usr: would skip" in r.stderr
     assert project.sdk_calls() == []
 
 
@@ -352,7 +380,7 @@ def test_live_progress_shows_step_elapsed_time_and_log_tail(
     monkeypatch.setenv("GNUPGHOME", str(project.key.home))
     project.fake.slow("build_packages", 2)
     cfg = _cfg()
-    ctx = BuildContext(scripts_url=str(project.fake.upstream))
+    ctx = BuildContext(scripts_url=str(project.fake.upstream), check_sdk_image=False)
     f = facts(cfg)
     out = io.StringIO()
     Executor(cfg, ctx, f, plan(cfg, ctx, f), out).execute(
@@ -360,7 +388,7 @@ def test_live_progress_shows_step_elapsed_time_and_log_tail(
     )
     text = out.getvalue()
     assert re.search(
-        r"^\.\.\. \[8/12\] build-packages-amd64-usr 0:00:0\d \| build_packages: working, line \d+$",
+        r"^\.\.\. \[10/14\] build-packages-amd64-usr 0:00:0\d \| build_packages: working, line \d+$",
         text,
         re.M,
     )
@@ -371,7 +399,7 @@ def test_live_progress_shows_step_elapsed_time_and_log_tail(
         Options(from_step="build-packages-amd64-usr", to_step="build-packages-amd64-usr", tty=True)
     )
     drawn = tty.getvalue()
-    assert "\x1b[K... [8/12] build-packages-amd64-usr 0:00:0" in drawn
+    assert "\x1b[K... [10/14] build-packages-amd64-usr 0:00:0" in drawn
     assert re.search(r"\x1b\[K    build_packages: working, line \d+\n", drawn)
     assert "\x1b[4F\x1b[J" in drawn  # status line + 3 tail lines erased before the next draw
 
@@ -380,7 +408,7 @@ def test_ctrl_c_stops_the_running_step_and_records_nothing_for_it(project: Proje
     project.fake.slow("build_packages", 60)
     env = {k: v for k, v in os.environ.items() if not k.startswith("PICCOLO_")}
     argv = [sys.executable, "-m", "piccolo_build", "build", "--config", str(DEFAULT_CONFIG)]
-    argv += ["--scripts-url", str(project.fake.upstream)]
+    argv += ["--scripts-url", str(project.fake.upstream), "--no-sdk-image-check"]
     proc = subprocess.Popen(argv, cwd=project.root, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     log = project.work / "logs" / "build-packages-amd64-usr.log"
     try:
@@ -409,3 +437,85 @@ def test_a_non_free_licence_file_lands_in_the_overlay_licenses_dir(project: Proj
     _ok(project.build("--set", "package.license=Piccolo-EULA", "--to", "overlay", signed=False))
     assert (project.scripts / OVERLAY / "licenses" / "Piccolo-EULA").is_file()
     assert project.sdk_calls() == []
+
+
+def _tamper(path: Path) -> None:
+    """Flip one byte in the middle: same size, different digests."""
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    path.write_bytes(bytes(data))
+
+
+def test_a_tampered_distfile_stops_the_build_before_any_sdk_step(
+    project: Project, locked_distfiles: Path
+) -> None:
+    _tamper(project.cache / "pyyaml-6.0.4.tar.gz")
+    r = project.build()
+    assert r.returncode == 2, r.stdout + r.stderr
+    errors = [line for line in r.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1
+    assert "step distfiles failed" in errors[0]
+    assert "pyyaml-6.0.4.tar.gz: sha256, blake2b, sha512 differ from the lock" in errors[0]
+    assert project.sdk_calls() == []
+    assert not (project.scripts / DISTDIR / "pyyaml-6.0.4.tar.gz").exists()
+    assert not project.out.exists()
+
+    # Put the real file back: the build goes on from there.
+    (project.cache / "pyyaml-6.0.4.tar.gz").write_bytes(
+        (locked_distfiles / "pyyaml-6.0.4.tar.gz").read_bytes()
+    )
+    _ok(project.build())
+    assert project.sdk_calls() == expected_calls()
+
+
+def test_every_build_verifies_and_repairs_distdir_without_rebuilding(project: Project) -> None:
+    _ok(project.build())
+    project.fake.reset_calls()
+    in_sdk = project.scripts / DISTDIR / "docker-7.2.0.tar.gz"
+    _tamper(in_sdk)
+    r = project.build()
+    _ok(r)
+    assert in_sdk.read_bytes() == (project.cache / "docker-7.2.0.tar.gz").read_bytes()
+    assert "placed docker-7.2.0.tar.gz in" in (project.work / "logs" / "distfiles.log").read_text()
+    assert project.sdk_calls() == []  # same lock, same files: nothing to rebuild
+
+
+@pytest.fixture
+def mirror(tmp_path: Path, locked_distfiles: Path) -> Iterator[tuple[str, list[str]]]:
+    """The locked sdists under their PyPI paths, served over real HTTP on 127.0.0.1."""
+    root = tmp_path / "mirror"
+    for pkg in load_lock().packages:
+        target = root / pkg.url.removeprefix(FILES_HOST)
+        target.parent.mkdir(parents=True)
+        target.write_bytes((locked_distfiles / pkg.filename).read_bytes())
+    requests: list[str] = []
+
+    class Handler(http.server.SimpleHTTPRequestHandler):
+        def log_message(self, format: str, *args: object) -> None:
+            requests.append(self.path)
+
+    server = http.server.ThreadingHTTPServer(
+        ("127.0.0.1", 0), functools.partial(Handler, directory=str(root))
+    )
+    thread = threading.Thread(target=server.serve_forever, name="mirror", daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}/", requests
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=10)
+
+
+def test_only_missing_distfiles_are_downloaded(project: Project, mirror: tuple[str, list[str]]) -> None:
+    url, requests = mirror
+    (project.cache / "pkgconfig-1.6.0.tar.gz").unlink()
+    _ok(project.build("--distfiles-mirror", url, "--to", "sdk-emerge-amd64-usr"))
+    assert [r.rsplit("/", 1)[1] for r in requests] == ["pkgconfig-1.6.0.tar.gz"]
+    log = (project.work / "logs" / "distfiles.log").read_text()
+    assert f"downloading 1 missing into build/distfiles from {url}: pkgconfig-1.6.0.tar.gz" in log
+    assert (project.scripts / DISTDIR / "pkgconfig-1.6.0.tar.gz").is_file()
+
+    requests.clear()
+    _ok(project.build("--distfiles-mirror", url, "--to", "sdk-emerge-amd64-usr"))
+    assert requests == []  # kept in the cache: verified, not downloaded again

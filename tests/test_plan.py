@@ -12,7 +12,9 @@ from hypothesis import strategies as st
 
 from piccolo_build.config import BuildConfig, load_config
 from piccolo_build.context import BuildContext
+from piccolo_build.errors import PiccoloError
 from piccolo_build.plan import Action, Facts, newest_stable, plan, sdk_command, stable_version
+from piccolo_build.versionfile import read_sdk_version
 from tests.builder_helpers import cli
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -20,6 +22,7 @@ FACTS = Facts(
     base_sysexts="containerd-flatcar|app-containers/containerd,piccolod|dev-lang/python&app-admin/piccolod",
     rdepend_atom="coreos-base/piccolo-base",
     agent_atom="app-admin/piccolod",
+    distfiles=("pyyaml-6.0.4.tar.gz", "docker-7.2.0.tar.gz"),
 )
 
 
@@ -33,8 +36,10 @@ def test_default_plan_order_and_commands() -> None:
         "preflight",
         "clone",
         "checkout",
+        "sdk-image",  # after the checkout: the tag's version.txt names the SDK
         "overlay",
         "bundle",
+        "distfiles",
         "coreos-rdepend",
         "sdk-emerge-amd64-usr",
         "build-packages-amd64-usr",
@@ -87,7 +92,7 @@ def test_boards_sdk_version_group_and_signing_change_the_plan() -> None:
     )
     steps = plan(cfg, BuildContext(work_dir=Path("/w")), FACTS)
     names = [s.name for s in steps]
-    assert names[6:14] == [
+    assert names[8:16] == [
         f"{kind}-{board}"
         for board in ("amd64-usr", "arm64-usr")
         for kind in ("sdk-emerge", "build-packages", "build-image", "image-to-vm")
@@ -99,6 +104,45 @@ def test_boards_sdk_version_group_and_signing_change_the_plan() -> None:
     assert image.board == "arm64-usr"
     sign = next(s for s in steps if s.name == "sign")
     assert sign.argv[-2:] == ("--local-user", "A1B2C3D4")
+
+
+def test_the_sdk_image_step_names_the_version_or_the_checkout_file() -> None:
+    by = {s.name: s for s in plan(_cfg(), BuildContext(), FACTS)}
+    check = by["sdk-image"]
+    assert check.action is Action.SDK_IMAGE and check.always
+    assert check.inputs == ("build/scripts/sdk_container/.repo/manifests/version.txt",)
+    assert "read FLATCAR_SDK_VERSION from build/scripts/sdk_container/.repo/manifests/version.txt" in (
+        check.description
+    )
+    assert "SDK image" not in by["preflight"].description  # unknown before the checkout
+
+    pinned = {s.name: s for s in plan(_cfg(**{"flatcar.sdk_version": "4081.1.0"}), BuildContext(), FACTS)}
+    assert pinned["sdk-image"].inputs == ("4081.1.0",)
+    assert "ghcr.io/flatcar/flatcar-sdk-all:4081.1.0" in pinned["sdk-image"].description
+    assert "ghcr.io/flatcar/flatcar-sdk-all:4081.1.0" in pinned["preflight"].description
+
+
+def test_the_distfiles_step_lists_every_locked_file_in_cache_and_distdir() -> None:
+    by = {s.name: s for s in plan(_cfg(), BuildContext(), FACTS)}
+    step = by["distfiles"]
+    assert step.action is Action.DISTFILES and step.always
+    assert step.inputs == (
+        "piccolo.lock.json",
+        "build/distfiles/pyyaml-6.0.4.tar.gz",
+        "build/distfiles/docker-7.2.0.tar.gz",
+    )
+    assert step.outputs == (
+        "build/scripts/sdk_container/.cache/distfiles/pyyaml-6.0.4.tar.gz",
+        "build/scripts/sdk_container/.cache/distfiles/docker-7.2.0.tar.gz",
+    )
+    names = [s.name for s in plan(_cfg(), BuildContext(), FACTS)]
+    assert names.index("distfiles") < names.index("sdk-emerge-amd64-usr")
+
+
+def test_a_custom_sdk_image_without_a_version_is_refused() -> None:
+    # -C takes a whole image name; without flatcar.sdk_version its tag is unknown until the checkout.
+    with pytest.raises(ValueError, match=r"registry\.example\.invalid/sdk needs flatcar\.sdk_version"):
+        plan(_cfg(), BuildContext(sdk_image_repo="registry.example.invalid/sdk"), FACTS)
 
 
 def test_custom_sdk_image_is_passed_with_dash_c() -> None:
@@ -173,12 +217,40 @@ def test_plan_command_prints_the_full_default_build_and_runs_nothing(tmp_path: P
     code, out = _cli("plan", "--config", str(ROOT / "piccolo.yaml"), cwd=tmp_path)
     assert code == 0, out
     numbered = re.findall(r"^\s*(\d+)\. (\S+) ", out, flags=re.M)
-    assert [int(i) for i, _ in numbered] == list(range(1, 13))
+    assert [int(i) for i, _ in numbered] == list(range(1, 15))
     assert [n for _, n in numbered] == [s.name for s in plan(_cfg(), BuildContext(), FACTS)]
     assert "$ ./run_sdk_container -a all -- ./build_image --board=amd64-usr --group=stable" in out
     assert "piccolod|" in out  # our sysext entry is part of --base_sysexts
     assert "--format=qemu_uefi" in out
     assert list(tmp_path.iterdir()) == []  # nothing cloned, rendered or written
+    assert out.startswith(
+        "SDK version: from checkout (build/scripts/sdk_container/.repo/manifests/version.txt); "
+        "image ghcr.io/flatcar/flatcar-sdk-all:<FLATCAR_SDK_VERSION of the checkout>\n"
+    )
+
+
+def test_plan_shows_a_configured_sdk_version_and_its_image(tmp_path: Path) -> None:
+    code, out = _cli(
+        "plan",
+        "--config",
+        str(ROOT / "piccolo.yaml"),
+        "--set",
+        "flatcar.sdk_version=4230.1.0+nightly",
+        cwd=tmp_path,
+    )
+    assert code == 0, out
+    assert out.splitlines()[0] == (
+        "SDK version: 4230.1.0+nightly (flatcar.sdk_version); "
+        "image ghcr.io/flatcar/flatcar-sdk-all:4230.1.0-nightly"
+    )
+    code, out = _cli(
+        "plan", "--config", str(ROOT / "piccolo.yaml"), "--sdk-image", "registry.example.invalid/sdk"
+    )
+    assert code == 2
+    assert (
+        "error: cannot plan the build: the SDK image registry.example.invalid/sdk needs flatcar.sdk_version"
+        in out
+    )
 
 
 def test_plan_json_matches_the_library(tmp_path: Path) -> None:
@@ -187,7 +259,14 @@ def test_plan_json_matches_the_library(tmp_path: Path) -> None:
     )
     assert code == 0, out
     doc = json.loads(out)
-    assert {"GNUPGHOME", "DOCKER_HOST", "PATH"} <= set(doc["environment"]["passthrough"])
+    assert {"GNUPGHOME", "DOCKER_HOST", "PATH", "https_proxy", "NO_PROXY"} <= set(
+        doc["environment"]["passthrough"]
+    )
+    assert doc["sdk"] == {
+        "version": "from checkout",
+        "source": "build/scripts/sdk_container/.repo/manifests/version.txt",
+        "image": "ghcr.io/flatcar/flatcar-sdk-all:<FLATCAR_SDK_VERSION of the checkout>",
+    }
     steps = doc["steps"]
     assert [s["name"] for s in steps if s["board"]] == [
         "sdk-emerge-arm64-usr",
@@ -195,8 +274,11 @@ def test_plan_json_matches_the_library(tmp_path: Path) -> None:
         "build-image-arm64-usr",
         "image-to-vm-arm64-usr",
     ]
+    assert steps[8]["name"] == "sdk-emerge-arm64-usr"
     assert steps[8]["argv"][0] == "./run_sdk_container"
     assert steps[8]["cwd"] == "build/scripts"
+    distfiles = next(s for s in steps if s["name"] == "distfiles")
+    assert "build/distfiles/pyyaml-6.0.4.tar.gz" in distfiles["inputs"]
 
 
 def test_plan_with_a_bad_config_value_names_file_line_and_key(tmp_path: Path) -> None:
@@ -205,3 +287,42 @@ def test_plan_with_a_bad_config_value_names_file_line_and_key(tmp_path: Path) ->
     code, out = _cli("plan", "--config", str(cfg))
     assert code != 0
     assert f"{cfg}:3: flatcar.release" in out
+
+
+# --- the SDK version a checkout pins -----------------------------------------------------------
+
+
+def test_the_sdk_version_is_read_from_version_txt_as_flatcar_writes_it(tmp_path: Path) -> None:
+    vf = tmp_path / "version.txt"
+    vf.write_text(
+        "FLATCAR_VERSION=4230.0.0+nightly-20250101-2100\nFLATCAR_VERSION_ID=4230.0.0\n"
+        'FLATCAR_BUILD_ID="nightly-20250101-2100"\nFLATCAR_SDK_VERSION=4230.0.0+nightly-20241231-2100\n'
+    )
+    assert read_sdk_version(vf) == "4230.0.0+nightly-20241231-2100"
+    vf.write_text('FLATCAR_VERSION=4081.2.10\nFLATCAR_SDK_VERSION="4081.1.0"\n')
+    assert read_sdk_version(vf) == "4081.1.0"
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("FLATCAR_VERSION=4081.2.10\n", r"version\.txt: FLATCAR_SDK_VERSION: not set$"),
+        (
+            "FLATCAR_VERSION=1.2.3\nFLATCAR_SDK_VERSION=$(id)\n",
+            r"version\.txt:2: FLATCAR_SDK_VERSION: '\$\(id\)'",
+        ),
+        ("FLATCAR_SDK_VERSION=\n", r"version\.txt:1: FLATCAR_SDK_VERSION: '' is not an SDK version"),
+    ],
+)
+def test_a_bad_version_txt_is_one_line_naming_file_and_line(tmp_path: Path, text: str, message: str) -> None:
+    vf = tmp_path / "version.txt"
+    vf.write_text(text)
+    with pytest.raises(PiccoloError, match=message) as e:
+        read_sdk_version(vf)
+    assert "\n" not in e.value.message and str(vf) in e.value.message
+
+
+def test_a_missing_version_txt_says_what_to_do(tmp_path: Path) -> None:
+    with pytest.raises(PiccoloError, match=r"version\.txt: cannot read the checkout's version file") as e:
+        read_sdk_version(tmp_path / "version.txt")
+    assert e.value.hint == "is the scripts checkout flatcar/scripts? or set flatcar.sdk_version"

@@ -34,6 +34,20 @@ ScriptsUrlOption = Annotated[str, typer.Option("--scripts-url", help="Where to c
 SdkImageOption = Annotated[
     str, typer.Option("--sdk-image", help="SDK container image repository (tag: flatcar.sdk_version).")
 ]
+NoImageCheckOption = Annotated[
+    bool,
+    typer.Option(
+        "--no-sdk-image-check",
+        help="Do not check the SDK image through the Docker API first (run_sdk_container pulls it itself).",
+    ),
+]
+MirrorOption = Annotated[
+    str | None,
+    typer.Option(
+        "--distfiles-mirror",
+        help="Download missing locked sdists from this mirror of https://files.pythonhosted.org/packages/.",
+    ),
+]
 
 
 def facts(cfg: BuildConfig) -> Facts:
@@ -43,10 +57,13 @@ def facts(cfg: BuildConfig) -> Facts:
     from piccolo_build.plan import Facts
 
     agent = f"{cfg.package.category}/{cfg.package.name}"
+    locked = lock.load_lock()
     return Facts(
-        base_sysexts=bundle.base_sysexts(lock.load_lock(), agent),
+        base_sysexts=bundle.base_sysexts(locked, agent),
         rdepend_atom=f"{BASE_CATEGORY}/{BASE_NAME}",
         agent_atom=agent,
+        distfiles=tuple(p.filename for p in locked.packages),
+        lock_file=lock.LOCK_FILE.name,
     )
 
 
@@ -81,13 +98,27 @@ def environment() -> dict[str, Any]:
     return {"passthrough": list(PASSTHROUGH), "defaults": {"LC_ALL": "C.UTF-8"}}
 
 
-def render_plan(steps: list[Step]) -> str:
+def sdk_summary(cfg: BuildConfig, ctx: BuildContext) -> dict[str, Any]:
+    """The SDK version and image the build uses (the version may only be known after the checkout)."""
+    from piccolo_build.plan import sdk_image_label, sdk_version_label
+
+    return {
+        "version": sdk_version_label(cfg),
+        "source": "flatcar.sdk_version" if cfg.flatcar.sdk_version else str(ctx.version_file),
+        "image": sdk_image_label(cfg, ctx),
+    }
+
+
+def render_plan(steps: list[Step], sdk: dict[str, Any] | None = None) -> str:
     from piccolo_build.run import PASSTHROUGH
 
-    out = [
+    out = []
+    if sdk is not None:
+        out.append(f"SDK version: {sdk['version']} ({sdk['source']}); image {sdk['image']}")
+    out.append(
         f"environment of every step: only {' '.join(PASSTHROUGH)} are passed through (when set), "
         "LC_ALL defaults to C.UTF-8, plus the step's own env lines below"
-    ]
+    )
     for i, s in enumerate(steps, 1):
         flags = ", ".join(x for x in (str(s.action), s.board or "", "always" if s.always else "") if x)
         out.append(f"{i:2}. {s.name} ({flags})")
@@ -122,6 +153,10 @@ def _resume(ctx: BuildContext, config: Path | None, sets: list[str] | None) -> s
         argv += ["--sdk-image", ctx.sdk_image_repo]
     if ctx.allow_pull:
         argv.append("--pull")
+    if not ctx.check_sdk_image:
+        argv.append("--no-sdk-image-check")
+    if ctx.distfiles_mirror is not None:
+        argv += ["--distfiles-mirror", ctx.distfiles_mirror]
     return shlex.join(argv)
 
 
@@ -136,16 +171,20 @@ def register(app: typer.Typer) -> None:
         scripts_dir: ScriptsDirOption = None,
         scripts_url: ScriptsUrlOption = DEFAULT_SCRIPTS_URL,
         sdk_image: SdkImageOption = DEFAULT_SDK_IMAGE,
+        distfiles_mirror: MirrorOption = None,
     ) -> None:
         """Print the ordered steps of a full build (commands, directories, inputs, outputs); run nothing."""
         cfg = load_for_cli(config, sets)
-        ctx = _context(config, work_dir, scripts_dir, scripts_url, sdk_image)
+        ctx = dataclasses.replace(
+            _context(config, work_dir, scripts_dir, scripts_url, sdk_image), distfiles_mirror=distfiles_mirror
+        )
         steps = _steps(cfg, ctx, facts(cfg))
+        sdk = sdk_summary(cfg, ctx)
         if as_json:
-            doc = {"environment": environment(), "steps": [s.to_json() for s in steps]}
+            doc = {"environment": environment(), "sdk": sdk, "steps": [s.to_json() for s in steps]}
             typer.echo(json.dumps(doc, indent=2, sort_keys=True))
         else:
-            typer.echo(render_plan(steps), nl=False)
+            typer.echo(render_plan(steps, sdk), nl=False)
 
     @app.command("build")
     def build_cmd(
@@ -166,13 +205,18 @@ def register(app: typer.Typer) -> None:
         pull: Annotated[
             bool, typer.Option("--pull", help="Pull the SDK image when it is not present locally.")
         ] = False,
+        no_sdk_image_check: NoImageCheckOption = False,
+        distfiles_mirror: MirrorOption = None,
     ) -> None:
         """Run the build: flatcar/scripts checkout, overlay, SDK steps per board, signed release."""
         from piccolo_build.sdk import Executor, Options
 
         cfg = load_for_cli(config, sets)
         ctx = dataclasses.replace(
-            _context(config, work_dir, scripts_dir, scripts_url, sdk_image), allow_pull=pull
+            _context(config, work_dir, scripts_dir, scripts_url, sdk_image),
+            allow_pull=pull,
+            check_sdk_image=not no_sdk_image_check,
+            distfiles_mirror=distfiles_mirror,
         )
         f = facts(cfg)
         steps = _steps(cfg, ctx, f)
