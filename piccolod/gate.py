@@ -22,6 +22,7 @@ from __future__ import annotations
 import enum
 import json
 import logging
+import signal
 import subprocess
 import threading
 import time
@@ -40,6 +41,14 @@ API_UNRESPONSIVE_SECONDS = 300.0
 RETRY_SECONDS = 1.0  # pause between two assessments of a failing slot (no stabilisation sleep)
 EXTEND_MARGIN_SECONDS = 5.0
 MARKER_NAME = "reboot-requested.json"
+ROLLBACK_DISABLED = (
+    "rollback disabled by policy: staying on the unmarked slot; update-engine stays blocked; "
+    "reboot or fix manually"
+)
+NO_REBOOT_UNKNOWN_SLOT = (
+    "slot state unknown: no automatic reboot (it might boot the same slot again); update-engine stays "
+    "blocked; fix the disk or reboot manually"
+)
 
 
 class Interrupted(Exception):
@@ -231,8 +240,10 @@ def run_gate(
     rec.write(state_dir, result.record)
     say(f"STATUS=gate failed ({verdict.condition}): {verdict.reason}")
     if not verdict.reboot:
-        if not hp.rollback.enable_automatic:
-            log.error("automatic rollback disabled: staying up on the unmarked slot %s", slot.name)
+        why = no_reboot_reason(hp.rollback.enable_automatic, slot.state)
+        if why:
+            log.critical("gate FAILED on %s and no reboot: %s", slot.name or "the booted slot", why)
+            say(f"STATUS=gate failed ({verdict.condition}): {why}")
         return result
     # The marker goes first: a crash between it and the reboot must not allow a second reboot.
     rec.write_json_atomic(state_dir / MARKER_NAME, {"boot_id": boot_id, "requested_at": time.time()})
@@ -247,6 +258,16 @@ def run_gate(
     else:
         log.warning("reboot requested: %s", " ".join(hp.rollback.reboot_command))
     return result
+
+
+def no_reboot_reason(automatic: bool, state: SlotState) -> str | None:
+    """Why a failed gate does not reboot, in the words the log and ``STATUS=`` use (None: it does or
+    it already did in this boot)."""
+    if not automatic:
+        return ROLLBACK_DISABLED
+    if state is not SlotState.UNMARKED:
+        return NO_REBOOT_UNKNOWN_SLOT
+    return None
 
 
 def _wait_for_verdict(
@@ -328,11 +349,18 @@ def _record(
 
 
 def run_reboot(argv: Sequence[str]) -> str | None:
-    """Run the reboot command once; returns an error text, or None when it exited 0."""
+    """Run the reboot command once; returns an error text, or None when it exited 0.
+
+    ``systemctl reboot`` ended by SIGTERM counts as done: PID 1 stops this unit's cgroup, the command
+    with it, as soon as the shutdown it queued begins, sometimes before the command has read its reply.
+    """
     try:
         done = subprocess.run(list(argv), capture_output=True, text=True, timeout=60, check=False)
     except (OSError, subprocess.TimeoutExpired) as e:
         return f"{argv[0]}: {e}"
+    if done.returncode == -signal.SIGTERM:
+        log.info("%s was ended by SIGTERM: the shutdown it asked for has begun", " ".join(argv))
+        return None
     if done.returncode != 0:
         return f"{' '.join(argv)} exited {done.returncode}: {done.stderr.strip()[:200]}"
     return None

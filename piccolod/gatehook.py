@@ -6,18 +6,28 @@ the daemon's own assessments (no hysteresis: the gate judges what the checks ans
 ``startup_health_check`` and the gate outcome metric, writes ``last-gate.json``, and either sends
 ``READY=1`` or raises :class:`GateClosed`, which ``piccolod serve`` turns into exit status 3 (the unit's
 ``RestartPreventExitStatus=``: a failed gate is never restarted into a second gate).
+
+``last-gate.json`` says ``pending`` while a gate runs, and ``ready_sent`` once a pass has sent
+``READY=1``. A gate that finds ``pending`` (or a pass without ``ready_sent``) from its own boot follows an
+attempt that never finished (the agent crashed or was stopped). systemd failed update-engine's start job
+along with that attempt (``Requires=``), and the agent's restart does not queue it again. So after such
+a gate passes and ``READY=1`` is out, the agent asks systemd to start update-engine
+(:data:`UPDATE_ENGINE_START`, ``--no-block``, from a thread: the agent never waits for it).
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import subprocess
+import threading
 import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from piccolod import record as rec
-from piccolod.gate import GateResult, Interrupted, run_gate
+from piccolod.gate import GateResult, Interrupted, no_reboot_reason, run_gate
 from piccolod.metrics import GateOutcome
 from piccolod.policy import FailureCondition, PolicyFile
 from piccolod.slot import BootSlot, SlotState, detect
@@ -29,6 +39,7 @@ log = logging.getLogger("piccolod.gate")
 
 
 LAST_GATE_NAME = "last-gate.json"
+UPDATE_ENGINE_START = ("systemctl", "start", "--no-block", "update-engine.service")
 
 
 class GateClosed(Exception):
@@ -43,11 +54,37 @@ def detect_slot(policy: PolicyFile) -> BootSlot:
     return detect(boot.cmdline, boot.disk)
 
 
-def first_boot_gate(daemon: Daemon, *, dry_run: bool = False) -> GateResult | None:
+def start_update_engine(argv: Sequence[str] = UPDATE_ENGINE_START) -> threading.Thread:
+    """Ask systemd to start update-engine, in a daemon thread; logs what systemctl answered."""
+
+    def work() -> None:
+        try:
+            done = subprocess.run(list(argv), capture_output=True, text=True, timeout=60, check=False)
+        except (OSError, subprocess.TimeoutExpired) as e:
+            log.error("cannot ask systemd to start update-engine (%s): %s", " ".join(argv), e)  # noqa: TRY400
+            return
+        if done.returncode != 0:
+            log.error("%s exited %d: %s", " ".join(argv), done.returncode, done.stderr.strip()[:300])
+        else:
+            log.info("asked systemd to start update-engine: %s", " ".join(argv))
+
+    t = threading.Thread(target=work, name="start-update-engine", daemon=True)
+    t.start()
+    return t
+
+
+def first_boot_gate(
+    daemon: Daemon,
+    *,
+    dry_run: bool = False,
+    after_interrupted_pass: Callable[[], object] = start_update_engine,
+) -> GateResult | None:
     """The gate as :class:`~piccolod.daemon.Daemon`'s hook: slot, rollback report, verdict, READY=1.
 
     Raises :class:`GateClosed` when the gate fails (after the record and any reboot request); returns
     None when the agent was told to stop during the gate (no verdict, no READY=1).
+    ``after_interrupted_pass`` runs after ``READY=1`` when an earlier gate of this boot never finished
+    (default: :func:`start_update_engine`).
     """
     policy = daemon.policy
     state_dir = Path(policy.agent.state_dir)
@@ -60,6 +97,8 @@ def first_boot_gate(daemon: Daemon, *, dry_run: bool = False) -> GateResult | No
         slot.state,
         f": {slot.error}" * bool(slot.error),
     )
+    if slot.gpt_header == "backup":
+        log.warning("%s: %s", slot.disk, slot.gpt_note)
     _report_rollback(daemon, slot, state_dir, boot_id)
 
     def publish(result: GateResult) -> None:  # as soon as the verdict is known, before any reboot grace
@@ -67,16 +106,32 @@ def first_boot_gate(daemon: Daemon, *, dry_run: bool = False) -> GateResult | No
         daemon.metrics.gate_outcome(_outcome(result))
         _write_last_gate(state_dir, result, boot_id)
 
+    def kick(why: str) -> None:
+        log.warning("%s: update-engine's start job failed with it, asking systemd to start it again", why)
+        after_interrupted_pass()
+
     gated_known = slot.state is SlotState.UNMARKED and not dry_run
-    earlier = _verdict_of_this_boot(state_dir, boot_id, slot) if gated_known else None
-    if earlier is not None:  # restarted (Restart=, Upholds=): the verdict of this boot stands
+    last = _last_gate_of_this_boot(state_dir, boot_id, slot) if gated_known else {}
+    earlier = last.get("startup_health_check")
+    if earlier in ("passed", "failed"):  # restarted (Restart=, Upholds=): the verdict of this boot stands
         daemon.state.update(startup_health_check=earlier)
         if earlier == "passed":
             daemon.ready("gate passed earlier in this boot")
+            if last.get("ready_sent") is False:
+                kick("the gate passed earlier in this boot, but the agent stopped before READY=1")
+                _mark_ready_sent(state_dir, last)
             return None
-        raise GateClosed("gate already failed in this boot: not gating (or rebooting) again")
+        why = no_reboot_reason(policy.health_policy.rollback.enable_automatic, slot.state)
+        text = "gate already failed in this boot: not gating (or rebooting) again" + f"; {why}" * bool(why)
+        daemon.notify(f"STATUS={text}")
+        raise GateClosed(text)
+    interrupted = earlier == "pending"
+    if interrupted:
+        log.warning("an earlier gate of this boot never finished (crashed or stopped): gating again")
     if slot.state is not SlotState.MARKED:
         daemon.state.update(startup_health_check="pending")
+    if gated_known:
+        _write_pending(state_dir, slot, boot_id)
     try:
         result = run_gate(
             policy,
@@ -95,20 +150,55 @@ def first_boot_gate(daemon: Daemon, *, dry_run: bool = False) -> GateResult | No
         return result
     if result.ready:
         daemon.ready(f"gate {result.startup_health_check}: {result.verdict.reason}")
+        if interrupted:
+            kick("gate passed after an attempt of this boot that never finished")
+        if gated_known:
+            _write_last_gate(state_dir, result, boot_id, ready_sent=True)
         return result
-    raise GateClosed(f"gate failed: {result.verdict.condition}: {result.verdict.reason}")
+    why = (
+        None
+        if result.verdict.reboot
+        else no_reboot_reason(policy.health_policy.rollback.enable_automatic, slot.state)
+    )
+    raise GateClosed(
+        f"gate failed: {result.verdict.condition}: {result.verdict.reason}" + f"; {why}" * bool(why)
+    )
 
 
-def _verdict_of_this_boot(state_dir: Path, boot_id: str, slot: BootSlot) -> str | None:
-    """``passed``/``failed`` if a gate of this boot already judged this slot, else None."""
+def _last_gate_of_this_boot(state_dir: Path, boot_id: str, slot: BootSlot) -> dict[str, Any]:
+    """``last-gate.json`` if a gate of this boot began on this slot (its ``startup_health_check`` is
+    ``passed``/``failed``, or ``pending`` if it never finished), else an empty dict."""
     try:
         last = json.loads((state_dir / LAST_GATE_NAME).read_text(encoding="utf-8"))
     except (OSError, ValueError):
-        return None
+        return {}
     if not isinstance(last, dict) or last.get("boot_id") != boot_id or last.get("partuuid") != slot.partuuid:
-        return None
-    verdict = last.get("startup_health_check")
-    return verdict if verdict in ("passed", "failed") else None
+        return {}
+    return last if last.get("startup_health_check") in ("passed", "failed", "pending") else {}
+
+
+def _mark_ready_sent(state_dir: Path, last: dict[str, Any]) -> None:
+    try:
+        rec.write_json_atomic(state_dir / LAST_GATE_NAME, {**last, "ready_sent": True})
+    except OSError as e:
+        log.error("cannot write %s: %s", state_dir / LAST_GATE_NAME, e)  # noqa: TRY400
+
+
+def _write_pending(state_dir: Path, slot: BootSlot, boot_id: str) -> None:
+    """``last-gate.json`` for a gate that has begun: a restart that finds it knows this one never ended."""
+    data = {
+        "boot_id": boot_id,
+        "slot": slot.name,
+        "partuuid": slot.partuuid,
+        "slot_state": str(slot.state),
+        "startup_health_check": "pending",
+        "reason": "gate began; no verdict yet (or the agent stopped before one)",
+        "started_at": time.time(),
+    }
+    try:
+        rec.write_json_atomic(state_dir / LAST_GATE_NAME, data)
+    except OSError as e:
+        log.error("cannot write %s: %s", state_dir / LAST_GATE_NAME, e)  # noqa: TRY400
 
 
 def _report_rollback(daemon: Daemon, slot: BootSlot, state_dir: Path, boot_id: str) -> None:
@@ -135,7 +225,7 @@ def _outcome(result: GateResult) -> GateOutcome:
     return GateOutcome.FAILED
 
 
-def _write_last_gate(state_dir: Path, result: GateResult, boot_id: str) -> None:
+def _write_last_gate(state_dir: Path, result: GateResult, boot_id: str, *, ready_sent: bool = False) -> None:
     data = {
         "boot_id": boot_id,
         "slot": result.slot.name,
@@ -148,6 +238,7 @@ def _write_last_gate(state_dir: Path, result: GateResult, boot_id: str) -> None:
         "attempts": result.attempts,
         "elapsed_seconds": round(result.elapsed, 3),
         "reboot_planned": result.verdict.reboot,
+        "ready_sent": ready_sent,
         "finished_at": time.time(),
     }
     try:

@@ -3,6 +3,9 @@
 Follows the UEFI specification's layout: the primary header at LBA 1 (signature ``EFI PART``, header
 CRC32 over ``header_size`` bytes with its own CRC field zeroed), the partition entry array at the LBA the
 header names (CRC32 over ``entries * entry_size`` bytes). GUIDs are stored mixed-endian (``bytes_le``).
+When the primary header or its entry array is unusable (bad signature or CRC, unreadable), the backup
+header at the disk's last LBA, with its own entry array just before it, is used instead, as firmware,
+GRUB and ``cgpt repair`` do; :attr:`Table.header` says which copy was read.
 
 The 64-bit attribute field carries the update slot state that GRUB's ``gptprio`` and Flatcar's
 ``cgpt``/``flatcar-setgoodroot`` use (FLATCAR.md section 4): priority in bits 48-51, tries in bits 52-55,
@@ -11,6 +14,7 @@ successful in bit 56.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import struct
 import uuid
@@ -80,6 +84,9 @@ class Table:
     disk_guid: uuid.UUID
     sector_size: int
     partitions: tuple[Partition, ...]
+    header: str = "primary"  # or "backup": the primary copy was unusable
+    header_lba: int = 1
+    primary_error: str | None = None  # why the primary copy was not used
 
     def by_partuuid(self, partuuid: str | uuid.UUID) -> Partition | None:
         want = partuuid if isinstance(partuuid, uuid.UUID) else _parse_uuid(partuuid)
@@ -107,10 +114,26 @@ def _crc_ok(data: bytes, expected: int) -> bool:
     return zlib.crc32(data) & 0xFFFFFFFF == expected
 
 
-def _parse(fd: int, disk: str, sector: int) -> Table:
-    raw = _read_at(fd, sector, sector, disk)
+class _Unusable(Exception):
+    """One GPT copy is unusable; ``signature`` says whether a GPT header was there at all."""
+
+    def __init__(self, reason: str, *, signature: bool = True) -> None:
+        super().__init__(reason)
+        self.signature = signature
+
+
+def _read_copy(fd: int, disk: str, sector: int, lba: int) -> bytes:
+    try:
+        return _read_at(fd, lba * sector, sector, disk)
+    except GptError as e:
+        raise _Unusable(str(e).removeprefix(f"{disk}: "), signature=False) from e
+
+
+def _parse(fd: int, disk: str, sector: int, lba: int) -> Table:
+    """The copy whose header sits at ``lba`` (1 for the primary, the last LBA for the backup)."""
+    raw = _read_copy(fd, disk, sector, lba)
     if raw[:8] != SIGNATURE:
-        raise GptError(f"{disk}: no GPT header at LBA 1 (signature {raw[:8]!r})")
+        raise _Unusable(f"no GPT header at LBA {lba} (signature {raw[:8]!r})", signature=False)
     (
         _sig,
         _revision,
@@ -128,18 +151,21 @@ def _parse(fd: int, disk: str, sector: int) -> Table:
         entries_crc,
     ) = _HEADER.unpack_from(raw)
     if not _HEADER.size <= header_size <= sector:
-        raise GptError(f"{disk}: GPT header size {header_size} is invalid")
+        raise _Unusable(f"GPT header size {header_size} at LBA {lba} is invalid")
     check = bytearray(raw[:header_size])
     check[16:20] = b"\0\0\0\0"
     if not _crc_ok(bytes(check), header_crc):
-        raise GptError(f"{disk}: GPT header CRC32 mismatch (corrupt header)")
-    if my_lba != 1:
-        raise GptError(f"{disk}: primary GPT header claims LBA {my_lba}, expected 1")
+        raise _Unusable(f"GPT header CRC32 mismatch at LBA {lba} (corrupt header)")
+    if my_lba != lba:
+        raise _Unusable(f"GPT header at LBA {lba} claims LBA {my_lba}")
     if entry_size < _ENTRY.size or entry_size % 8 or n_entries * entry_size > _MAX_ENTRIES_BYTES:
-        raise GptError(f"{disk}: GPT entry array geometry invalid ({n_entries} x {entry_size} bytes)")
-    array = _read_at(fd, entries_lba * sector, n_entries * entry_size, disk)
+        raise _Unusable(f"GPT entry array geometry invalid ({n_entries} x {entry_size} bytes)")
+    try:
+        array = _read_at(fd, entries_lba * sector, n_entries * entry_size, disk)
+    except GptError as e:
+        raise _Unusable(str(e).removeprefix(f"{disk}: ")) from e
     if not _crc_ok(array, entries_crc):
-        raise GptError(f"{disk}: GPT partition entry array CRC32 mismatch (corrupt entries)")
+        raise _Unusable(f"GPT partition entry array CRC32 mismatch at LBA {entries_lba} (corrupt entries)")
     parts = []
     for i in range(n_entries):
         type_b, uniq_b, first, last, attrs, name_b = _ENTRY.unpack_from(array, i * entry_size)
@@ -148,13 +174,32 @@ def _parse(fd: int, disk: str, sector: int) -> Table:
             continue
         name = name_b.decode("utf-16-le", errors="replace").split("\0", 1)[0]
         parts.append(Partition(i + 1, type_guid, uuid.UUID(bytes_le=uniq_b), first, last, attrs, name))
-    return Table(disk, uuid.UUID(bytes_le=disk_guid), sector, tuple(parts))
+    return Table(disk, uuid.UUID(bytes_le=disk_guid), sector, tuple(parts), header_lba=lba)
+
+
+def _read_either(fd: int, disk: str, sector: int, size: int) -> Table:
+    """The primary copy, else the backup one; :class:`_Unusable` naming both problems if neither."""
+    try:
+        return _parse(fd, disk, sector, 1)
+    except _Unusable as e:
+        primary = e
+    last = size // sector - 1
+    if last <= 1:
+        raise _Unusable(f"{primary}; disk too small for a backup GPT", signature=primary.signature)
+    try:
+        backup = _parse(fd, disk, sector, last)
+    except _Unusable as e:
+        raise _Unusable(
+            f"no valid GPT: primary: {primary}; backup: {e}", signature=primary.signature or e.signature
+        ) from e
+    return dataclasses.replace(backup, header="backup", primary_error=str(primary))
 
 
 def read_table(disk: str | os.PathLike[str]) -> Table:
-    """Read and CRC-check the primary GPT of ``disk`` (a block device or an image file).
+    """Read and CRC-check the GPT of ``disk`` (a block device or an image file).
 
-    Tries 512- and 4096-byte sectors. Raises :class:`GptError` naming the disk and the problem.
+    The primary copy, or the backup one when the primary is unusable; tries 512- and 4096-byte
+    sectors. Raises :class:`GptError` naming the disk and the problem (of both copies).
     """
     name = os.fspath(disk)
     try:
@@ -162,14 +207,18 @@ def read_table(disk: str | os.PathLike[str]) -> Table:
     except OSError as e:
         raise GptError(f"{name}: cannot open: {e.strerror}") from e
     try:
-        errors = []
+        try:
+            size = os.lseek(fd, 0, os.SEEK_END)
+        except OSError as e:
+            raise GptError(f"{name}: cannot find its size: {e.strerror}") from e
+        errors: list[_Unusable] = []
         for sector in SECTOR_SIZES:
             try:
-                return _parse(fd, name, sector)
-            except GptError as e:
+                return _read_either(fd, name, sector, size)
+            except _Unusable as e:
+                if e.signature:  # a GPT of this sector size, but corrupt: that is the story
+                    raise GptError(f"{name}: {e}") from e
                 errors.append(e)
-                if "signature" not in str(e) and "too short" not in str(e):
-                    raise
-        raise errors[0]
+        raise GptError(f"{name}: {errors[0]}")
     finally:
         os.close(fd)

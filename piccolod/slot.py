@@ -5,7 +5,8 @@ GRUB's ``gptprio.next`` boots a flatcar-usr partition and names it on the kernel
 (FLATCAR.md section 4); plain ``usr=`` is accepted too. The disk holding that partition is the configured
 path, or found automatically: the udev link ``/dev/disk/by-partuuid/<uuid>`` when it exists, else every
 partitioned disk under ``/sys/block`` is read until one has the PARTUUID. Its GPT entry is then read
-directly (:mod:`piccolod.gpt`), so the slot state is exactly what GRUB and update_engine see.
+directly (:mod:`piccolod.gpt`; the backup copy when the primary one is corrupt), so the slot state is
+exactly what GRUB and update_engine see.
 
 Nothing here raises on a bad disk: :func:`detect` returns a :class:`BootSlot` whose ``error`` says what
 went wrong and whose state is ``unknown``, which the gate treats as fail-closed.
@@ -58,6 +59,19 @@ class BootSlot:
     state: SlotState
     rows: tuple[SlotRow, ...] = field(default=())
     error: str | None = None
+    gpt_header: str | None = None  # "primary" or "backup": which GPT copy the table came from
+    gpt_header_lba: int | None = None
+    gpt_primary_error: str | None = None  # why the primary copy was not used
+
+    @property
+    def gpt_note(self) -> str | None:
+        """One line on the GPT copy read (None when the disk was not read)."""
+        if self.gpt_header is None:
+            return None
+        where = f"{self.gpt_header} header at LBA {self.gpt_header_lba}"
+        if self.gpt_header == "primary":
+            return f"gpt: {where}"
+        return f"gpt: {where} (primary unusable: {self.gpt_primary_error}; run cgpt repair)"
 
     @property
     def booted(self) -> SlotRow | None:
@@ -153,7 +167,16 @@ def detect(cmdline: str | Path, disk: str = "auto", **where: Path) -> BootSlot:
         return BootSlot(found.get("partuuid"), found.get("disk"), None, SlotState.UNKNOWN, error=str(e))
     partuuid = found["partuuid"]
     state = SlotState.MARKED if part.successful else SlotState.UNMARKED
-    return BootSlot(partuuid, found["disk"], slot_name(part), state, slot_rows(table, partuuid))
+    return BootSlot(
+        partuuid,
+        found["disk"],
+        slot_name(part),
+        state,
+        slot_rows(table, partuuid),
+        gpt_header=table.header,
+        gpt_header_lba=table.header_lba,
+        gpt_primary_error=table.primary_error,
+    )
 
 
 def _locate(
@@ -188,6 +211,8 @@ def format_table(slot: BootSlot) -> str:
             f"{int(r.successful):>7}"
         )
     lines.append(f"booted: {slot.name or '?'} ({slot.partuuid or '?'}) on {slot.disk or '?'}: {slot.state}")
+    if slot.gpt_note:
+        lines.append(slot.gpt_note)
     if slot.error:
         lines.append(f"error: {slot.error}")
     return "\n".join(lines)

@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 
 from piccolod import record as rec
-from tests.fixtures.gptdisk import USR_A, USR_B, cmdline_for, gptprio_next, install_update
+from piccolod.gate import NO_REBOOT_UNKNOWN_SLOT, ROLLBACK_DISABLED
+from tests.fixtures.gptdisk import USR_A, USR_B, cmdline_for, corrupt, gptprio_next, install_update
 
 PICCOLOD = [sys.executable, "-m", "piccolod"]
 
@@ -24,7 +25,7 @@ def _port() -> int:
         return port
 
 
-def setup(tmp_path: Path, disk: Path, *, update: bool, tpm: bool = False) -> Path:
+def setup(tmp_path: Path, disk: Path, *, update: bool, tpm: bool = False, automatic: bool = True) -> Path:
     """A policy for the image ``disk``; with ``update`` the harness boots a fresh update (USR-B)."""
     if update:
         install_update(disk, USR_A)
@@ -34,12 +35,13 @@ def setup(tmp_path: Path, disk: Path, *, update: bool, tpm: bool = False) -> Pat
     script.write_text(f"#!/bin/sh\necho requested >> {tmp_path}/reboots\n")
     script.chmod(0o755)
     required = "[storage, api, tpm]" if tpm else "[storage, api]"
+    auto = "true" if automatic else "false"
     config = tmp_path / "policy.yaml"
     config.write_text(
         f"""\
 health_policy:
   startup: {{timeout_seconds: 1, required_components: {required}, optional_components: []}}
-  rollback: {{reboot_grace_seconds: 0, reboot_command: ["{script}"]}}
+  rollback: {{reboot_grace_seconds: 0, reboot_command: ["{script}"], enable_automatic: {auto}}}
   thresholds: {{tpm_operation_timeout_seconds: 0.5}}
   checks: {{storage: {{mounts: ["{tmp_path}"]}}, tpm: {{tcti: "swtpm:path={tmp_path}/no-tpm"}}}}
 agent:
@@ -91,9 +93,10 @@ def test_dry_run_on_a_marked_slot(tmp_path: Path, flatcar_disk: Path) -> None:
     assert "* USR-A" in r.stdout and "would: send READY=1 at once" in r.stdout
 
 
-def test_failed_gate_records_reboots_once_and_status_shows_it(tmp_path: Path, flatcar_disk: Path) -> None:
-    config = setup(tmp_path, flatcar_disk, update=True, tpm=True)
+def gate_notified(tmp_path: Path, config: Path) -> tuple[subprocess.CompletedProcess[str], list[str]]:
+    """``piccolod gate`` with a real NOTIFY_SOCKET; what it exited with and every datagram it sent."""
     sock_path = tmp_path / "notify.sock"
+    sock_path.unlink(missing_ok=True)
     with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
         sock.bind(str(sock_path))
         r = run("gate", "--config", str(config), env={"NOTIFY_SOCKET": str(sock_path)})
@@ -104,6 +107,12 @@ def test_failed_gate_records_reboots_once_and_status_shows_it(tmp_path: Path, fl
                 sent.append(sock.recv(4096).decode())
             except BlockingIOError:
                 break
+    return r, sent
+
+
+def test_failed_gate_records_reboots_once_and_status_shows_it(tmp_path: Path, flatcar_disk: Path) -> None:
+    config = setup(tmp_path, flatcar_disk, update=True, tpm=True)
+    r, sent = gate_notified(tmp_path, config)
     assert r.returncode == 3, r.stdout + r.stderr
     assert "gate failed: critical_component_failure" in r.stderr
     assert not any("READY=1" in s for s in sent) and any("EXTEND_TIMEOUT_USEC=" in s for s in sent)
@@ -170,3 +179,68 @@ def test_status_with_a_corrupt_record(tmp_path: Path, flatcar_disk: Path) -> Non
     r = run("status", "--config", str(config))
     assert r.returncode == 3
     assert r.stderr.strip().count("\n") == 0 and "rollback.json: not JSON" in r.stderr
+
+
+def test_rollback_disabled_by_policy_fails_the_unit_loudly(tmp_path: Path, flatcar_disk: Path) -> None:
+    config = setup(tmp_path, flatcar_disk, update=True, tpm=True, automatic=False)
+    r, sent = gate_notified(tmp_path, config)
+    assert r.returncode == 3, r.stdout + r.stderr
+    assert not any("READY=1" in s for s in sent)
+    assert any(s == f"STATUS=gate failed (critical_component_failure): {ROLLBACK_DISABLED}" for s in sent), (
+        sent
+    )
+    assert ROLLBACK_DISABLED in r.stderr.splitlines()[-1]  # serve prints this as its last word
+    loud = [json.loads(ln) for ln in r.stderr.splitlines() if ln.startswith("{") and ROLLBACK_DISABLED in ln]
+    assert [d["level"] for d in loud] == ["critical"], r.stderr
+    assert not (tmp_path / "reboots").exists()
+    record = rec.read(tmp_path / "state")
+    assert record is not None and record.reboot_requested is False
+    again, sent = gate_notified(tmp_path, config)  # Upholds=/a manual restart in the same boot says it again
+    assert again.returncode == 3 and ROLLBACK_DISABLED in again.stderr
+    assert any(ROLLBACK_DISABLED in s and s.startswith("STATUS=") for s in sent)
+    assert not (tmp_path / "reboots").exists()
+
+
+def test_gate_reads_the_backup_gpt_when_the_primary_is_corrupt(tmp_path: Path, flatcar_disk: Path) -> None:
+    config = setup(tmp_path, flatcar_disk, update=True, tpm=True)  # booted USR-B, unmarked, TPM down
+    corrupt(flatcar_disk, "primary-header")
+    r = run("gate", "--config", str(config))
+    assert r.returncode == 3, r.stdout + r.stderr
+    assert (tmp_path / "reboots").read_text() == "requested\n"  # the backup says unmarked: roll back
+    assert "primary unusable: GPT header CRC32 mismatch" in r.stderr
+    status = run("status", "--config", str(config))
+    assert "* USR-B" in status.stdout and "gpt: backup header at LBA 98303" in status.stdout, status.stdout
+    doc = json.loads(run("status", "--json", "--config", str(config)).stdout)
+    assert doc["gpt"]["header"] == "backup" and "CRC32" in doc["gpt"]["primary_error"]
+    assert doc["booted"]["state"] == "unmarked"
+
+
+def test_marked_slot_with_a_corrupt_primary_gpt_is_never_blocked(tmp_path: Path, flatcar_disk: Path) -> None:
+    config = setup(tmp_path, flatcar_disk, update=False, tpm=True)  # booted USR-A, marked, TPM down
+    corrupt(flatcar_disk, "primary-entries")
+    r, sent = gate_notified(tmp_path, config)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert any(s.startswith("READY=1") for s in sent) and not any("EXTEND_TIMEOUT_USEC" in s for s in sent)
+
+
+def test_both_gpt_copies_corrupt_fails_closed_without_a_reboot(tmp_path: Path, flatcar_disk: Path) -> None:
+    config = setup(tmp_path, flatcar_disk, update=True, tpm=True)
+    corrupt(flatcar_disk, "primary-header")
+    corrupt(flatcar_disk, "backup-header")
+    r, sent = gate_notified(tmp_path, config)
+    assert r.returncode == 3, r.stdout + r.stderr
+    assert "no valid GPT: primary: GPT header CRC32 mismatch" in r.stderr
+    assert not any("READY=1" in s for s in sent)
+    assert any(NO_REBOOT_UNKNOWN_SLOT in s for s in sent) and NO_REBOOT_UNKNOWN_SLOT in r.stderr
+    assert not (tmp_path / "reboots").exists()  # a reboot might land on the same slot: none
+    status = run("status", "--config", str(config))
+    assert status.returncode == 0 and "error:" in status.stdout and "no valid GPT" in status.stdout
+
+
+def test_both_gpt_copies_corrupt_but_healthy_opens_the_gate(tmp_path: Path, flatcar_disk: Path) -> None:
+    config = setup(tmp_path, flatcar_disk, update=True)
+    corrupt(flatcar_disk, "primary-entries")
+    corrupt(flatcar_disk, "backup-entries")
+    r, sent = gate_notified(tmp_path, config)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert any(s.startswith("READY=1") for s in sent)

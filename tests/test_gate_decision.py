@@ -225,6 +225,7 @@ def test_no_reboot_when_automatic_rollback_is_off(tmp_path: Path) -> None:
     )
     out, r, _ = drive(p, SlotState.UNMARKED, iter([assessment(tpm=False)] * 100))
     assert not out.ready and r.reboots == [] and rec.read(tmp_path) is not None
+    assert f"STATUS=gate failed (critical_component_failure): {gate.ROLLBACK_DISABLED}" in r.sent
 
 
 def test_hung_assessment_is_a_startup_timeout(tmp_path: Path) -> None:
@@ -303,3 +304,7 @@ def test_real_reboot_command_and_real_notify_socket(tmp_path: Path, monkeypatch:
     marker = json.loads((tmp_path / "state" / gate.MARKER_NAME).read_text())
     assert marker["boot_id"] == "b"
     assert gate.run_reboot(["/nonexistent/reboot"]) is not None
+    assert "exited 1" in (gate.run_reboot(["sh", "-c", "exit 1"]) or "")
+    # systemd stops this unit (and the command with it) once the shutdown begins: that is success.
+    assert gate.run_reboot(["sh", "-c", "kill -TERM $$"]) is None
+    assert "exited -9" in (gate.run_reboot(["sh", "-c", "kill -KILL $$"]) or "")

@@ -7,6 +7,10 @@ Each test boots a machine (tests/fixtures/nspawn.py) with the units ``piccolo-bu
 line) and ``flatcar-postinst`` (an update installed into the other slot). The agent's checks are local:
 ``storage``, ``api`` and the TPM through a real swtpm socket bound into the machine; "TPM gone" is
 that swtpm stopped. The test drop-in only points ``ExecStart=`` at this checkout's Python.
+
+The reboot command is a stand-in that logs the request, except in one scenario that keeps the policy's
+default, the real ``systemctl reboot`` run by the sandboxed unit: there the machine really reboots
+(``systemd-nspawn`` exits with 133, ``reboot.target`` is reached).
 """
 
 from __future__ import annotations
@@ -25,7 +29,7 @@ import pytest
 from piccolod.gpt import read_table
 from tests.fixtures.daemons import Swtpm
 from tests.fixtures.gptdisk import USR_A, USR_B, cmdline_for, gptprio_next, install_update, slot
-from tests.fixtures.nspawn import PY, ROOT, SITE_PACKAGES, Machine, pids_in
+from tests.fixtures.nspawn import PY, ROOT, SITE_PACKAGES, Boot, Machine, pids_in
 
 pytestmark = [pytest.mark.slow, pytest.mark.privileged]
 
@@ -38,7 +42,11 @@ GRACE = 1.0
 ENV = f"PYTHONPATH={ROOT}:{SITE_PACKAGES} LD_LIBRARY_PATH=/opt/python/lib PYTHONDONTWRITEBYTECODE=1"
 
 
-def policy_yaml() -> str:
+STAND_IN_REBOOT = "reboot_command: [/opt/t/reboot]"
+
+
+def policy_yaml(reboot: str = STAND_IN_REBOOT) -> str:
+    """The test policy; ``reboot`` is its reboot line ("" keeps the default, ``systemctl reboot``)."""
     return f"""\
 health_policy:
   startup:
@@ -47,7 +55,7 @@ health_policy:
     optional_components: []
   rollback:
     reboot_grace_seconds: {GRACE}
-    reboot_command: [/opt/t/reboot]
+    {reboot}
   thresholds: {{tpm_operation_timeout_seconds: 2}}
   checks:
     tpm: {{tcti: "swtpm:path=/opt/tpm/sock"}}
@@ -89,6 +97,8 @@ class Rig:
         *,
         unit_extra: str = "",
         ue_dropin: bytes | None = None,
+        reboot: str = STAND_IN_REBOOT,
+        probe: bool = True,
     ) -> None:
         for f in (UNIT, UPHOLDS, UE_DROPIN):
             assert f.exists(), f"{f} missing: run `piccolo-build render`"
@@ -100,7 +110,7 @@ class Rig:
             f"--bind-ro={m.root / 'policy.yaml'}:/etc/piccolod/health-policy.yaml",
             "--private-network",
         ]
-        (m.root / "policy.yaml").write_text(policy_yaml())
+        (m.root / "policy.yaml").write_text(policy_yaml(reboot))
         m.add_unit("piccolod.service", UNIT.read_text())
         m.add_dropin("multi-user.target", "10-piccolod.conf", UPHOLDS.read_bytes())
         # nspawn fakes a fresh boot id per boot by a bind mount over the kernel's file; the unit's
@@ -128,13 +138,17 @@ class Rig:
         )
         dropin = UE_DROPIN.read_bytes() if ue_dropin is None else ue_dropin
         m.add_dropin("update-engine.service", "10-piccolod-dependency.conf", dropin)
+        if probe:
+            self.add_probe()
+        # Part of reboot.target: proof that PID 1 is really rebooting, and this boot's journal.
         m.add_unit(
-            "probe.service",
-            "[Unit]\nDescription=report what systemd saw\nAfter=multi-user.target\n"
-            "SuccessAction=exit-force\nFailureAction=exit-force\n"
-            f"[Service]\nType=oneshot\nEnvironment={ENV}\n"
-            f"ExecStart={PY} {ROOT}/tests/fixtures/nspawn_probe.py 60\n",
-            wanted_by="multi-user.target",
+            "rebooting.service",
+            "[Unit]\nDescription=note that this machine reboots\nDefaultDependencies=no\n"
+            "After=piccolod.service\nBefore=systemd-reboot.service\n"
+            "[Service]\nType=oneshot\nExecStart=/bin/sh -c 'cat /proc/sys/kernel/random/boot_id "
+            "> /opt/out/rebooting; journalctl -b --no-pager -o short-monotonic -u piccolod.service "
+            "> /opt/out/journal.txt'\n",
+            wanted_by="reboot.target",
         )
         m.add_script(
             "update-engine",
@@ -143,17 +157,37 @@ class Rig:
         )
         m.add_script("reboot", '#!/bin/sh\nexec logger -t piccolo-test-reboot "reboot requested: $*"\n')
 
-    def boot(self, *, during: Callable[[str], None] | None = None, timeout: float = 90) -> Report:
+    def add_probe(self) -> None:
+        """The unit that reports what systemd saw and then ends the boot."""
+        self.m.add_unit(
+            "probe.service",
+            "[Unit]\nDescription=report what systemd saw\nAfter=multi-user.target\n"
+            "SuccessAction=exit-force\nFailureAction=exit-force\n"
+            f"[Service]\nType=oneshot\nEnvironment={ENV}\n"
+            f"ExecStart={PY} {ROOT}/tests/fixtures/nspawn_probe.py 60\n",
+            wanted_by="multi-user.target",
+        )
+
+    def start(self, *, during: Callable[[str], None] | None = None, timeout: float = 90) -> tuple[str, Boot]:
+        """Play GRUB and boot once; the boot's PARTUUID and how it ended (no assertion on the probe)."""
         booted = gptprio_next(self.disk)  # GRUB
         (self.m.opt / "cmdline").write_text(cmdline_for(booted))
-        probe = self.m.out / "probe.json"
-        probe.unlink(missing_ok=True)
+        for stale in ("probe.json", "journal.txt", "rebooting"):
+            (self.m.out / stale).unlink(missing_ok=True)
         boot = self.m.boot(timeout=timeout, during=during)
+        assert not boot.timed_out, f"boot did not end within {timeout}s" + self.context(boot)
+        return booted, boot
+
+    def context(self, boot: Boot) -> str:
         journal = self.m.out / "journal.txt"
-        context = f"\n--- console ---\n{boot.console[-4000:]}\n--- journal ---\n" + (
+        return f"\n--- console ---\n{boot.console[-4000:]}\n--- journal ---\n" + (
             journal.read_text()[-6000:] if journal.exists() else "(none)"
         )
-        assert not boot.timed_out, f"boot did not end within {timeout}s" + context
+
+    def boot(self, *, during: Callable[[str], None] | None = None, timeout: float = 90) -> Report:
+        booted, boot = self.start(during=during, timeout=timeout)
+        probe = self.m.out / "probe.json"
+        context = self.context(boot)
         assert probe.exists(), f"probe did not report (nspawn rc={boot.rc})" + context
         return Report(json.loads(probe.read_text()), booted, boot.wall)
 
@@ -308,3 +342,60 @@ def test_harness_detects_a_missing_update_engine_dropin(
     r = rig.boot()
     assert r.started("update-engine")
     assert slot(rig.disk, USR_B).successful is True  # what the gate exists to prevent
+
+
+def test_real_systemctl_reboot_gets_through_the_sandbox(
+    machine: Machine, flatcar_disk: Path, fresh_swtpm: Swtpm
+) -> None:
+    """The policy's default reboot command, ``systemctl reboot``, run by the rendered, sandboxed unit."""
+    rig = Rig(machine, flatcar_disk, fresh_swtpm, reboot="", probe=False)
+    install_update(rig.disk, USR_A)
+    rig.tpm.stop()
+    booted, boot = rig.start(timeout=60)
+    assert booted == USR_B
+    context = rig.context(boot)
+    assert boot.rc == 133, f"nspawn exit status {boot.rc}, not 133 (container rebooted)" + context
+    rebooting = rig.m.out / "rebooting"
+    assert rebooting.exists(), "reboot.target was never reached" + context
+    journal = (rig.m.out / "journal.txt").read_text()
+    assert "reboot requested: systemctl reboot" in journal, journal
+    record = rig.record()
+    assert record["reboot_requested"] and record["boot_id"] == rebooting.read_text().strip()
+    assert "Rebooting." in boot.console
+    assert slot(rig.disk, USR_B).successful is False
+    print(f"real reboot: nspawn rc={boot.rc} after {boot.wall:.1f}s")
+
+    rig.tpm.start()
+    rig.add_probe()
+    r2 = rig.boot()  # what GRUB does after that reboot: the old slot, and the agent says why
+    assert r2.booted == USR_A and r2.health["update_status"] == "rolled_back", r2.health
+
+
+def test_crash_during_a_passing_gate_still_lets_update_engine_mark_the_slot(
+    machine: Machine, flatcar_disk: Path, fresh_swtpm: Swtpm
+) -> None:
+    """SIGKILL mid-gate fails update-engine's start job ("dependency"); the restarted agent's pass must
+    start it again, or a healthy update would be rolled back on the next reboot."""
+    rig = Rig(machine, flatcar_disk, fresh_swtpm, unit_extra="RestartSec=1\n")
+    install_update(rig.disk, USR_A)
+    rig.tpm.stop()  # the first attempt keeps retrying...
+
+    def crash_then_heal(cg: str) -> None:
+        pid = _agent_pid(cg)
+        time.sleep(1.5)
+        os.kill(pid, signal.SIGKILL)  # ...until it is killed mid-gate
+        rig.tpm.start()  # and the restarted agent finds a healthy machine
+
+    r = rig.boot(during=crash_then_heal)
+    journal = (rig.m.out / "journal.txt").read_text()
+    assert "code=killed, status=9/KILL" in journal, journal[-3000:]
+    assert "Dependency failed for update-engine.service" in journal, journal[-3000:]
+    assert "earlier gate of this boot never finished" in journal
+    pd, ue = r.unit("piccolod"), r.unit("update-engine")
+    assert pd["ActiveState"] == "active" and pd["NRestarts"] == "1", pd
+    assert r.health["startup_health_check"] == "passed"
+    assert r.started("update-engine") and ue["Result"] == "success", ue
+    assert int(ue["ExecMainStartTimestampMonotonic"]) >= int(pd["ActiveEnterTimestampMonotonic"]) > 0
+    assert r.data["reboot_requests"] == 0
+    b = slot(rig.disk, USR_B)
+    assert (b.successful, b.tries) == (True, 0)

@@ -13,8 +13,8 @@ import pytest
 from piccolod import record as rec
 from piccolod.api import listen_socket
 from piccolod.assess import Assessor
-from piccolod.daemon import Daemon
-from piccolod.gatehook import GateClosed, serve_hook
+from piccolod.daemon import Daemon, GateHook
+from piccolod.gatehook import LAST_GATE_NAME, GateClosed, first_boot_gate, serve_hook
 from piccolod.model import Source, build
 from piccolod.policy import Component, PolicyFile
 from tests.agent_helpers import FACTS, Switch, get, wait_for
@@ -68,13 +68,13 @@ class Running:
 def start(tmp_path: Path, flatcar_disk: Path) -> Iterator[Any]:
     started: list[Running] = []
 
-    def go(tpm: Switch, *, timeout: float = 0.6) -> Running:
+    def go(tpm: Switch, *, timeout: float = 0.6, gate: GateHook = serve_hook) -> Running:
         listener = listen_socket("127.0.0.1:0")
         port = listener.getsockname()[1]
         daemon = Daemon(
             policy(tmp_path, flatcar_disk, port, timeout),
             assessor=Assessor({Component.TPM: tpm}, lambda c, p: 1.0),
-            gate=serve_hook,
+            gate=gate,
             listener=listener,
             facts=FACTS,
             env={},
@@ -137,3 +137,51 @@ def test_restart_in_the_same_boot_keeps_the_verdict(tmp_path: Path, flatcar_disk
     assert second.daemon.is_ready.wait(5)
     assert second.health()["startup_health_check"] == "passed"
     assert not (tmp_path / "reboots").exists()
+
+
+@pytest.mark.parametrize(
+    ("earlier_boot", "earlier", "kicked"),
+    [
+        (FACTS.boot_id, {"startup_health_check": "pending"}, True),  # crashed mid-gate
+        (FACTS.boot_id, {"startup_health_check": "passed", "ready_sent": False}, True),  # before READY=1
+        (FACTS.boot_id, {"startup_health_check": "passed", "ready_sent": True}, False),  # after it
+        ("another-boot", {"startup_health_check": "pending"}, False),
+    ],
+)
+def test_pass_after_an_unfinished_gate_starts_update_engine(
+    tmp_path: Path, flatcar_disk: Path, start: Any, earlier_boot: str, earlier: dict[str, Any], kicked: bool
+) -> None:
+    install_update(flatcar_disk, USR_A)
+    (tmp_path / "cmdline").write_text(cmdline_for(gptprio_next(flatcar_disk)))
+    unfinished = {"boot_id": earlier_boot, "partuuid": USR_B, **earlier}
+    rec.write_json_atomic(tmp_path / "state" / LAST_GATE_NAME, unfinished)  # what the crashed agent left
+    kicks: list[bool] = []
+
+    def gate(d: Daemon) -> None:
+        first_boot_gate(d, after_interrupted_pass=lambda: kicks.append(d.is_ready.is_set()))
+
+    run = start(Switch(True), gate=gate)
+    assert run.daemon.is_ready.wait(5)
+    path = tmp_path / "state" / LAST_GATE_NAME
+    wait_for(
+        lambda: json.loads(path.read_text()).get("ready_sent") is True, what="ready_sent"
+    )  # the last step
+    assert kicks == ([True] if kicked else [])  # only after READY=1, only for this boot's attempt
+    last = json.loads(path.read_text())
+    assert last["startup_health_check"] == "passed" and last["boot_id"] == FACTS.boot_id
+    assert run.health()["startup_health_check"] == "passed"
+
+
+def test_a_gate_in_progress_says_pending_in_last_gate(tmp_path: Path, flatcar_disk: Path, start: Any) -> None:
+    install_update(flatcar_disk, USR_A)
+    (tmp_path / "cmdline").write_text(cmdline_for(gptprio_next(flatcar_disk)))
+    run = start(Switch(False), timeout=30)
+    path = tmp_path / "state" / LAST_GATE_NAME
+    wait_for(path.exists, what="last-gate.json")
+    last = json.loads(path.read_text())
+    assert (last["startup_health_check"], last["boot_id"], last["partuuid"]) == (
+        "pending",
+        FACTS.boot_id,
+        USR_B,
+    )
+    run.daemon.stop()

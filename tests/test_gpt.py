@@ -1,4 +1,5 @@
-"""piccolod.gpt against images written by the real sgdisk and read back by cgpt (raw attribute values)."""
+"""piccolod.gpt against images written by the real sgdisk and read back by cgpt (raw attribute values),
+including the fall-back to the backup GPT when the primary copy is corrupt."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from piccolod.gpt import FLATCAR_USR_TYPE, GptError, priority, read_table, successful, tries
-from tests.fixtures.gptdisk import USR_A, USR_B, set_attrs
+from tests.fixtures.gptdisk import USR_A, USR_B, corrupt, install_update, set_attrs
 
 
 def _cgpt_attr(img: Path, number: int) -> int:
@@ -71,30 +72,51 @@ def test_fixture_writer_keeps_gpt_valid_for_sgdisk_and_cgpt(flatcar_disk: Path) 
     assert b is not None and (b.priority, b.tries, b.successful) == (2, 1, False)
 
 
-def _flip(img: Path, offset: int) -> None:
-    with img.open("r+b") as f:
-        f.seek(offset)
-        byte = f.read(1)
-        f.seek(offset)
-        f.write(bytes([byte[0] ^ 0xFF]))
+def _read_flatcar(img: Path) -> dict[int, tuple[str, int, str]]:
+    return {p.number: (str(p.unique_guid), p.attributes, p.name) for p in read_table(img).partitions}
 
 
-def test_corrupt_header_is_a_clear_error(flatcar_disk: Path) -> None:
-    _flip(flatcar_disk, 512 + 40)  # inside the header (first usable LBA)
-    with pytest.raises(GptError, match=r"disk\.img: GPT header CRC32 mismatch"):
+@pytest.mark.parametrize("what", ["primary-header", "primary-entries"])
+def test_corrupt_primary_falls_back_to_the_backup(flatcar_disk: Path, what: str) -> None:
+    install_update(flatcar_disk, USR_A)  # both copies carry the update's slot bits
+    before = read_table(flatcar_disk)
+    assert (before.header, before.header_lba, before.primary_error) == ("primary", 1, None)
+    corrupt(flatcar_disk, what)
+    table = read_table(flatcar_disk)
+    last_lba = flatcar_disk.stat().st_size // 512 - 1
+    assert (table.header, table.header_lba) == ("backup", last_lba)
+    expected = "GPT header CRC32 mismatch at LBA 1" if what == "primary-header" else "entry array CRC32"
+    assert table.primary_error and expected in table.primary_error
+    assert table.partitions == before.partitions and table.disk_guid == before.disk_guid
+    b = table.by_partuuid(USR_B)
+    assert b is not None and (b.priority, b.tries, b.successful) == (2, 1, False)
+    if what == "primary-header":  # cgpt, too, reads the backup copy and sees the same bits
+        assert _cgpt_attr(flatcar_disk, 4) == b.attributes >> 48
+
+
+@pytest.mark.parametrize(
+    ("primary", "backup", "message"),
+    [
+        ("primary-header", "backup-entries", "primary: GPT header CRC32 mismatch at LBA 1 .*backup: GPT "
+         "partition entry array CRC32 mismatch at LBA 98271"),
+        ("primary-entries", "backup-header", "primary: GPT partition entry array CRC32 mismatch at LBA 2 "
+         ".*backup: GPT header CRC32 mismatch at LBA 98303"),
+    ],
+)  # fmt: skip
+def test_both_copies_corrupt_is_one_clear_error(
+    flatcar_disk: Path, primary: str, backup: str, message: str
+) -> None:
+    corrupt(flatcar_disk, primary)
+    corrupt(flatcar_disk, backup)
+    with pytest.raises(GptError, match=r"^\S*disk\.img: no valid GPT: " + message) as err:
         read_table(flatcar_disk)
-
-
-def test_corrupt_entry_array_is_a_clear_error(flatcar_disk: Path) -> None:
-    _flip(flatcar_disk, 1024 + 2 * 128 + 56)  # partition 3's name
-    with pytest.raises(GptError, match="entry array CRC32 mismatch"):
-        read_table(flatcar_disk)
+    assert "\n" not in str(err.value)
 
 
 def test_not_a_gpt_disk(tmp_path: Path) -> None:
     img = tmp_path / "blank.img"
     img.write_bytes(bytes(1 << 20))
-    with pytest.raises(GptError, match=r"blank\.img: no GPT header at LBA 1"):
+    with pytest.raises(GptError, match=r"blank\.img: no valid GPT: primary: no GPT header at LBA 1"):
         read_table(img)
 
 

@@ -10,7 +10,15 @@ from pathlib import Path
 import pytest
 
 from piccolod.slot import SlotError, SlotState, detect, find_disk, format_table, parse_cmdline
-from tests.fixtures.gptdisk import USR_A, USR_B, cmdline_for, gptprio_next, install_update, setgoodroot
+from tests.fixtures.gptdisk import (
+    USR_A,
+    USR_B,
+    cmdline_for,
+    corrupt,
+    gptprio_next,
+    install_update,
+    setgoodroot,
+)
 
 
 @pytest.mark.parametrize(
@@ -54,6 +62,7 @@ def test_marked_slot(flatcar_disk: Path, tmp_path: Path) -> None:
     ]
     text = format_table(slot)
     assert "* USR-A" in text and "booted: USR-A" in text and "marked" in text
+    assert "gpt: primary header at LBA 1" in text and slot.gpt_primary_error is None
 
 
 def test_first_boot_of_an_update_is_unmarked(flatcar_disk: Path, tmp_path: Path) -> None:
@@ -95,12 +104,15 @@ def test_unknown_states_carry_a_clear_error(flatcar_disk: Path, tmp_path: Path) 
     nodisk = detect(_cmdline(tmp_path, USR_A), str(tmp_path / "gone.img"))
     assert nodisk.state is SlotState.UNKNOWN and "gone.img: cannot open" in (nodisk.error or "")
 
-    with flatcar_disk.open("r+b") as f:
-        f.seek(512 + 24)
-        f.write(b"\xff")
-    corrupt = detect(_cmdline(tmp_path, USR_A), str(flatcar_disk))
-    assert corrupt.state is SlotState.UNKNOWN and "CRC32" in (corrupt.error or "")
-    assert "error:" in format_table(corrupt)
+    corrupt(flatcar_disk, "primary-header")
+    repaired = detect(_cmdline(tmp_path, USR_A), str(flatcar_disk))  # the backup copy answers
+    assert repaired.state is SlotState.MARKED and repaired.error is None
+    assert repaired.gpt_header == "backup" and "CRC32" in (repaired.gpt_primary_error or "")
+    assert "gpt: backup header at LBA 98303 (primary unusable: GPT header CRC32" in format_table(repaired)
+    corrupt(flatcar_disk, "backup-entries")
+    broken = detect(_cmdline(tmp_path, USR_A), str(flatcar_disk))
+    assert broken.state is SlotState.UNKNOWN and "no valid GPT" in (broken.error or "")
+    assert broken.gpt_header is None and "error:" in format_table(broken)
 
 
 def _fake_sysfs(root: Path, disk_img: Path, name: str = "vdz") -> tuple[Path, Path]:

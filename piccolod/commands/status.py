@@ -45,6 +45,11 @@ def run(args: argparse.Namespace) -> int:
             "boot_id": boot_id,
             "booted": {"slot": slot.name, "partuuid": slot.partuuid, "disk": slot.disk, "state": slot.state},
             "error": slot.error,
+            "gpt": {
+                "header": slot.gpt_header,
+                "lba": slot.gpt_header_lba,
+                "primary_error": slot.gpt_primary_error,
+            },
             "slots": [asdict(r) for r in slot.rows],
             "update_status": rolled[0] if rolled else None,
             "rollback_reason": rolled[1] if rolled else None,
