@@ -29,7 +29,7 @@ import pytest
 from piccolod.gpt import read_table
 from tests.fixtures.daemons import Swtpm
 from tests.fixtures.gptdisk import USR_A, USR_B, cmdline_for, gptprio_next, install_update, slot
-from tests.fixtures.nspawn import PY, ROOT, SITE_PACKAGES, Boot, Machine, pids_in
+from tests.fixtures.nspawn import MACHINE_ROOT, PY, ROOT, SITE_PACKAGES, Boot, Machine, pids_in
 
 pytestmark = [pytest.mark.slow, pytest.mark.privileged]
 
@@ -39,7 +39,7 @@ UPHOLDS = FILES / "app-admin" / "piccolod" / "files" / "10-piccolod.conf"
 UE_DROPIN = FILES / "coreos-base" / "piccolo-base" / "files" / "10-piccolod-dependency.conf"
 DEADLINE = 4.0
 GRACE = 1.0
-ENV = f"PYTHONPATH={ROOT}:{SITE_PACKAGES} LD_LIBRARY_PATH=/opt/python/lib PYTHONDONTWRITEBYTECODE=1"
+ENV = f"PYTHONPATH={MACHINE_ROOT}:{SITE_PACKAGES} LD_LIBRARY_PATH=/opt/python/lib PYTHONDONTWRITEBYTECODE=1"
 
 
 STAND_IN_REBOOT = "reboot_command: [/opt/t/reboot]"
@@ -164,7 +164,7 @@ class Rig:
             "[Unit]\nDescription=report what systemd saw\nAfter=multi-user.target\n"
             "SuccessAction=exit-force\nFailureAction=exit-force\n"
             f"[Service]\nType=oneshot\nEnvironment={ENV}\n"
-            f"ExecStart={PY} {ROOT}/tests/fixtures/nspawn_probe.py 60\n",
+            f"ExecStart={PY} {MACHINE_ROOT}/tests/fixtures/nspawn_probe.py 60\n",
             wanted_by="multi-user.target",
         )
 
