@@ -9,6 +9,11 @@ the previous call of a component is still running when the next assessment start
 with "still running from previous assessment" and no new thread is started, so hung checks cannot pile
 up threads across runs.
 
+:meth:`Assessor.cancel` (the agent is stopping: SIGTERM) ends the wait of a running assessment within
+:data:`CANCEL_POLL_SECONDS`, which then raises :class:`Cancelled` instead of returning a verdict made of
+interrupted checks; later assessments raise at once. The checks' threads are daemon threads, so a check
+that never returns cannot hold up the process's exit either.
+
 The verdict follows AGENT.md: ``unhealthy`` when a required component fails, ``degraded`` when only
 optional ones fail, ``healthy`` otherwise. Which components are required is the policy's business
 (:meth:`HealthPolicy.required`); making every component required is the seed's stricter rule.
@@ -30,7 +35,15 @@ Check = Callable[[PolicyFile, float], Outcome]
 TimeoutFor = Callable[[Component, PolicyFile], float]
 
 GRACE_SECONDS = 0.25
+CANCEL_POLL_SECONDS = 0.05
 STILL_RUNNING = "still running from previous assessment"
+
+
+class Cancelled(Exception):
+    """The assessment was cancelled (the agent is stopping): there is no verdict."""
+
+    def __init__(self) -> None:
+        super().__init__("assessment cancelled: the agent is stopping")
 
 
 @dataclass(frozen=True)
@@ -112,6 +125,18 @@ class Assessor:
         self.grace = grace
         self._inflight: dict[Component, _Call] = {}
         self._lock = threading.Lock()
+        self._cancelled = threading.Event()
+
+    def cancel(self) -> None:
+        """Stop waiting for checks: a running :meth:`assess` and every later one raise :class:`Cancelled`.
+
+        Safe to call from a signal handler (it only sets an event).
+        """
+        self._cancelled.set()
+
+    @property
+    def cancelled(self) -> bool:
+        return self._cancelled.is_set()
 
     def in_flight(self) -> tuple[Component, ...]:
         """Components whose last call has not returned yet (hung or slow)."""
@@ -119,7 +144,12 @@ class Assessor:
             return tuple(c for c, call in self._inflight.items() if not call.done.is_set())
 
     def assess(self, policy: PolicyFile, components: Iterable[Component] | None = None) -> Assessment:
-        """Run the checks of ``components`` (default: what the policy checks) and return the verdict."""
+        """Run the checks of ``components`` (default: what the policy checks) and return the verdict.
+
+        Raises :class:`Cancelled` if :meth:`cancel` was called before or while it runs.
+        """
+        if self._cancelled.is_set():
+            raise Cancelled
         hp = policy.health_policy
         wanted = tuple(hp.checked() if components is None else components)
         started_wall = time.time()
@@ -168,6 +198,17 @@ class Assessor:
         thread.start()
         return call, timeout, None
 
+    def _wait(self, call: _Call, deadline: float) -> bool:
+        """Wait until ``call`` is done (True) or ``deadline`` passes (False); raise if cancelled."""
+        while True:
+            left = deadline - time.monotonic()
+            if call.done.wait(max(0.0, min(left, CANCEL_POLL_SECONDS))):
+                return True
+            if self._cancelled.is_set():
+                raise Cancelled
+            if left <= CANCEL_POLL_SECONDS:
+                return call.done.is_set()
+
     def _collect(
         self,
         comp: Component,
@@ -192,7 +233,7 @@ class Assessor:
         if call is None:
             return result(False, refusal or "not run", {}, 0.0)
         deadline = started + timeout + self.grace
-        if not call.done.wait(max(0.0, deadline - time.monotonic())):
+        if not self._wait(call, deadline):
             return result(False, f"no answer within {timeout:g}s", {}, time.monotonic() - call.started)
         duration = call.finished - call.started
         if call.error is not None:

@@ -12,7 +12,10 @@
    :class:`~piccolod.hysteresis.Hysteresis` filter, one log record per check, metrics, ``STATUS=``, and
    ``WATCHDOG=1`` from this same loop when systemd asked for a watchdog.
 
-SIGTERM/SIGINT send ``STOPPING=1``, end any wait at once, stop the API and return 0.
+SIGTERM/SIGINT send ``STOPPING=1``, end any wait at once (an assessment in progress is cancelled, not
+waited for: :meth:`Assessor.cancel <piccolod.assess.Assessor.cancel>`), kill the checks' helper processes,
+stop the API and return 0, within about a second whatever the checks are doing. Checks that are still
+running are left to their daemon threads, which do not hold up the process's exit.
 """
 
 from __future__ import annotations
@@ -27,7 +30,9 @@ from types import FrameType
 
 from piccolod import document, logs, notify
 from piccolod.api import ApiServer, Response, listen_socket
-from piccolod.assess import Assessment, Assessor
+from piccolod.assess import Assessment, Assessor, Cancelled
+from piccolod.checks import child
+from piccolod.checks import docker as docker_checks
 from piccolod.hysteresis import Hysteresis
 from piccolod.metrics import CONTENT_TYPE, GateOutcome, Metrics
 from piccolod.policy import PolicyFile
@@ -141,6 +146,7 @@ class Daemon:
         """Ask the agent to stop (signal handlers and tests call this)."""
         if not self.stopping.is_set():
             self.stopping.set()
+            self.assessor.cancel()
             self.notify(notify.STOPPING)
 
     # --- the sequence -------------------------------------------------------------------------------
@@ -169,17 +175,28 @@ class Daemon:
             due = self._last_assessment + interval if self._last_assessment else 0.0
             if self.sleep(due - time.monotonic()):
                 break
-            self.assess()
+            try:
+                self.assess()
+            except Cancelled:
+                break
 
     def run(self) -> int:
         if threading.current_thread() is threading.main_thread():
             self._install_signals()
         try:
             self.start_api()
-            self.gate(self)
+            try:
+                self.gate(self)
+            except Cancelled:
+                if not self.stopping.is_set():
+                    raise
             self.loop()
         finally:
             self.stop()
+            killed = child.kill_all()
+            if killed:
+                log.info("killed %d check helper process(es) still running", killed)
+            docker_checks.close_clients()
             if self.server is not None:
                 self.server.stop()
             log.info("stopped")

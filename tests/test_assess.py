@@ -274,3 +274,32 @@ def test_hysteresis_threshold_one_is_immediate() -> None:
     assert Hysteresis(1).apply(raw).status is Status.UNHEALTHY
     with pytest.raises(ValueError, match="at least 1"):
         Hysteresis(0)
+
+
+def test_cancel_ends_a_waiting_assessment_at_once(release: threading.Event) -> None:
+    """SIGTERM while a check hangs: the assessment stops waiting for it and gives no verdict."""
+    from piccolod.assess import CANCEL_POLL_SECONDS, Cancelled
+
+    assessor = Assessor(table(tpm=hanging(release), api=ok()), fixed(60.0))
+    p = policy(["tpm", "api"])
+    timer = threading.Timer(0.2, assessor.cancel)
+    timer.start()
+    started = time.monotonic()
+    with pytest.raises(Cancelled):
+        assessor.assess(p)
+    took = time.monotonic() - started
+    timer.join()
+    assert 0.2 <= took < 0.2 + CANCEL_POLL_SECONDS + 0.2, took
+    assert assessor.cancelled
+    started = time.monotonic()
+    with pytest.raises(Cancelled):  # later assessments do not start checks at all
+        assessor.assess(p)
+    assert time.monotonic() - started < 0.05
+
+
+def test_abandoned_check_threads_are_daemon_threads(release: threading.Event) -> None:
+    assessor = Assessor(table(tpm=hanging(release)), fixed(0.1), grace=0.0)
+    assessor.assess(policy(["tpm"]))
+    hung = [t for t in threading.enumerate() if t.name == "check-tpm"]
+    assert hung, "the hung check's thread should still be running"
+    assert all(t.daemon for t in hung)

@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 
 from piccolod.checks import CHECKS, timeout_for
+from piccolod.checks import docker as docker_checks
 from piccolod.checks.docker import check_containers, check_docker, started_at
 from piccolod.policy import Checks, Component, DockerCheck, HealthPolicy, PolicyFile, Thresholds
 from tests.fixtures.daemons import BUSYBOX_IMAGE, Dockerd
@@ -211,8 +212,36 @@ def test_daemon_killed_mid_run(fresh_dockerd: Dockerd) -> None:
     assert containers_down.details["containers_running"] == 0
     assert took < 4.5, f"failing checks took {took:.2f}s"
 
+    assert docker_checks._clients == {} or all(k[0] != fresh_dockerd.host for k in docker_checks._clients)
+
     fresh_dockerd.restart()
     assert check_docker(pol, 2.0).healthy
+    assert check_containers(pol, 2.0).healthy
+
+
+def test_one_client_per_endpoint_negotiated_once(
+    fresh_dockerd: Dockerd, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Both checks share one client: made (and the API version negotiated) once, reused afterwards."""
+    from docker.api.client import APIClient
+
+    negotiations: list[str] = []
+    real = APIClient._retrieve_server_version
+
+    def counting(self: APIClient) -> Any:
+        negotiations.append(str(self.base_url))
+        return real(self)
+
+    monkeypatch.setattr(APIClient, "_retrieve_server_version", counting)
+    pol = policy(fresh_dockerd.host, timeout=3.0)
+    assert check_docker(pol, 3.0).healthy
+    shared = [c for k, c in docker_checks._clients.items() if k[0] == fresh_dockerd.host]
+    assert len(shared) == 1
+    for _ in range(5):
+        assert check_docker(pol, 3.0).healthy
+        assert check_containers(pol, 3.0).healthy
+    assert [c for k, c in docker_checks._clients.items() if k[0] == fresh_dockerd.host] == shared
+    assert len(negotiations) == 1, negotiations
 
 
 def test_concurrent_calls_share_nothing(dockerd: Dockerd) -> None:

@@ -143,3 +143,86 @@ def test_serve_on_a_busy_port_fails_in_one_line(tmp_path: Path, tcp_target: str)
     assert "cannot start" in r.stdout + r.stderr
     assert "Traceback" not in r.stdout + r.stderr
     assert time.monotonic() - started < 10
+
+
+def _probes_of(pid: int) -> list[int]:
+    """PIDs of the TPM probe processes that are children of ``pid``."""
+    found = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            kids = (task / "children").read_text().split()
+        except OSError:
+            continue
+        for kid in kids:
+            try:
+                if b"tpm_probe" in Path(f"/proc/{kid}/cmdline").read_bytes():
+                    found.append(int(kid))
+            except OSError:
+                continue
+    return found
+
+
+@pytest.mark.parametrize("phase", ["runtime loop (slot marked)", "first-boot gate (slot unknown)"])
+def test_sigterm_with_a_hung_check_exits_within_2s(tmp_path: Path, flatcar_disk: Path, phase: str) -> None:
+    """A TPM that accepts and never answers, a 60 s TPM deadline: SIGTERM still ends serve at once, 0."""
+    from tests.fixtures.gptdisk import USR_A, cmdline_for
+
+    mute_path = tmp_path / "tpm"
+    mute, mute_ctrl = socket.socket(socket.AF_UNIX), socket.socket(socket.AF_UNIX)
+    notify_path = tmp_path / "notify"
+    notify_sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    daemon: subprocess.Popen[bytes] | None = None
+    try:
+        for sock, name in ((mute, str(mute_path)), (mute_ctrl, f"{mute_path}.ctrl")):
+            sock.bind(name)
+            sock.listen(16)
+        notify_sock.bind(str(notify_path))
+        cmdline = tmp_path / "cmdline"
+        cmdline.write_text(cmdline_for(USR_A) if phase.startswith("runtime") else "console=ttyS0\n")
+        port = free_port()
+        data = policy_data(["tpm", "storage"], [], listen=f"127.0.0.1:{port}", interval=0.5)
+        data["health_policy"]["thresholds"] = {"tpm_operation_timeout_seconds": 60}
+        data["health_policy"]["checks"] = {
+            "tpm": {"tcti": f"swtpm:path={mute_path}"},
+            "storage": {"mounts": [str(tmp_path)]},
+        }
+        data["agent"].update(
+            state_dir=str(tmp_path / "state"), boot={"cmdline": str(cmdline), "disk": str(flatcar_disk)}
+        )
+        config = write_policy(tmp_path / "policy.yaml", data)
+        env = {k: v for k, v in os.environ.items() if k not in ("WATCHDOG_USEC", "WATCHDOG_PID")}
+        env["NOTIFY_SOCKET"] = str(notify_path)
+        daemon = subprocess.Popen(
+            [*PICCOLOD, "serve", "--config", str(config)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            env=env,
+        )
+        pid = daemon.pid
+        wait_for(lambda: _answers(port), what="daemon API")
+        wait_for(lambda: bool(_probes_of(pid)), what="a TPM probe hanging on the mute socket")
+        time.sleep(0.3)  # well inside the 60 s deadline: the check is hung, not finished
+        probes = _probes_of(pid)
+        assert probes
+        started = time.monotonic()
+        daemon.send_signal(signal.SIGTERM)
+        code = daemon.wait(10)
+        took = time.monotonic() - started
+        assert took < 2.0, f"serve took {took:.2f}s to exit after SIGTERM"
+        assert code == 0
+        for probe in probes:  # killed and reaped, not orphaned
+            assert not Path(f"/proc/{probe}").exists(), f"TPM probe {probe} outlived the agent"
+        notify_sock.settimeout(0)
+        messages = []
+        while True:
+            try:
+                messages.append(notify_sock.recv(4096).decode())
+            except BlockingIOError:
+                break
+        assert any("STOPPING=1" in m.split("\n") for m in messages), messages
+    finally:
+        if daemon is not None and daemon.poll() is None:
+            daemon.kill()
+            daemon.wait()
+        for sock in (mute, mute_ctrl, notify_sock):
+            sock.close()

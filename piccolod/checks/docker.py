@@ -1,6 +1,7 @@
 """The ``docker`` and ``containers`` checks, through the Docker SDK (Engine API over a socket).
 
-``docker``: the engine answers a ping; details carry its version, API version and the endpoint used.
+``docker``: the engine answers ``GET /version`` (one request: an answer is as good as a ping, and it
+carries what the details show); details carry its version, API version and the endpoint used.
 ``containers``: among running containers, any whose ``HEALTHCHECK`` says ``unhealthy``, or that is still
 ``starting`` more than ``thresholds.container_startup_seconds`` after it started, fails the check.
 ``starting`` lists containers still inside that grace period; ``starting_too_long`` those past it (the
@@ -8,13 +9,22 @@ two lists never overlap). Containers without a health check count as running and
 
 The endpoint is ``checks.docker.host``; when that is null the environment decides (``DOCKER_HOST``,
 ``DOCKER_TLS_VERIFY``, ``DOCKER_CERT_PATH``, as ``docker.from_env`` reads them), defaulting to
-``unix:///var/run/docker.sock``. A new client is opened and closed on every call (thread-safe, no
-leaked connections), and all its requests together are bounded by ``timeout``.
+``unix:///var/run/docker.sock``.
+
+One client per endpoint (and timeout) lives as long as the agent: it is made on first use, when it
+negotiates the Engine API version with the daemon (one request), and both checks share it; its
+connection pool is thread-safe and keeps the unix socket connection open between checks, so a check
+costs its own requests only. When an exchange fails for any reason but an HTTP error answer (engine
+gone, socket reset, deadline passed), the client is dropped and closed, and the next check connects and
+negotiates afresh: a restarted ``dockerd`` (maybe a newer one) is picked up at the next interval. All
+the requests of one check together are bounded by ``timeout``.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
+import threading
 import time
 from collections.abc import Callable
 from datetime import datetime
@@ -36,26 +46,82 @@ def docker_host(policy: PolicyFile) -> str:
     return os.environ.get("DOCKER_HOST") or DEFAULT_HOST
 
 
+ClientKey = tuple[str | None, str | None, str | None, str | None, float]
+
+_clients: dict[ClientKey, Any] = {}
+_clients_lock = threading.Lock()
+
+
+def _key(policy: PolicyFile, timeout: float) -> ClientKey:
+    env = os.environ
+    configured = policy.health_policy.checks.docker.host
+    if configured is not None:
+        return (configured, None, None, None, timeout)
+    return (None, env.get("DOCKER_HOST"), env.get("DOCKER_TLS_VERIFY"), env.get("DOCKER_CERT_PATH"), timeout)
+
+
+def _client(key: ClientKey) -> Any:
+    """The shared client for ``key``, made (and the API version negotiated) on first use."""
+    with _clients_lock:
+        client = _clients.get(key)
+    if client is not None:
+        return client
+    import docker
+
+    configured, _, _, _, timeout = key
+    if configured is None:
+        client = docker.from_env(timeout=timeout)
+    else:
+        client = docker.DockerClient(base_url=configured, timeout=timeout)
+    with _clients_lock:
+        winner = _clients.setdefault(key, client)
+    if winner is not client:  # another check made one at the same time: use that one
+        client.close()
+    return winner
+
+
+def _drop(key: ClientKey, client: Any) -> None:
+    """Forget ``client`` (if it is still the shared one) and close it: the next check reconnects."""
+    with _clients_lock:
+        if _clients.get(key) is client:
+            del _clients[key]
+    with contextlib.suppress(Exception):  # closing a broken client may fail too; it is forgotten anyway
+        client.close()
+
+
+def close_clients() -> None:
+    """Close every shared client (the agent is stopping; tests)."""
+    with _clients_lock:
+        clients = list(_clients.values())
+        _clients.clear()
+    for client in clients:
+        with contextlib.suppress(Exception):  # best effort at shutdown
+            client.close()
+
+
 def _with_client(policy: PolicyFile, timeout: float, work: Callable[[Any], T]) -> T:
-    """Open a client, run ``work(client)``, close it; the whole exchange is bounded by ``timeout``."""
+    """Run ``work(client)`` on the shared client; the whole exchange is bounded by ``timeout``."""
+    key = _key(policy, timeout)
+    used: list[Any] = []
 
     def job() -> T:
-        import docker
-
-        configured = policy.health_policy.checks.docker.host
-        if configured is None:
-            client = docker.from_env(timeout=timeout)
-        else:
-            client = docker.DockerClient(base_url=configured, timeout=timeout)
-        try:
-            return work(client)
-        finally:
-            client.close()
+        client = _client(key)
+        used.append(client)
+        return work(client)
 
     result = race({"docker": job}, timeout)["docker"]
     if isinstance(result, BaseException):
+        if used and not _is_http_answer(result):
+            _drop(key, used[0])
         raise result
     return result
+
+
+def _is_http_answer(exc: BaseException) -> bool:
+    """True when the engine answered with an HTTP error: the connection itself is fine."""
+    import docker.errors
+
+    return isinstance(exc, docker.errors.APIError) and exc.response is not None
 
 
 def _why(exc: BaseException) -> str:
@@ -69,7 +135,6 @@ def check_docker(policy: PolicyFile, timeout: float) -> Outcome:
     details: dict[str, Any] = {"version": None, "api_version": None, "host": host}
 
     def ask(client: Any) -> dict[str, Any]:
-        client.ping()
         version: dict[str, Any] = client.version()
         return version
 

@@ -1,80 +1,95 @@
-"""The ``tpm`` check: a TPM 2.0 answers through ``tpm2-pytss`` (ESAPI over a TCTI).
+"""The ``tpm`` check: a TPM 2.0 answers, read by a short-lived child process (``tpm2-pytss``, ESAPI).
 
-It reads the fixed properties ``TPM2_PT_FAMILY_INDICATOR`` .. ``TPM2_PT_MANUFACTURER`` (0x100..0x105,
-TPM 2.0 Part 2, "TPM_PT") in one ``TPM2_GetCapability`` call and PCR 0 of the SHA-256 bank with
-``TPM2_PCR_Read``. The manufacturer is a 4-byte vendor ID (TCG "TPM Vendor ID Registry"), shown as its
-ASCII text without padding ("IBM", "INTC", "MSFT", ...).
+What is read (family, manufacturer, PCR 0 of the SHA-256 bank) and how is in
+:mod:`piccolod.checks.tpm_probe`. The TCTI comes from ``checks.tpm.tcti`` as ``name:config``
+(tpm2-tools syntax): ``device:/dev/tpmrm0``, ``swtpm:path=/run/swtpm/sock``, ``swtpm:port=2321``.
 
-The TCTI comes from ``checks.tpm.tcti`` as ``name:config`` (tpm2-tools syntax): ``device:/dev/tpmrm0``,
-``swtpm:path=/run/swtpm/sock``, ``swtpm:port=2321``. Every call opens its own TCTI and ESAPI context and
-finalises both, so thousands of checks leak no file descriptors. A TPM that is gone fails at once (the
-TCTI cannot connect); one that stops answering mid-command is cut off at the deadline by
-:func:`~piccolod.checks.bounded.race` (ESAPI's one-call functions retry a response timeout forever, so
-``Esys_SetTimeout`` would not help).
+Why a child process per check, not a call inside the agent:
+
+- **Fault isolation.** The TSS is C code reached through ``cffi``; a crash there (a bad pointer, an
+  ``abort()`` in a library) would kill the agent and with it the health API and the first-boot gate. In
+  a child it is one failed check ("TPM probe died with signal 11").
+- **Hangs end for real.** ESAPI's one-call functions retry a response timeout forever, so a TPM that
+  stops answering mid-command used to leave a thread stuck in C code inside the agent, one per hang,
+  for the agent's lifetime, and could hold up its exit. The child is killed (SIGKILL) at the deadline
+  and reaped; nothing is left behind. The probe also ends itself shortly after the deadline or when the
+  agent is gone.
+- **Memory.** The agent never imports ``tpm2_pytss`` (nor ``cffi`` and ``cryptography``, which it
+  pulls in): about 16 MiB that the agent would otherwise keep for its whole life are resident only
+  while a probe runs.
+
+The price is starting a Python interpreter per check (about 0.1 s of CPU, see ``bench/agent.py``),
+which a check every ``check_interval_seconds`` can afford. The child runs with ``TSS2_LOG=all+NONE`` so
+the TSS does not print its own ERROR lines (a missing TPM is reported once, as this check's reason);
+what it writes to stderr anyway ends up in the reason when it fails.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import json
+import signal
+import sys
+from pathlib import Path
+from typing import Any
 
-from piccolod.checks.bounded import race
+from piccolod.checks import child
+from piccolod.checks.tpm_probe import TpmReading, parse_tcti, vendor_text
 from piccolod.policy import PolicyFile
 from piccolod.result import Outcome
 
-PT_FAMILY_INDICATOR = 0x100
-PT_MANUFACTURER = 0x105
+PROBE = Path(__file__).with_name("tpm_probe.py")
+TSS2_LOG_QUIET = "all+NONE"
+MAX_REASON = 300
 
 
-@dataclass(frozen=True)
-class TpmReading:
-    family: str
-    manufacturer: str
-    pcr0_sha256: str
+class ProbeError(RuntimeError):
+    """The probe ran and reported (or showed) a failure."""
 
 
-def parse_tcti(text: str) -> tuple[str, str | None]:
-    """``"swtpm:port=2321"`` -> ``("swtpm", "port=2321")``; ``"swtpm"`` -> ``("swtpm", None)``."""
-    name, sep, config = text.partition(":")
-    if not name:
-        raise ValueError(f"TCTI {text!r} has no name (expected name:config, e.g. device:/dev/tpmrm0)")
-    return name, (config if sep and config else None)
+def _tail(stderr: bytes) -> str:
+    """The last non-empty line the child wrote to stderr, shortened."""
+    lines = [ln.strip() for ln in stderr.decode("utf-8", "replace").splitlines() if ln.strip()]
+    text = lines[-1] if lines else ""
+    return text if len(text) <= MAX_REASON else text[: MAX_REASON - 3] + "..."
 
 
-def vendor_text(value: int) -> str:
-    """A TPM_PT 32-bit value holding up to four ASCII characters, e.g. 0x49424D00 -> ``"IBM"``."""
-    raw = value.to_bytes(4, "big")
-    return "".join(chr(b) for b in raw if 0x20 < b < 0x7F)
+def probe_argv(tcti: str, timeout: float) -> list[str]:
+    return [sys.executable, str(PROBE), tcti, f"{timeout:g}"]
 
 
-def read_tpm(tcti: str) -> TpmReading:
-    """Open ``tcti``, read the family, manufacturer and PCR 0 (SHA-256), and close everything again."""
-    from tpm2_pytss import ESAPI, TCTILdr
-    from tpm2_pytss.constants import TPM2_CAP
-    from tpm2_pytss.types import TPML_PCR_SELECTION
-
-    name, config = parse_tcti(tcti)
-    ctx = TCTILdr(name, config)
+def read_tpm(tcti: str, timeout: float) -> TpmReading:
+    """Run the probe for ``tcti``; the reading, or :class:`ProbeError`/:class:`TimeoutError`/`OSError`."""
+    env = child.base_env(TSS2_LOG=TSS2_LOG_QUIET)
     try:
-        esapi = ESAPI(ctx)
+        done = child.run(probe_argv(tcti, timeout), timeout, env)
+    except child.ChildTimeout as exc:
+        said = _tail(exc.stderr)
+        raise TimeoutError(f"timed out after {timeout:g}s" + (f" ({said})" if said else "")) from None
+    answer: Any = None
+    lines = done.stdout.decode("utf-8", "replace").strip().splitlines()
+    if lines:
         try:
-            _, caps = esapi.get_capability(TPM2_CAP.TPM_PROPERTIES, PT_FAMILY_INDICATOR, 6)
-            tagged = caps.data.tpmProperties
-            props = {int(tagged[i].property): int(tagged[i].value) for i in range(tagged.count)}
-            _, _, digests = esapi.pcr_read(TPML_PCR_SELECTION.parse("sha256:0"))
-        finally:
-            esapi.close()
-    finally:
-        ctx.close()
-    if digests.count < 1:
-        raise RuntimeError("the TPM has no SHA-256 PCR bank (PCR 0 not returned)")
-    for prop in (PT_FAMILY_INDICATOR, PT_MANUFACTURER):
-        if prop not in props:
-            raise RuntimeError(f"the TPM did not report property 0x{prop:x}")
-    return TpmReading(
-        family=vendor_text(props[PT_FAMILY_INDICATOR]),
-        manufacturer=vendor_text(props[PT_MANUFACTURER]),
-        pcr0_sha256=bytes(digests[0]).hex(),
-    )
+            answer = json.loads(lines[-1])
+        except ValueError:
+            answer = None
+    if done.returncode < 0:
+        name = signal.Signals(-done.returncode).name
+        said = _tail(done.stderr)
+        raise ProbeError(f"TPM probe died with {name}" + (f": {said}" if said else ""))
+    if isinstance(answer, dict) and done.returncode == 0:
+        try:
+            return TpmReading(
+                family=str(answer["family"]),
+                manufacturer=str(answer["manufacturer"]),
+                pcr0_sha256=str(answer["pcr0_sha256"]),
+            )
+        except KeyError as exc:
+            raise ProbeError(f"TPM probe answer lacks {exc}") from None
+    if isinstance(answer, dict) and "error" in answer:
+        said = _tail(done.stderr)
+        raise ProbeError(str(answer["error"]) + (f" ({said})" if said else ""))
+    said = _tail(done.stderr) or "no answer"
+    raise ProbeError(f"TPM probe exited with status {done.returncode}: {said}")
 
 
 def check_tpm(policy: PolicyFile, timeout: float) -> Outcome:
@@ -85,11 +100,16 @@ def check_tpm(policy: PolicyFile, timeout: float) -> Outcome:
         "pcr0_sha256": None,
         "tcti": tcti,
     }
-    result = race({"tpm": lambda: read_tpm(tcti)}, timeout)["tpm"]
-    if isinstance(result, BaseException):
-        why = " ".join(str(result).split()) or type(result).__name__
+    try:
+        parse_tcti(tcti)
+        result = read_tpm(tcti, timeout)
+    except Exception as exc:  # every way the probe can fail is this check's verdict
+        why = " ".join(str(exc).split()) or type(exc).__name__
         return Outcome(False, f"TPM via {tcti} did not answer: {why}", details)
     details.update(version=result.family, manufacturer=result.manufacturer, pcr0_sha256=result.pcr0_sha256)
     if result.family != "2.0":
         return Outcome(False, f"TPM via {tcti} is family {result.family!r}, not 2.0", details)
     return Outcome(True, f"TPM 2.0 by {result.manufacturer} answers via {tcti}", details)
+
+
+__all__ = ["PROBE", "ProbeError", "TpmReading", "check_tpm", "parse_tcti", "read_tpm", "vendor_text"]
