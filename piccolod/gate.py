@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from piccolod import record as rec
-from piccolod.assess import Assessment
+from piccolod.assess import Assessment, Cancelled
 from piccolod.policy import Component, FailureCondition, PolicyFile
 from piccolod.slot import BootSlot, SlotState
 
@@ -179,6 +179,9 @@ def _assess_within(assess: Assess, seconds: float) -> Assessment | None:
     t = threading.Thread(target=work, name="gate-assess", daemon=True)
     t.start()
     t.join(max(0.0, seconds))
+    if err and isinstance(err[0], Cancelled):
+        # The daemon is stopping (SIGTERM): no verdict, no record, no reboot.
+        raise Interrupted("stopping during the gate")
     if err:
         log.error("assessment raised: %s", err[0])
     return box[0] if box else None

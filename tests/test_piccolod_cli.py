@@ -220,6 +220,8 @@ def test_sigterm_with_a_hung_check_exits_within_2s(tmp_path: Path, flatcar_disk:
             except BlockingIOError:
                 break
         assert any("STOPPING=1" in m.split("\n") for m in messages), messages
+        # Stopping is not a verdict: no rollback record, no reboot marker.
+        assert not (tmp_path / "state" / "rollback.json").exists()
     finally:
         if daemon is not None and daemon.poll() is None:
             daemon.kill()
