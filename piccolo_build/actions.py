@@ -74,6 +74,13 @@ def preflight(env: ActionEnv) -> str | None:
     for tool in ("git", *(("gpg",) if env.cfg.release.signing_key else ())):
         if which(tool) is None:
             raise PiccoloError(f"{tool} not found", hint=f"install {tool}", exit_code=127)
+    if env.ctx.require_signature and not env.cfg.release.signing_key:
+        raise PiccoloError(
+            "--require-signature: release.signing_key is not set, the release would be unsigned",
+            hint="set PICCOLO_RELEASE_SIGNING_KEY or --set release.signing_key=KEY",
+        )
+    out = release.check_output_dir(Path(env.cfg.release.output_dir), release.protected_dirs(env.ctx))
+    env.log(f"release.output_dir {out}: absent, empty or a previous release")
     fpr = None
     if env.cfg.release.signing_key:
         fpr = release.preflight_key(env.cfg.release.signing_key)
@@ -111,8 +118,15 @@ def sdk_image(env: ActionEnv) -> str | None:
 
 
 def clone(env: ActionEnv) -> str | None:
+    """Clone, or fetch into an existing checkout: always for the floating ``stable`` (a newer tag may
+    exist), and for a pinned tag only when it is not there yet (a rebuild of a pinned release works
+    offline, a newly pinned one is fetched before checkout could call it missing)."""
     d = env.ctx.scripts_dir
+    wanted = env.cfg.flatcar.release
     if (d / ".git").exists():
+        if wanted != "stable" and _git_out(env.ctx, "tag", "--list", wanted) == wanted:
+            env.log(f"tag {wanted} is already in {d}: nothing to fetch")
+            return None
         _git(env, "fetch", "--tags", "--prune", "--prune-tags", "--force", "origin", cwd=d)
     else:
         d.parent.mkdir(parents=True, exist_ok=True)
@@ -244,6 +258,16 @@ def rdepend(env: ActionEnv) -> str | None:
     return tree_digest(env.ctx.coreos_ebuild_dir)
 
 
+def update_server(env: ActionEnv) -> str | None:
+    from piccolo_build import lsb_release
+
+    server = env.cfg.update.server
+    changed = lsb_release.set_update_server(env.ctx.scripts_dir, server)
+    script = env.ctx.lsb_release_script
+    env.log(f"SERVER={server} {'set in' if changed else 'already in'} {script} (update.conf of the image)")
+    return hashlib.sha256(script.read_bytes()).hexdigest()
+
+
 def _need(env: ActionEnv, step: str) -> str:
     value = env.results.get(step)
     if not value:
@@ -281,7 +305,7 @@ def verify(env: ActionEnv) -> str | None:
     fpr = env.results.get("preflight") if env.cfg.release.signing_key else None
     release.verify_release(staging, fpr, env.log)
     out = Path(env.cfg.release.output_dir)
-    release.publish(staging, out)
+    release.publish(staging, out, release.protected_dirs(env.ctx))
     env.log(f"release verified and published in {out}")
     return hashlib.sha256((out / release.SUMS).read_bytes()).hexdigest()
 
@@ -295,6 +319,7 @@ ACTIONS: dict[Action, Callable[[ActionEnv], str | None]] = {
     Action.BUNDLE: bundle,
     Action.DISTFILES: distfiles,
     Action.RDEPEND: rdepend,
+    Action.UPDATE_SERVER: update_server,
     Action.COLLECT: collect,
     Action.SIGN: sign,
     Action.VERIFY: verify,

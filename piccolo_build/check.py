@@ -30,7 +30,7 @@ from typing import Any
 
 from piccolo_build.config import BuildConfig
 from piccolo_build.overlay import BASE_CATEGORY, BASE_NAME, OVERLAY, UNIT, OverlayFile
-from piccolo_build.render import read_tree
+from piccolo_build.render import read_tree, tree
 from piccolo_build.run import run, which
 from piccolo_build.scanrepo import build_scan_repo
 
@@ -66,7 +66,7 @@ class Report:
 def diff_tree(files: list[OverlayFile], overlay: Path) -> str:
     """A unified diff from the overlay on disk (a/) to the fresh render (b/); empty when equal."""
     have = read_tree(overlay)
-    want = {f.path: (f.content, f.mode) for f in files}
+    want = tree(files)  # with the marker file render writes at the top
     out: list[str] = []
     for path in sorted(set(have) | set(want)):
         old, old_mode = have.get(path, (b"", 0))

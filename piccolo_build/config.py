@@ -7,7 +7,9 @@ validated by piccolod's own policy model.
 
 Precedence: CLI flags (``overrides``: dotted key -> string) > ``PICCOLO_*`` environment (the dotted key
 upper-cased with ``.`` as ``_``: ``PICCOLO_FLATCAR_RELEASE``, ``PICCOLO_BOARDS``) > file > built-in
-defaults. Every error is a :class:`~piccolod.model.ModelError` ("file:line: key: message").
+defaults. An empty (or blank) string from the environment or a flag is an error naming the variable or
+key, never null: an unset CI variable must not quietly drop the signing key; ``null`` says null.
+Every error is a :class:`~piccolod.model.ModelError` ("file:line: key: message").
 
 Values that end up in bash (ebuilds) or unit files are checked here, before anything is rendered:
 Gentoo version and name syntax (PMS 3.1-3.2), licence tokens, URL and token character sets, and no
@@ -94,6 +96,7 @@ _SDK = re.compile(r"\d+\.\d+\.\d+([.+_-][A-Za-z0-9._+-]+)?")
 _URL_CHARS = re.compile(r"[A-Za-z0-9._:/%@+,=-]+")
 _KEY_ID = re.compile(r"[A-Za-z0-9@._+-]{1,128}")
 _REL_PATH = re.compile(r"[A-Za-z0-9._/+-]+")
+_STATE_DIR = re.compile(r"/var/lib/(?!\.\.?$)[A-Za-z0-9._-]+")  # one name; not . or ..
 
 
 def _full(pattern: re.Pattern[str], value: str, what: str) -> str:
@@ -238,6 +241,12 @@ class BuildConfig:
         return PolicyFile(health_policy=self.health_policy, agent=self.agent)
 
     def validate(self) -> None:
+        if not _STATE_DIR.fullmatch(self.agent.state_dir):
+            raise FieldError(
+                ("agent", "state_dir"),
+                "must be /var/lib/<name> (letters, digits, '.', '_', '-'): the unit's StateDirectory= and"
+                f" the tmpfiles entry are made from it, got {self.agent.state_dir!r}",
+            )
         for path, value in _strings(self, ()):
             if "$(" in value or "`" in value or "${" in value:
                 raise FieldError(path, "must not contain '$(', '${' or backticks")
@@ -273,7 +282,7 @@ def _leaf_types() -> dict[str, tuple[KeyPath, Any]]:
 def _from_string(tp: Any, text: str, src: Source, path: KeyPath) -> Any:
     """A flag or environment string as the plain value the model expects for type ``tp``."""
     args = typing.get_args(tp)
-    if type(None) in args and text in ("", "null", "none"):
+    if type(None) in args and text in ("null", "none"):
         return None
     if typing.get_origin(tp) is tuple:
         if text.lstrip().startswith("["):
@@ -302,6 +311,9 @@ def _layer(values: Mapping[str, str], origin: str, names: Mapping[str, str]) -> 
         if key not in types:
             raise ModelError(where, None, key, "unknown key (see: piccolo-build config show)")
         path, tp = types[key]
+        if not values[key].strip():
+            # An unset CI variable expands to "": never let it quietly mean null (an unsigned release).
+            raise ModelError(where, None, key, "empty value; give a value, or 'null' where null is allowed")
         value = _from_string(tp, values[key], Source(where), path)
         src.lines[path] = (where, 0)
         if isinstance(value, list):

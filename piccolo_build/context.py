@@ -50,6 +50,7 @@ class BuildContext:
     config_file: Path | None = None
     check_sdk_image: bool = True  # check the SDK image through the Docker API before any SDK step
     distfiles_mirror: str | None = None  # replaces https://files.pythonhosted.org/packages/ in downloads
+    require_signature: bool = False  # preflight fails when release.signing_key is null
 
     @property
     def scripts_dir(self) -> Path:
@@ -96,6 +97,11 @@ class BuildContext:
     def coreos_ebuild_dir(self) -> Path:
         """``coreos-base/coreos``: its RDEPEND is the production image's package set."""
         return self.coreos_overlay / "coreos-base" / "coreos"
+
+    @property
+    def lsb_release_script(self) -> Path:
+        """``build_library/set_lsb_release``: build_image runs it to write /usr/share/flatcar/update.conf."""
+        return self.scripts_dir / "build_library" / "set_lsb_release"
 
     @property
     def distfiles_dir(self) -> Path:

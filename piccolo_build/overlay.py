@@ -7,7 +7,9 @@ Two packages (FLATCAR.md section 2 and ARCHITECTURE.md "What goes into the Flatc
   ``/usr/lib/piccolod/health-policy.yaml``, tmpfiles for ``/var/lib/piccolod`` and the
   ``multi-user.target.d`` ``Upholds=`` drop-in (units in a sysext are started that way, section 3).
 - ``coreos-base/piccolo-base``: the ``update-engine.service.d`` drop-in (``Requires=``/``After=``
-  ``piccolod.service``, section 4) and ``update.conf`` (``GROUP=``/``SERVER=``) under ``/usr``.
+  ``piccolod.service``, section 4). Not ``/usr/share/flatcar/update.conf``: build_image's
+  ``set_lsb_release`` overwrites it, so the build edits that script instead
+  (:mod:`piccolo_build.lsb_release`).
 
 Plus ``licenses/<LICENSE>`` when the licence is not free. The package's ``Manifest`` is not part of the
 plan: its digest changes with every agent source edit (``check`` makes one for its scan).
@@ -139,7 +141,6 @@ def overlay_files(cfg: BuildConfig) -> list[OverlayFile]:
             base / "files" / "10-piccolod-dependency.conf",
             render_template("base/update-engine-dropin.conf.j2", ctx),
         ),
-        OverlayFile(base / "files" / "update.conf", render_template("base/update.conf.j2", ctx)),
     ]
     if not cfg.package.license_is_free:
         files.append(

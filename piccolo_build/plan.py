@@ -51,6 +51,7 @@ class Action(enum.StrEnum):
     BUNDLE = "bundle"
     DISTFILES = "distfiles"
     RDEPEND = "rdepend"
+    UPDATE_SERVER = "update-server"
     COLLECT = "collect"
     SIGN = "sign"
     VERIFY = "verify"
@@ -146,11 +147,12 @@ def _git_steps(cfg: BuildConfig, ctx: BuildContext) -> list[Step]:
     return [
         Step(
             "clone",
-            f"clone {ctx.scripts_url} (or, when the checkout exists, fetch its tags and prune stale ones)",
+            f"clone {ctx.scripts_url} (or, when the checkout exists, fetch its tags and prune stale ones: "
+            + ("always, for the newest tag)" if floating else f"only when {target} is missing locally)"),
             Action.CLONE,
             argv=("git", "clone", "--no-checkout", ctx.scripts_url, str(ctx.scripts_dir)),
             outputs=(str(ctx.scripts_dir),),
-            always=floating,
+            always=True,
         ),
         Step(
             "checkout",
@@ -213,6 +215,15 @@ def _prepare_steps(cfg: BuildConfig, ctx: BuildContext, facts: Facts) -> list[St
             Action.RDEPEND,
             inputs=(facts.rdepend_atom,),
             outputs=(str(ctx.coreos_ebuild_dir),),
+            always=True,
+        ),
+        Step(
+            "update-server",
+            f"make build_image's set_lsb_release write SERVER={cfg.update.server} into "
+            "/usr/share/flatcar/update.conf (it overwrites that file with Flatcar's public server)",
+            Action.UPDATE_SERVER,
+            inputs=(cfg.update.server,),
+            outputs=(str(ctx.lsb_release_script),),
             always=True,
         ),
     ]
@@ -342,7 +353,9 @@ def plan(cfg: BuildConfig, ctx: BuildContext, facts: Facts) -> list[Step]:
     image = f" and the SDK image {ctx.sdk_image(cfg.flatcar.sdk_version)}" if cfg.flatcar.sdk_version else ""
     preflight = Step(
         "preflight",
-        f"check the tools, the signing key (a test signature){image} before any long step",
+        "check the tools, the signing key (a test signature"
+        + ("; required by --require-signature)" if ctx.require_signature else ")")
+        + f"{image} before any long step",
         Action.PREFLIGHT,
         inputs=tuple(x for x in (cfg.release.signing_key, cfg.flatcar.sdk_version) if x),
         always=True,

@@ -13,6 +13,12 @@ only once every checksum and signature has been verified, so the output never ho
 Signing uses ``gpg --batch --armor --detach-sign --local-user KEY``; GNUPGHOME is honoured (it is passed
 through by :mod:`piccolo_build.run`). No passphrase is ever handled here: the key must be usable
 without a prompt (an unprotected key in a throwaway GNUPGHOME in CI, or a running gpg-agent).
+
+Publishing swaps the verified staging directory with ``release.output_dir`` in one step
+(:mod:`piccolo_build.atomic`), so there is never a moment without a release. The output is replaced
+whole, so it must be absent, empty or a previous release (its ``manifest.json`` says so); the current
+directory, the work directory, the flatcar/scripts checkout and their parents are refused, already in
+the ``preflight`` step (:func:`check_output_dir`).
 """
 
 from __future__ import annotations
@@ -22,17 +28,22 @@ import json
 import os
 import shutil
 import tempfile
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from piccolo_build.atomic import replace_dir
 from piccolo_build.errors import PiccoloError
 from piccolo_build.run import run
+
+if TYPE_CHECKING:
+    from piccolo_build.context import BuildContext
 
 SUMS = "SHA256SUMS"
 MANIFEST = "manifest.json"
 MANIFEST_FORMAT = 1
+STAGING = "the staging directory"
 _CHUNK = 1 << 20
 GPG_TIMEOUT = 300.0  # seconds; a key that wants a passphrase prompt must fail, not hang the build
 
@@ -296,23 +307,88 @@ def verify_release(root: Path, fingerprint: str | None, log: Callable[[str], Non
         log(f"good signature on {rel} by {fingerprint}")
 
 
-def publish(staging: Path, output: Path) -> None:
-    """Replace ``output`` by ``staging`` with renames (copy first when they are on different devices)."""
-    output.parent.mkdir(parents=True, exist_ok=True)
+def is_release(root: Path) -> bool:
+    """Whether ``root`` holds a release this module wrote: a manifest.json with our format key."""
+    manifest = root / MANIFEST
+    if manifest.is_symlink() or not manifest.is_file():
+        return False
+    try:
+        data = json.loads(manifest.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError):
+        return False
+    return (
+        isinstance(data, dict)
+        and type(data.get("format")) is int
+        and {"piccolo_version", "files"} <= data.keys()
+    )
+
+
+def check_output_dir(output: Path, protected: Mapping[str, Path]) -> Path:
+    """``output`` resolved, when a release may replace it; else a one-line :class:`PiccoloError`.
+
+    Refused: the current directory, any directory of ``protected`` (name -> path) and any parent of
+    them, anything inside the staging directory, something that is not a directory, and a non-empty
+    directory that does not hold a previous release (an older release in a subdirectory is kept).
+    """
+    key = "release.output_dir"
+    out = output.resolve()
+    hint = "set release.output_dir to a directory of its own, e.g. release or /srv/releases/<version>"
+    for what, path in {"the current directory": Path.cwd(), **protected}.items():
+        guarded = path.resolve()
+        if out == guarded or out in guarded.parents:
+            raise PiccoloError(f"{key}: {output} is {what} or a parent of it ({guarded})", hint=hint)
+    staging = protected.get(STAGING)
+    if staging is not None and staging.resolve() in out.parents:
+        raise PiccoloError(f"{key}: {output} is inside the staging directory {staging}", hint=hint)
+    if out.exists() and not out.is_dir():
+        raise PiccoloError(f"{key}: {output} exists and is not a directory", hint=hint)
+    if out.is_dir() and next(out.iterdir(), None) is not None and not is_release(out):
+        raise PiccoloError(
+            f"{key}: {output} is not empty and holds no piccolo release ({MANIFEST}): refusing to replace it",
+            hint=hint,
+        )
+    return out
+
+
+def protected_dirs(ctx: BuildContext) -> dict[str, Path]:
+    """The directories of a build that publishing must never replace (nor any parent of them)."""
+    dirs = {
+        "the work directory": ctx.work_dir,
+        "the flatcar/scripts checkout": ctx.scripts_dir,
+        STAGING: ctx.staging_dir,
+        "the piccolo-build checkout": Path(__file__).resolve().parent.parent,
+    }
+    if ctx.config_file is not None:
+        dirs["the configuration's directory"] = ctx.config_file.parent
+    return dirs
+
+
+def publish(staging: Path, output: Path, protected: Mapping[str, Path] | None = None) -> Path:
+    """Replace ``output`` by ``staging`` in one step (copy first when they are on different devices).
+
+    ``output`` is checked again with :func:`check_output_dir` (``staging`` and the work directory that
+    holds it are always protected); a symlink is followed. Returns the directory published into.
+    """
+    guard = {STAGING: staging, "the work directory": staging.parent, **(protected or {})}
+    out = check_output_dir(output, guard)
+    out.parent.mkdir(parents=True, exist_ok=True)
     src = staging
-    if staging.parent.stat().st_dev != output.parent.stat().st_dev:
-        src = Path(tempfile.mkdtemp(prefix=f".{output.name}.new.", dir=output.parent))
-        shutil.copytree(staging, src, dirs_exist_ok=True)
-    old = None
-    if output.exists():
-        old = Path(tempfile.mkdtemp(prefix=f".{output.name}.old.", dir=output.parent))
-        old.rmdir()
-        output.rename(old)
-    src.rename(output)
-    if old is not None:
-        shutil.rmtree(old)
+    if staging.stat().st_dev != out.parent.stat().st_dev:
+        src = Path(tempfile.mkdtemp(prefix=f".{out.name}.new.", dir=out.parent))
+        try:
+            shutil.copytree(staging, src, dirs_exist_ok=True)
+        except BaseException:
+            shutil.rmtree(src)
+            raise
+    try:
+        replace_dir(src, out)
+    except BaseException:
+        if src is not staging and src.exists():
+            shutil.rmtree(src)  # the copy; the staged release stays for a second try
+        raise
     if src is not staging:
         shutil.rmtree(staging)
+    return out
 
 
 def listing(root: Path) -> Iterable[str]:

@@ -8,10 +8,12 @@ Rules:
   already been done for the same inputs and is skipped. ``always`` steps (cheap ones, or the checkout
   of a floating tag) run every time; their results feed the digests of what follows.
 - Once a step has actually run, every later step runs too: the SDK's state has moved on.
-- ``--from STEP`` starts at STEP (which runs even if recorded as done; the checks ``preflight`` and
-  ``sdk-image`` still run first, so a bad key or a missing SDK image fails before any long step);
-  ``--to STEP`` stops after it. The checks' results (a key fingerprint, an image id) do not count as
-  inputs of later steps.
+- ``--from STEP`` starts at STEP (which runs even if recorded as done). The ``always`` steps before it
+  still run (the checks ``preflight`` and ``sdk-image``, so a bad key or a missing SDK image fails
+  before any long step, and the cheap preparation steps, so the checkout carries the current overlay
+  and edits); every other step before it must have been done for its current inputs, or the build is
+  refused, naming the first such step to start from instead. ``--to STEP`` stops after it. The
+  checks' results (a key fingerprint, an image id) do not count as inputs of later steps.
 - A failing step stops the build with the step's own exit code, the last lines of its log and the
   command that resumes from it. Its full output stays in ``build/logs/<step>.log``.
 """
@@ -129,13 +131,13 @@ class Executor:
             # A check's result (key fingerprint, image id) must not make the SDK steps run again.
             upstream = {s.name: self.results[s.name] for s in self.steps[:i] if s.action not in CHECKS}
             digest = step_digest(step, upstream)
-            selected = start <= i < stop or (step.action in CHECKS and i < stop)
+            # Before --from, the cheap always-run steps run again (the overlay, the sdist, the edits of
+            # the checkout follow the current configuration); the others are skipped, but only when
+            # they were done for exactly the current inputs.
+            selected = start <= i < stop or ((step.action in CHECKS or step.always) and i < stop)
             if not selected:
-                if i < start and step.name not in self.state.steps:
-                    raise PiccoloError(
-                        f"cannot start at {options.from_step}: step {step.name} has never finished",
-                        hint=f"{options.resume} --from {step.name}",
-                    )
+                if i < start:
+                    self._check_done_before_from(step, digest, options)
                 outcomes.append(Outcome(step.name, "not selected"))
                 continue
             done = self.state.digest(step.name) == digest
@@ -160,6 +162,20 @@ class Executor:
             cascade = cascade or (changed and step.action not in CHECKS)
             self.state.record(step.name, digest, self.results[step.name])
         return outcomes
+
+    def _check_done_before_from(self, step: Step, digest: str, options: Options) -> None:
+        """A step skipped because of ``--from`` must have been done for the current inputs; otherwise
+        starting later would build on stale results (and stamp the release with the new config)."""
+        if step.name not in self.state.steps:
+            reason = "has never finished"
+        elif self.state.digest(step.name) != digest:
+            reason = "was done for other inputs (configuration, overlay, tag or an earlier step changed)"
+        else:
+            return
+        raise PiccoloError(
+            f"cannot start at {options.from_step}: step {step.name} {reason}",
+            hint=f"{options.resume} --from {step.name}",
+        )
 
     def _describe(self, index: int, step: Step, status: str) -> None:
         what = shlex.join(step.argv) if step.action is Action.COMMAND else step.description

@@ -204,6 +204,10 @@ def test_full_build_runs_the_exact_sdk_commands_and_publishes_a_signed_release(p
     image = (project.out / "amd64-usr" / "flatcar_production_image.bin").read_text()
     assert f"base_sysexts={facts(cfg).base_sysexts}\n" in image
     assert "group=stable" in image
+    # build_image's set_lsb_release (which overwrites update.conf after the packages) wrote our server.
+    assert "/usr/share/flatcar/update.conf: SERVER=https://updates.piccolo.space/v1/update/\n" in image
+    assert "/usr/share/flatcar/update.conf: GROUP=stable\n" in image
+    assert "public.update.flatcar-linux.net" not in image
 
     # Independent checks with the real tools.
     sums = subprocess.run(["sha256sum", "--check", "--strict", "SHA256SUMS"], cwd=project.out, check=False)
@@ -226,8 +230,8 @@ def test_full_build_runs_the_exact_sdk_commands_and_publishes_a_signed_release(p
     assert not [m for m in listing if "piccolo_build" in m]
 
     # Progress and logs.
-    assert "==> [11/15] build-image-amd64-usr" in err
-    assert re.search(r"<== \[11/15\] build-image-amd64-usr ok in 0:00:\d\d", err)
+    assert "==> [12/16] build-image-amd64-usr" in err
+    assert re.search(r"<== \[12/16\] build-image-amd64-usr ok in 0:00:\d\d", err)
     log = (project.work / "logs" / "build-image-amd64-usr.log").read_text()
     assert "$ ./run_sdk_container -a all -- ./build_image --board=amd64-usr" in log
     assert "Done. Image(s) created in" in log
@@ -245,7 +249,7 @@ def test_a_second_build_skips_what_is_done_and_repairs_the_overlay(project: Proj
     assert project.sdk_calls() == []
     for step in ("sdk-emerge", "build-packages", "build-image", "image-to-vm"):
         assert f"{step}-amd64-usr: done for the same inputs, skipped" in err
-    assert "build finished: 11 steps ran, 4 skipped" in r.stdout
+    assert "build finished: 12 steps ran, 4 skipped" in r.stdout
     assert not stale.exists()  # the overlay step replaces package directories whole
     assert (project.out / "SHA256SUMS.asc").is_file()
 
@@ -358,12 +362,12 @@ def test_dry_run_runs_nothing(project: Project) -> None:
     _ok(r)
     assert not project.work.exists() or not project.scripts.exists()
     assert project.sdk_calls() == []
-    assert "[11/15] build-image-amd64-usr: would run: ./run_sdk_container -a all -- ./build_image" in r.stderr
+    assert "[12/16] build-image-amd64-usr: would run: ./run_sdk_container -a all -- ./build_image" in r.stderr
 
     _ok(project.build())
     project.fake.reset_calls()
     r = project.build("--dry-run")
-    assert "[11/15] build-image-amd64-usr: would skip" in r.stderr
+    assert "[12/16] build-image-amd64-usr: would skip" in r.stderr
     assert project.sdk_calls() == []
 
 
@@ -388,7 +392,7 @@ def test_live_progress_shows_step_elapsed_time_and_log_tail(
     )
     text = out.getvalue()
     assert re.search(
-        r"^\.\.\. \[10/14\] build-packages-amd64-usr 0:00:0\d \| build_packages: working, line \d+$",
+        r"^\.\.\. \[11/15\] build-packages-amd64-usr 0:00:0\d \| build_packages: working, line \d+$",
         text,
         re.M,
     )
@@ -399,7 +403,7 @@ def test_live_progress_shows_step_elapsed_time_and_log_tail(
         Options(from_step="build-packages-amd64-usr", to_step="build-packages-amd64-usr", tty=True)
     )
     drawn = tty.getvalue()
-    assert "\x1b[K... [10/14] build-packages-amd64-usr 0:00:0" in drawn
+    assert "\x1b[K... [11/15] build-packages-amd64-usr 0:00:0" in drawn
     assert re.search(r"\x1b\[K    build_packages: working, line \d+\n", drawn)
     assert "\x1b[4F\x1b[J" in drawn  # status line + 3 tail lines erased before the next draw
 
@@ -519,3 +523,142 @@ def test_only_missing_distfiles_are_downloaded(project: Project, mirror: tuple[s
     requests.clear()
     _ok(project.build("--distfiles-mirror", url, "--to", "sdk-emerge-amd64-usr"))
     assert requests == []  # kept in the cache: verified, not downloaded again
+
+
+# --- the update server, --from after a change, a newly pinned tag, a required signature ----------
+
+
+def _image(project: Project, board: str = "amd64-usr") -> str:
+    return (project.out / board / "flatcar_production_image.bin").read_text()
+
+
+def test_a_changed_update_server_reaches_the_image(project: Project) -> None:
+    _ok(project.build())
+    script = project.scripts / "build_library" / "set_lsb_release"
+    assert "SERVER=https://updates.piccolo.space/v1/update/\nGROUP=$group\n" in script.read_text()
+    project.fake.reset_calls()
+
+    new = "https://updates.example.test/v1/update/"
+    _ok(project.build("--set", f"update.server={new}"))
+    assert f"/usr/share/flatcar/update.conf: SERVER={new}\n" in _image(project)
+    assert project.sdk_calls() == expected_calls()  # the image is rebuilt for the new server
+    log = (project.work / "logs" / "update-server.log").read_text()
+    assert f"SERVER={new} set in build/scripts/build_library/set_lsb_release" in log
+
+    # The same server again: the edit is already there, nothing is rebuilt.
+    project.fake.reset_calls()
+    _ok(project.build("--set", f"update.server={new}"))
+    assert project.sdk_calls() == []
+    assert "already in" in (project.work / "logs" / "update-server.log").read_text()
+
+
+def test_a_set_lsb_release_without_the_update_conf_heredoc_stops_the_build(project: Project) -> None:
+    # A flatcar/scripts that writes update.conf differently: fail loudly, never build with Flatcar's server.
+    script = project.fake.upstream / "build_library" / "set_lsb_release"
+    script.write_text(
+        script.read_text().replace("/usr/share/flatcar/update.conf", "/usr/share/flatcar/upd.conf")
+    )
+    _git(project.fake.upstream, "-c", "user.name=t", "-c", "user.email=t@t.invalid", "commit", "-qam", "x")
+    _git(project.fake.upstream, "tag", "stable-4081.2.12")
+    r = project.build()
+    assert r.returncode == 2, r.stdout + r.stderr
+    errors = [line for line in r.stderr.splitlines() if line.startswith("error:")]
+    assert errors == [
+        "error: step update-server failed with exit code 2 after 0:00:00: build/scripts/build_library/"
+        "set_lsb_release: no heredoc writing /usr/share/flatcar/update.conf, cannot set update.server "
+        "(log: build/logs/update-server.log)"
+    ]
+    assert project.sdk_calls() == []
+    assert not project.out.exists()
+
+
+def test_from_after_a_config_change_reruns_the_cheap_steps_and_refuses_stale_sdk_steps(
+    project: Project,
+) -> None:
+    _ok(project.build())
+    changed = ("--set", "health_policy.runtime.failure_threshold=7")
+    policy = project.scripts / OVERLAY / "app-admin" / "piccolod" / "files" / "health-policy.yaml"
+    assert "failure_threshold: 7" not in policy.read_text()
+
+    # sdk-emerge was done for the old overlay: starting after it would build with a stale one.
+    project.fake.reset_calls()
+    r = project.build(*changed, "--from", "build-image-amd64-usr")
+    assert r.returncode == 2, r.stdout + r.stderr
+    assert (
+        "error: cannot start at build-image-amd64-usr: step sdk-emerge-amd64-usr was done for other inputs"
+        in r.stderr
+    )
+    hint = next(line for line in r.stderr.splitlines() if line.startswith("hint:"))
+    assert hint.endswith("--from sdk-emerge-amd64-usr")
+    assert project.sdk_calls() == []
+    assert json.loads((project.out / "manifest.json").read_text())["config_sha256"] == config_digest(
+        _cfg(**{"release.signing_key": project.key.email})
+    )  # the old release is untouched
+
+    # From the step the hint names: the overlay step runs again first, so the new policy is emerged,
+    # and the manifest's config digest describes what was really built.
+    _ok(project.build(*changed, "--from", "sdk-emerge-amd64-usr"))
+    assert "failure_threshold: 7" in policy.read_text()
+    assert project.sdk_calls() == expected_calls()
+    manifest = json.loads((project.out / "manifest.json").read_text())
+    cfg = _cfg(**{"release.signing_key": project.key.email, "health_policy.runtime.failure_threshold": "7"})
+    assert manifest["config_sha256"] == config_digest(cfg)
+
+    # Unchanged inputs: --from a later step is accepted and reruns only from there.
+    project.fake.reset_calls()
+    _ok(project.build(*changed, "--from", "build-image-amd64-usr"))
+    assert project.sdk_calls() == expected_calls()[4:]
+
+
+def test_a_newly_pinned_tag_is_fetched_into_an_existing_checkout(project: Project) -> None:
+    _ok(project.build("--set", "flatcar.release=stable-3510.2.8"))
+    project.fake.add_tag("stable-4081.2.11", "4081.1.0")
+    r = project.build("--set", "flatcar.release=stable-4081.2.11")
+    _ok(r)
+    assert _git(project.scripts, "rev-parse", "HEAD") == project.fake.tag_commit("stable-4081.2.11")
+    assert "git fetch --tags" in (project.work / "logs" / "clone.log").read_text()
+
+    # Rebuilding a pinned tag that is already there fetches nothing (works without the remote).
+    gone = project.fake.upstream.with_name("upstream-gone")
+    project.fake.upstream.rename(gone)
+    try:
+        _ok(project.build("--set", "flatcar.release=stable-4081.2.11"))
+        assert "tag stable-4081.2.11 is already in" in (project.work / "logs" / "clone.log").read_text()
+    finally:
+        gone.rename(project.fake.upstream)
+
+
+def test_require_signature_fails_before_anything_when_no_key_is_set(project: Project) -> None:
+    r = project.build("--require-signature", signed=False)
+    assert r.returncode == 2, r.stdout + r.stderr
+    assert "<== [1/15] preflight FAILED (exit code 2)" in r.stderr
+    errors = [line for line in r.stderr.splitlines() if line.startswith("error:")]
+    assert errors == [
+        "error: --require-signature: release.signing_key is not set, the release would be unsigned"
+    ]
+    assert not project.scripts.exists()  # not even cloned
+    _ok(project.build("--require-signature", "--to", "clone"))
+
+
+def test_an_empty_signing_key_variable_is_an_error_not_an_unsigned_release(project: Project) -> None:
+    args = ["build", "--config", str(DEFAULT_CONFIG), "--scripts-url", str(project.fake.upstream)]
+    r = cli(*args, "--no-sdk-image-check", cwd=project.root, env={"PICCOLO_RELEASE_SIGNING_KEY": ""})
+    assert r.returncode == 2, r.stdout + r.stderr
+    assert r.stderr.startswith("error: environment $PICCOLO_RELEASE_SIGNING_KEY: release.signing_key: empty")
+    assert not project.work.joinpath("scripts").exists()
+
+
+@pytest.mark.parametrize("output", [".", "build", "/", "notes"])
+def test_an_output_dir_that_is_not_a_release_fails_before_anything_starts(
+    project: Project, output: str
+) -> None:
+    (project.root / "notes").mkdir()
+    (project.root / "notes" / "todo.txt").write_text("not a release\n")
+    r = project.build("--set", f"release.output_dir={output}", signed=False)
+    assert r.returncode == 2, r.stdout + r.stderr
+    errors = [line for line in r.stderr.splitlines() if line.startswith(("error:", "hint:"))]
+    assert [e.split(":")[0] for e in errors] == ["error", "hint"], r.stderr
+    assert errors[0].startswith(f"error: release.output_dir: {output} "), r.stderr
+    assert not project.scripts.exists()  # not even cloned
+    assert (project.root / "notes" / "todo.txt").read_text() == "not a release\n"
+    assert project.sdk_calls() == []

@@ -173,6 +173,11 @@ def test_bad_input_is_one_line_and_writes_nothing(
         ({}, "version=1.0\nrm", "version"),
         ({}, "boards=amd64-usr,sparc", "boards[1]"),
         ({}, "nope=1", "nope"),
+        # An unset CI variable expands to "": an error naming it, never a silent null.
+        ({"PICCOLO_RELEASE_SIGNING_KEY": ""}, None, "release.signing_key"),
+        ({"PICCOLO_UPDATE_SERVER": " "}, None, "update.server"),
+        ({}, "release.signing_key=", "release.signing_key"),
+        ({}, "flatcar.sdk_version=", "flatcar.sdk_version"),
     ],
 )
 def test_bad_environment_and_flags(rendered: Path, env: dict[str, str], flag: str | None, key: str) -> None:
@@ -190,3 +195,19 @@ def test_debug_shows_a_traceback(tmp_path: Path) -> None:
     r = cli("--debug", "config", "show", "-c", config)
     assert r.returncode != 0
     assert "Traceback" in r.stderr
+
+
+def test_the_release_job_cannot_publish_an_unsigned_release() -> None:
+    import yaml
+
+    workflow = yaml.safe_load((ROOT / ".github" / "workflows" / "piccolo.yml").read_text())
+    steps = workflow["jobs"]["release"]["steps"]
+    names = [s.get("name", s.get("uses")) for s in steps]
+    build = next(s for s in steps if s.get("name") == "piccolo-build build")
+    assert "--require-signature" in build["run"].split()
+    assert build["env"]["PICCOLO_RELEASE_SIGNING_KEY"] == "${{ vars.PICCOLO_SIGNING_KEY_ID }}"
+    # The early check of the secret and the variable runs before anything is installed or built.
+    check = next(s for s in steps if s.get("name") == "the signing key is configured")
+    assert names.index("the signing key is configured") == 1
+    assert 'test -n "$SIGNING_KEY_ID"' in check["run"] and 'test -n "$SIGNING_KEY"' in check["run"]
+    assert check["env"]["SIGNING_KEY_ID"] == "${{ vars.PICCOLO_SIGNING_KEY_ID }}"

@@ -106,7 +106,10 @@ def test_shell_checks_catch_bad_ebuilds(tmp_path: Path) -> None:
     steps = {s.name: s for s in check.lint_shell(bad_syntax, tmp_path / "a")}
     assert not steps["bash -n"].ok
     unquoted = edit(
-        files, "piccolo-base-0.1.0.ebuild", 'doins "${FILESDIR}/update.conf"', "doins ${FILESDIR}/update.conf"
+        files,
+        "piccolo-base-0.1.0.ebuild",
+        'doins "${FILESDIR}/10-piccolod-dependency.conf"',
+        "doins ${FILESDIR}/10-piccolod-dependency.conf",
     )
     steps = {s.name: s for s in check.lint_shell(unquoted, tmp_path / "b")}
     assert steps["bash -n"].ok

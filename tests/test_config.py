@@ -9,8 +9,8 @@ import pytest
 from piccolo_build import config as c
 from piccolo_build.config import Board, BuildConfig, load_config
 from piccolod.model import ModelError, default, json_schema, to_plain
-from piccolod.policy import Component, HealthPolicy, PolicyFile
-from tests.builder_helpers import DEFAULT_CONFIG
+from piccolod.policy import Component, HealthPolicy, PolicyFile, load_policy
+from tests.builder_helpers import DEFAULT_CONFIG, cli
 
 
 def write(tmp_path: Path, text: str) -> Path:
@@ -117,6 +117,25 @@ def test_a_list_item_from_the_environment_is_blamed_on_it(tmp_path: Path) -> Non
     assert str(exc.value).startswith("environment $PICCOLO_BOARDS: boards[1]:")
 
 
+@pytest.mark.parametrize("key", ["release.signing_key", "flatcar.sdk_version", "boards", "version"])
+@pytest.mark.parametrize("value", ["", "  "])
+def test_an_empty_value_from_the_environment_or_a_flag_is_an_error(key: str, value: str) -> None:
+    with pytest.raises(ModelError) as exc:
+        load_config(None, env={c.env_name(tuple(key.split("."))): value})
+    assert str(exc.value) == (
+        f"environment ${c.env_name(tuple(key.split('.')))}: {key}: "
+        "empty value; give a value, or 'null' where null is allowed"
+    )
+    with pytest.raises(ModelError) as exc:
+        load_config(None, overrides={key: value})
+    assert str(exc.value).startswith(f"command line: {key}: empty value")
+
+
+def test_null_still_says_null() -> None:
+    cfg = load_config(None, env={"PICCOLO_RELEASE_SIGNING_KEY": "null"})
+    assert cfg.release.signing_key is None
+
+
 @pytest.mark.parametrize("value", ["0.1.0", "1", "1.2.3_rc1", "2.0b", "1.0_p20260101", "1.2-r3"])
 def test_good_versions(value: str) -> None:
     assert c.gentoo_version(value) == value
@@ -170,3 +189,50 @@ def test_injection_anywhere_is_rejected(tmp_path: Path) -> None:
     with pytest.raises(ModelError) as exc:
         load_config(path)
     assert str(exc.value).startswith(f"{path}:3: health_policy.rollback.reboot_command[1]:")
+
+
+@pytest.mark.parametrize(
+    "state_dir",
+    [
+        "/",
+        "//",
+        "/etc",
+        "/var/lib",
+        "/var/lib/",
+        "/var/lib/.",
+        "/var/lib/a/b",
+        "/usr/lib/piccolod",
+        "/var/lib/a b",
+    ],
+)
+def test_the_builder_wants_a_state_dir_under_var_lib(tmp_path: Path, state_dir: str) -> None:
+    path = write(tmp_path, f"version: 0.1.0\nagent:\n  listen: 127.0.0.1:8080\n  state_dir: '{state_dir}'\n")
+    with pytest.raises(ModelError) as exc:
+        load_config(path)
+    assert str(exc.value).startswith(f"{path}:4: agent.state_dir: ")
+    with pytest.raises(ModelError, match=r"^command line: agent\.state_dir: "):
+        load_config(None, overrides={"agent.state_dir": state_dir})
+
+
+@pytest.mark.parametrize("state_dir", ["/var/lib/piccolod", "/var/lib/piccolo-2.state_x"])
+def test_good_state_dirs(state_dir: str) -> None:
+    assert load_config(None, overrides={"agent.state_dir": state_dir}).agent.state_dir == state_dir
+
+
+def test_a_bad_state_dir_fails_render_with_exit_2_and_writes_nothing(tmp_path: Path) -> None:
+    path = write(tmp_path, "agent:\n  state_dir: /etc\n")
+    r = cli("render", "-c", path, "-o", tmp_path / "out")
+    assert r.returncode == 2, r.stdout + r.stderr
+    assert r.stderr.startswith(f"error: {path}:2: agent.state_dir: must be /var/lib/<name>")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["piccolo.yaml"]
+
+
+@pytest.mark.parametrize("state_dir", ["/", "//"])
+def test_the_agent_refuses_the_root_directory_as_its_state_dir(tmp_path: Path, state_dir: str) -> None:
+    path = tmp_path / "policy.yaml"
+    path.write_text(f"agent:\n  state_dir: '{state_dir}'\n")
+    with pytest.raises(ModelError) as exc:
+        load_policy(path)
+    assert str(exc.value).startswith(f"{path}:2: agent.state_dir: must be a directory of its own")
+    path.write_text(f"agent:\n  state_dir: '{tmp_path}'\n")  # tests run the agent in a tmp dir
+    assert load_policy(path).agent.state_dir == str(tmp_path)

@@ -41,6 +41,7 @@ def test_default_plan_order_and_commands() -> None:
         "bundle",
         "distfiles",
         "coreos-rdepend",
+        "update-server",  # build_image's set_lsb_release writes our SERVER= into update.conf
         "sdk-emerge-amd64-usr",
         "build-packages-amd64-usr",
         "build-image-amd64-usr",
@@ -92,7 +93,7 @@ def test_boards_sdk_version_group_and_signing_change_the_plan() -> None:
     )
     steps = plan(cfg, BuildContext(work_dir=Path("/w")), FACTS)
     names = [s.name for s in steps]
-    assert names[8:16] == [
+    assert names[9:17] == [
         f"{kind}-{board}"
         for board in ("amd64-usr", "arm64-usr")
         for kind in ("sdk-emerge", "build-packages", "build-image", "image-to-vm")
@@ -169,9 +170,21 @@ def test_pinned_release_is_checked_out_by_name() -> None:
     steps = plan(_cfg(**{"flatcar.release": "stable-4081.2.0"}), BuildContext(), FACTS)
     by = {s.name: s for s in steps}
     assert by["checkout"].argv[-1] == "stable-4081.2.0"
-    assert not by["clone"].always  # a pinned tag needs no fetch once cloned
+    # The clone step always runs: it fetches when a newly pinned tag is missing from the checkout.
+    assert by["clone"].always
+    assert "only when stable-4081.2.0 is missing locally" in by["clone"].description
     floating = {s.name: s for s in plan(_cfg(), BuildContext(), FACTS)}
     assert floating["clone"].always
+
+
+def test_the_update_server_step_carries_the_configured_server() -> None:
+    server = "https://updates.example.test/v1/update/"
+    by = {s.name: s for s in plan(_cfg(**{"update.server": server}), BuildContext(), FACTS)}
+    step = by["update-server"]
+    assert step.inputs == (server,)
+    assert step.outputs == ("build/scripts/build_library/set_lsb_release",)
+    assert f"SERVER={server}" in step.description
+    assert step.always
 
 
 def test_newest_stable_uses_version_order_not_string_order() -> None:
@@ -217,7 +230,7 @@ def test_plan_command_prints_the_full_default_build_and_runs_nothing(tmp_path: P
     code, out = _cli("plan", "--config", str(ROOT / "piccolo.yaml"), cwd=tmp_path)
     assert code == 0, out
     numbered = re.findall(r"^\s*(\d+)\. (\S+) ", out, flags=re.M)
-    assert [int(i) for i, _ in numbered] == list(range(1, 15))
+    assert [int(i) for i, _ in numbered] == list(range(1, 16))
     assert [n for _, n in numbered] == [s.name for s in plan(_cfg(), BuildContext(), FACTS)]
     assert "$ ./run_sdk_container -a all -- ./build_image --board=amd64-usr --group=stable" in out
     assert "piccolod|" in out  # our sysext entry is part of --base_sysexts
@@ -274,9 +287,9 @@ def test_plan_json_matches_the_library(tmp_path: Path) -> None:
         "build-image-arm64-usr",
         "image-to-vm-arm64-usr",
     ]
-    assert steps[8]["name"] == "sdk-emerge-arm64-usr"
-    assert steps[8]["argv"][0] == "./run_sdk_container"
-    assert steps[8]["cwd"] == "build/scripts"
+    assert steps[9]["name"] == "sdk-emerge-arm64-usr"
+    assert steps[9]["argv"][0] == "./run_sdk_container"
+    assert steps[9]["cwd"] == "build/scripts"
     distfiles = next(s for s in steps if s["name"] == "distfiles")
     assert "build/distfiles/pyyaml-6.0.4.tar.gz" in distfiles["inputs"]
 

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -11,7 +13,9 @@ from pathlib import Path
 import pytest
 
 from piccolo_build import release
+from piccolo_build.context import BuildContext
 from piccolo_build.errors import PiccoloError
+from tests.builder_helpers import snapshot
 from tests.fixtures.fakesdk import GpgKey, generate_key, kill_agent, make_gnupghome
 
 INFO = release.ReleaseInfo(
@@ -233,13 +237,138 @@ def test_an_ambiguous_key_name_is_refused(other_home: Callable[[], Path]) -> Non
         release.preflight_key("piccolo.test")
 
 
-def test_publish_replaces_the_output_atomically(tmp_path: Path) -> None:
-    staging, _ = _collect(tmp_path)
+def _stage(tmp_path: Path, name: str = "staging") -> Path:
+    """A fresh staging directory holding a collected release (a copy of one collected once)."""
+    first = tmp_path / "collected"
+    if not first.exists():
+        staged, _ = _collect(tmp_path)
+        staged.rename(first)
+    shutil.copytree(first, tmp_path / name)
+    return tmp_path / name
+
+
+def test_publish_replaces_a_previous_release(tmp_path: Path) -> None:
     out = tmp_path / "release"
-    out.mkdir()
+    release.publish(_stage(tmp_path), out)
     (out / "stale").write_text("from an older release\n")
+    staging = _stage(tmp_path)
     release.publish(staging, out)
     assert not staging.exists()
     assert not (out / "stale").exists()
-    assert (out / "SHA256SUMS").is_file()
+    assert release.check_sums(out) > 0
     assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".release")) == []
+
+
+def test_publish_into_an_empty_or_absent_directory(tmp_path: Path) -> None:
+    (tmp_path / "empty").mkdir()
+    for name in ("empty", "absent/deeper"):
+        assert release.publish(_stage(tmp_path), tmp_path / name) == tmp_path / name
+        assert release.is_release(tmp_path / name)
+
+
+def test_publish_keeps_a_directory_of_older_releases(tmp_path: Path) -> None:
+    releases = tmp_path / "srv" / "releases"
+    release.publish(_stage(tmp_path), releases / "0.0.9")
+    (releases / "notes.txt").write_text("kept\n")
+    staging = _stage(tmp_path)
+    before = snapshot(releases)
+    with pytest.raises(PiccoloError, match="holds no piccolo release") as exc:
+        release.publish(staging, releases)
+    assert "\n" not in exc.value.message
+    assert snapshot(releases) == before
+    assert release.is_release(staging)  # the staged release is still there for a second try
+
+
+def test_a_manifest_must_be_ours(tmp_path: Path) -> None:
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "manifest.json").write_text('{"name": "some other tool"}\n')
+    with pytest.raises(PiccoloError, match="holds no piccolo release"):
+        release.publish(_stage(tmp_path), other)
+    assert (other / "manifest.json").is_file()
+
+
+@pytest.mark.parametrize(
+    "which", ["/", ".", "cwd-parent", "work", "work-parent", "checkout", "in-staging", "piccolo"]
+)
+def test_output_dirs_that_are_never_replaced(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, which: str
+) -> None:
+    work = tmp_path / "project" / "build"
+    checkout = tmp_path / "elsewhere" / "scripts"
+    ctx = BuildContext(work_dir=work, scripts_dir_override=checkout)
+    for d in (work, checkout):
+        d.mkdir(parents=True)
+    monkeypatch.chdir(tmp_path / "project")
+    output = {
+        "/": Path("/"),
+        ".": Path(),
+        "cwd-parent": Path(".."),
+        "work": Path("build"),
+        "work-parent": tmp_path,
+        "checkout": checkout,
+        "in-staging": work / "release-staging" / "out",
+        "piccolo": Path(release.__file__).resolve().parent.parent,
+    }[which]
+    with pytest.raises(PiccoloError, match=r"^release\.output_dir: ") as exc:
+        release.check_output_dir(output, release.protected_dirs(ctx))
+    assert "\n" not in exc.value.message
+    assert exc.value.hint
+    assert release.check_output_dir(Path("release"), release.protected_dirs(ctx)) == (
+        tmp_path / "project" / "release"
+    )
+    assert release.check_output_dir(work / "release", release.protected_dirs(ctx)) == work / "release"
+
+
+def test_publish_protects_the_work_directory_and_the_current_one(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    staging = _stage(tmp_path)
+    monkeypatch.chdir(tmp_path)
+    for output in (tmp_path, Path(), Path("/")):
+        with pytest.raises(PiccoloError, match="or a parent of it"):
+            release.publish(staging, output)
+    assert release.is_release(staging)
+
+
+def test_publish_follows_a_symlinked_output(tmp_path: Path) -> None:
+    target = tmp_path / "real"
+    release.publish(_stage(tmp_path), target)
+    link = tmp_path / "link"
+    link.symlink_to(target, target_is_directory=True)
+    release.publish(_stage(tmp_path), link)
+    assert link.is_symlink() and link.resolve() == target
+    assert release.is_release(target)
+
+
+def test_there_is_always_a_release_while_publishing(tmp_path: Path) -> None:
+    """A separate process watches manifest.json while releases are published over one another."""
+    out = tmp_path / "release"
+    release.publish(_stage(tmp_path), out)
+    stagings = [_stage(tmp_path, f"s{i}") for i in range(150)]
+    watcher = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import os, sys\n"
+            "path, stop, misses = sys.argv[1], sys.argv[2], 0\n"
+            "print('ready', flush=True)\n"
+            "while not os.path.exists(stop):\n"
+            "    misses += not os.path.exists(path)\n"
+            "print(misses, flush=True)\n",
+            str(out / release.MANIFEST),
+            str(tmp_path / "stop"),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert watcher.stdout is not None
+        assert watcher.stdout.readline() == "ready\n"
+        for staging in stagings:
+            release.publish(staging, out)
+        (tmp_path / "stop").touch()
+        assert watcher.stdout.readline() == "0\n"
+    finally:
+        watcher.kill()
+        watcher.wait()

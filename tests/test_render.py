@@ -13,11 +13,12 @@ from hypothesis import strategies as st
 
 from piccolo_build import quoting
 from piccolo_build.config import BuildConfig, load_config
+from piccolo_build.errors import PiccoloError
 from piccolo_build.overlay import OverlayFile, overlay_files, service_times
-from piccolo_build.render import read_tree, write_tree
+from piccolo_build.render import MARKER, read_tree, tree, write_tree
 from piccolod.model import default
 from piccolod.policy import load_policy
-from tests.builder_helpers import DEFAULT_CONFIG, snapshot
+from tests.builder_helpers import DEFAULT_CONFIG, cli, snapshot
 
 
 @pytest.fixture
@@ -57,7 +58,8 @@ def test_changed_render_replaces_the_tree(tmp_path: Path) -> None:
     (out / "stale").write_text("left over")
     (out / "coreos-overlay" / "app-admin" / "piccolod" / "metadata.xml").chmod(0o600)
     assert write_tree(plan(), out) is True
-    assert read_tree(out) == {f.path: (f.content, f.mode) for f in plan()}
+    assert read_tree(out) == tree(plan())
+    assert (out / MARKER).is_file()
     assert [p.name for p in tmp_path.iterdir()] == ["overlays"]  # no temporary directories left
 
 
@@ -74,6 +76,90 @@ def test_failed_write_leaves_previous_output(tmp_path: Path) -> None:
         write_tree(clash, out)
     assert snapshot(out) == before
     assert [p.name for p in tmp_path.iterdir()] == ["overlays"]
+
+
+@pytest.mark.parametrize(
+    "foreign",
+    [
+        "portage-stable/sys-apps/important",  # the reviewer's repro: -o .../third_party
+        "coreos-overlay/sys-apps/foo/foo-1.ebuild",  # a package that is not ours, under our top-level name
+        "coreos-overlay/app-admin/piccolod/files/extra/kept",  # deeper than anything we render
+    ],
+)
+def test_refuses_to_replace_a_directory_that_is_not_ours(tmp_path: Path, foreign: str) -> None:
+    third_party = tmp_path / "third_party"
+    (third_party / foreign).parent.mkdir(parents=True)
+    (third_party / foreign).write_text("keep\n")
+    before = snapshot(tmp_path)
+    with pytest.raises(PiccoloError, match="not a piccolo-build render"):
+        write_tree(plan(), third_party)
+    assert snapshot(tmp_path) == before
+    assert [p.name for p in tmp_path.iterdir()] == ["third_party"]
+
+
+def test_refusal_touches_nothing_and_keeps_foreign_files(tmp_path: Path) -> None:
+    out = tmp_path / "mine"
+    (out / "notes").mkdir(parents=True)
+    (out / "notes" / "todo").write_text("mine\n")
+    (out / "README").write_text("mine\n")
+    before = snapshot(tmp_path)
+    with pytest.raises(PiccoloError, match=r"no \.piccolo-overlay"):
+        write_tree(plan(), out)
+    assert snapshot(tmp_path) == before
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(PiccoloError, match="not a directory"):
+        write_tree(plan(), tmp_path / "file")
+
+
+def test_cli_refuses_a_foreign_directory_in_one_line(tmp_path: Path) -> None:
+    third_party = tmp_path / "third_party"
+    (third_party / "portage-stable" / "sys-apps").mkdir(parents=True)
+    (third_party / "portage-stable" / "sys-apps" / "important").write_text("keep\n")
+    before = snapshot(tmp_path)
+    r = cli("render", "-c", DEFAULT_CONFIG, "-o", third_party)
+    assert r.returncode == 2, r.stdout + r.stderr
+    assert r.stderr.splitlines()[0] == (
+        f"error: {third_party}: not a piccolo-build render (no .piccolo-overlay):"
+        " refusing to replace what it holds"
+    )
+    assert r.stderr.splitlines()[1].startswith("hint: ")
+    assert snapshot(tmp_path) == before
+
+
+def test_an_empty_directory_and_a_render_from_before_the_marker_are_replaced(tmp_path: Path) -> None:
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert write_tree(plan(), empty) is True
+    assert read_tree(empty) == tree(plan())
+    legacy = tmp_path / "legacy"
+    write_tree(plan(), legacy)
+    (legacy / MARKER).unlink()
+    old = next(legacy.rglob("*.ebuild"))
+    old.rename(old.with_name("piccolod-0.0.1.ebuild"))  # an older version's ebuild, in our directory
+    assert write_tree(plan(), legacy) is True
+    assert read_tree(legacy) == tree(plan())
+
+
+def test_a_symlinked_output_is_rendered_into_its_target(tmp_path: Path) -> None:
+    target = tmp_path / "real"
+    write_tree(plan(), target)
+    (target / "stale").write_text("left over")
+    link = tmp_path / "link"
+    link.symlink_to(target, target_is_directory=True)
+    assert write_tree(plan(), link) is True
+    assert link.is_symlink() and link.resolve() == target
+    assert read_tree(target) == tree(plan())
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["link", "real"]
+    assert write_tree(plan(), link) is False
+    dangling = tmp_path / "dangling"
+    dangling.symlink_to(tmp_path / "later")
+    assert write_tree(plan(), dangling) is True
+    assert read_tree(tmp_path / "later") == tree(plan())
+
+
+def test_the_marker_path_is_reserved(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="bad or duplicate path"):
+        write_tree([OverlayFile(MARKER, b"")], tmp_path / "o")
 
 
 @pytest.mark.parametrize("bad", ["../escape", "/abs", "a/../../b"])

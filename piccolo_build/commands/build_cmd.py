@@ -157,6 +157,8 @@ def _resume(ctx: BuildContext, config: Path | None, sets: list[str] | None) -> s
         argv.append("--no-sdk-image-check")
     if ctx.distfiles_mirror is not None:
         argv += ["--distfiles-mirror", ctx.distfiles_mirror]
+    if ctx.require_signature:
+        argv.append("--require-signature")
     return shlex.join(argv)
 
 
@@ -207,6 +209,13 @@ def register(app: typer.Typer) -> None:
         ] = False,
         no_sdk_image_check: NoImageCheckOption = False,
         distfiles_mirror: MirrorOption = None,
+        require_signature: Annotated[
+            bool,
+            typer.Option(
+                "--require-signature",
+                help="Fail in preflight when release.signing_key is null (for release pipelines).",
+            ),
+        ] = False,
     ) -> None:
         """Run the build: flatcar/scripts checkout, overlay, SDK steps per board, signed release."""
         from piccolo_build.sdk import Executor, Options
@@ -217,6 +226,7 @@ def register(app: typer.Typer) -> None:
             allow_pull=pull,
             check_sdk_image=not no_sdk_image_check,
             distfiles_mirror=distfiles_mirror,
+            require_signature=require_signature,
         )
         f = facts(cfg)
         steps = _steps(cfg, ctx, f)

@@ -39,7 +39,11 @@ def register(app: typer.Typer) -> None:
         ] = DEFAULT_OUTPUT,
         as_json: JsonOption = False,
     ) -> None:
-        """Render the Flatcar overlay (ebuilds, units, policy) into DIR atomically."""
+        """Render the Flatcar overlay (ebuilds, units, policy) into DIR atomically.
+
+        DIR is replaced whole, so it must be new, empty or a previous render (it has a .piccolo-overlay
+        file); anything else is refused untouched. A symlink is followed.
+        """
         from piccolo_build.render import write_tree
 
         files = plan(load_for_cli(config_file, sets))

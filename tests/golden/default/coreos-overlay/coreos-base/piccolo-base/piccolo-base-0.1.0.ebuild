@@ -4,7 +4,7 @@
 
 EAPI=8
 
-DESCRIPTION="Piccolo OS base: update server settings and the piccolod gate on update-engine"
+DESCRIPTION="Piccolo OS base: the piccolod gate on update-engine"
 HOMEPAGE="https://piccolo.space/"
 S="${WORKDIR}"
 
@@ -18,7 +18,6 @@ src_install() {
 	insinto /usr/lib/systemd/system/update-engine.service.d
 	doins "${FILESDIR}/10-piccolod-dependency.conf"
 
-	# GROUP= and SERVER= for update_engine; /etc/flatcar/update.conf overrides them on a machine.
-	insinto /usr/share/flatcar
-	doins "${FILESDIR}/update.conf"
+	# No /usr/share/flatcar/update.conf here: build_image's set_lsb_release overwrites it after the
+	# packages are installed; piccolo-build sets that script's SERVER= to update.server instead.
 }
