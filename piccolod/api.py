@@ -5,8 +5,10 @@ Routes return bytes that were prepared elsewhere (the health document is rendere
 cannot hold anything up: sockets never block; a request head must arrive complete within
 ``request_timeout`` and fit in ``max_request_bytes`` (else 408/431 and the connection is closed); idle
 keep-alive connections are closed after ``idle_timeout``; a client that does not read its response is not
-read from (its buffer stays one response long) and is dropped at the same deadline; at most
-``max_connections`` are open, a client beyond that gets an immediate 503. Request bodies are refused.
+read from (its buffer stays one response long) and is dropped at the same deadline. At most
+``max_connections`` are open: a new client beyond that is still admitted, by closing the connection that
+has waited longest for a request (or, when none is idle, the oldest one), so no local process can lock
+others (the ``api`` check among them) out by holding connections open. Request bodies are refused.
 HTTP/1.1 keep-alive and pipelining work; ``HEAD`` is answered like ``GET`` without the body.
 """
 
@@ -43,10 +45,11 @@ _OUT_BATCH = 256 * 1024  # answers prepared per connection before waiting for th
 
 
 class _Conn:
-    __slots__ = ("close_after", "closed", "deadline", "inbuf", "outbuf", "sock")
+    __slots__ = ("close_after", "closed", "deadline", "idle_since", "inbuf", "outbuf", "sock")
 
     def __init__(self, sock: socket.socket, deadline: float) -> None:
         self.sock = sock
+        self.idle_since = time.monotonic()  # when it last finished a request (or was accepted)
         self.inbuf = bytearray()
         self.outbuf = b""
         self.deadline = deadline
@@ -122,6 +125,7 @@ class ApiServer:
         self._wake_w.setblocking(False)
         self._thread: threading.Thread | None = None
         self.requests = 0
+        self.evicted = 0  # connections closed to admit new ones when full
 
     @property
     def address(self) -> tuple[str, int]:
@@ -192,7 +196,7 @@ class ApiServer:
                 log.warning("accept failed: %s", exc)
                 return
             sock.setblocking(False)
-            if len(self._conns) >= self.max_connections:
+            if len(self._conns) >= self.max_connections and not self._evict():
                 with contextlib.suppress(OSError):
                     sock.send(_error(503, "too many connections"))
                 sock.close()
@@ -202,6 +206,16 @@ class ApiServer:
             conn = _Conn(sock, time.monotonic() + self.idle_timeout)
             self._conns[sock.fileno()] = conn
             self._sel.register(sock, selectors.EVENT_READ, conn)
+
+    def _evict(self) -> bool:
+        """Make room for one more connection: close the one idle longest, else the oldest one."""
+        idle = [c for c in self._conns.values() if not c.inbuf and not c.outbuf]
+        victims = idle or list(self._conns.values())
+        if not victims:
+            return False
+        self.evicted += 1
+        self._close(min(victims, key=lambda c: c.idle_since))
+        return True
 
     def _sweep(self, now: float) -> None:
         for conn in [c for c in self._conns.values() if c.deadline <= now]:
@@ -265,7 +279,8 @@ class ApiServer:
             if not out:
                 return
             wait = self.request_timeout if conn.inbuf else self.idle_timeout
-            conn.deadline = time.monotonic() + wait
+            conn.idle_since = time.monotonic()
+            conn.deadline = conn.idle_since + wait
             self._send(conn, b"".join(out))
             if head is None:
                 return

@@ -70,21 +70,33 @@ class Daemon:
         listener: socket.socket | None = None,
         facts: document.Facts | None = None,
         env: Mapping[str, str] | None = None,
+        policy_error: str | None = None,
+        bind: bool = True,
     ) -> None:
+        """``policy_error``: why the configured policy was replaced by a fallback (shown in the health
+        document). ``bind=False`` starts no API (``piccolod gate --dry-run`` beside a running agent)."""
         hp = policy.health_policy
         self.policy = policy
         self.assessor = assessor if assessor is not None else Assessor()
         self.gate = gate
         self.env = env
         self.facts = facts if facts is not None else document.current_facts(hp.checks.storage.mounts)
-        self.state = State(self.facts, hp.checked())
-        self.metrics = Metrics()
+        self.state = State(self.facts, hp.checked(), policy_error)
+        self.metrics = Metrics(hp.checked())
         self.hysteresis = Hysteresis(hp.runtime.failure_threshold)
         self.stopping = threading.Event()
         self.is_ready = threading.Event()
         self.watchdog = notify.watchdog_seconds(env)
-        # Bound now, so a busy or bad address fails the start before anything else happens.
-        self._listener = listener if listener is not None else listen_socket(policy.agent.listen)
+        # Bound now; a busy or bad address is logged and the agent goes on without its API (the api
+        # check then fails honestly): nothing may stop the slot decision, least of all on a marked slot.
+        self._listener = listener
+        self.api_error: str | None = None
+        if listener is None and bind:
+            try:
+                self._listener = listen_socket(policy.agent.listen)
+            except OSError as exc:
+                self.api_error = f"cannot listen on {policy.agent.listen}: {exc}"
+                log.error("%s: running without the HTTP API", self.api_error)  # noqa: TRY400
         self.server: ApiServer | None = None
         self._last_assessment = 0.0
         self._last_ping = 0.0
@@ -151,7 +163,10 @@ class Daemon:
 
     # --- the sequence -------------------------------------------------------------------------------
 
-    def start_api(self) -> ApiServer:
+    def start_api(self) -> ApiServer | None:
+        """Serve the API on the socket bound in the constructor; None when there is none."""
+        if self._listener is None:
+            return None
         state, metrics = self.state, self.metrics
 
         def health() -> Response:

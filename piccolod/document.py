@@ -134,6 +134,7 @@ def build(
     rollback_reason: str | None,
     checked: tuple[Component, ...],
     now: float | None = None,
+    policy_error: str | None = None,
 ) -> dict[str, Any]:
     """The document as plain data. ``assessment`` is the effective one (after hysteresis)."""
     now = time.time() if now is None else now
@@ -166,6 +167,8 @@ def build(
         "rollback_reason": rollback_reason,
         "last_assessment": None,
     }
+    if policy_error is not None:  # the configured policy did not load: this one is a fallback
+        doc["policy_error"] = policy_error
     if assessment is not None:
         doc["last_assessment"] = {
             "started": rfc3339(assessment.started),

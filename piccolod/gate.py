@@ -14,7 +14,10 @@ once ``piccolod.service`` (``Type=notify``) has sent ``READY=1``. So:
 :func:`decide` is the pure rule; :func:`run_gate` drives it with real time, ``STATUS=`` and
 ``EXTEND_TIMEOUT_USEC=`` notifications, the record and the reboot. A marker file in the state directory,
 keyed by boot id and written before the reboot command runs, keeps it to one reboot per boot even
-across restarts of the agent.
+across restarts of the agent. A state directory that cannot be written (``/var`` full or read-only,
+exactly when storage fails) never stops the verdict: the failure is logged as critical, an in-process
+flag stands in for the marker, and the reboot still happens once (a second boot cannot land on the bad
+slot anyway: GRUB has already set its tries to 0).
 """
 
 from __future__ import annotations
@@ -156,8 +159,15 @@ def required_failing(a: Assessment) -> tuple[Component, ...]:
     return tuple(r.component for r in a.results if r.required and not r.healthy)
 
 
+# (state dir, boot id) pairs this process asked to reboot: backs up a marker that could not be written
+_REBOOTS_REQUESTED: set[tuple[str, str]] = set()
+
+
 def reboot_marked(state_dir: Path, boot_id: str) -> bool:
-    """Whether a reboot was already requested in this boot (the marker names this boot id)."""
+    """Whether a reboot was already requested in this boot (the marker names this boot id, or this
+    process asked for it even if the marker could not be written)."""
+    if (str(state_dir), boot_id) in _REBOOTS_REQUESTED:
+        return True
     try:
         data = json.loads((state_dir / MARKER_NAME).read_text(encoding="utf-8"))
     except (OSError, ValueError):
@@ -232,7 +242,7 @@ def run_gate(
         log.info("gate open after %.2fs: %s", result.elapsed, verdict.reason)
         say("READY=1", f"STATUS=gate passed: {verdict.reason}")
         if not dry_run and slot.state is not SlotState.MARKED:
-            rec.supersede(state_dir)
+            _try_write(f"move the old rollback record aside in {state_dir}", lambda: rec.supersede(state_dir))
         return result
     result.record = _record(policy, slot, result, boot_id, started_wall)
     log.error(
@@ -240,7 +250,8 @@ def run_gate(
     )
     if dry_run:
         return result
-    rec.write(state_dir, result.record)
+    record = result.record
+    _try_write(f"write the rollback record to {state_dir}", lambda: rec.write(state_dir, record))
     say(f"STATUS=gate failed ({verdict.condition}): {verdict.reason}")
     if not verdict.reboot:
         why = no_reboot_reason(hp.rollback.enable_automatic, slot.state)
@@ -249,7 +260,13 @@ def run_gate(
             say(f"STATUS=gate failed ({verdict.condition}): {why}")
         return result
     # The marker goes first: a crash between it and the reboot must not allow a second reboot.
-    rec.write_json_atomic(state_dir / MARKER_NAME, {"boot_id": boot_id, "requested_at": time.time()})
+    _REBOOTS_REQUESTED.add((str(state_dir), boot_id))
+    _try_write(
+        f"write the reboot marker to {state_dir} (the in-process flag still prevents a second reboot)",
+        lambda: rec.write_json_atomic(
+            state_dir / MARKER_NAME, {"boot_id": boot_id, "requested_at": time.time()}
+        ),
+    )
     grace = hp.rollback.reboot_grace_seconds
     say(f"STATUS=gate failed ({verdict.condition}): rebooting in {grace:g}s")
     if sleep(grace) is True:
@@ -261,6 +278,16 @@ def run_gate(
     else:
         log.warning("reboot requested: %s", " ".join(hp.rollback.reboot_command))
     return result
+
+
+def _try_write(what: str, write: Callable[[], object]) -> bool:
+    """Run one state-directory write; an OSError is logged as critical and never stops the gate."""
+    try:
+        write()
+    except OSError as e:
+        log.critical("cannot %s: %s; the gate goes on without it", what, e)
+        return False
+    return True
 
 
 def no_reboot_reason(automatic: bool, state: SlotState) -> str | None:

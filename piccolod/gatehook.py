@@ -13,16 +13,23 @@ attempt that never finished (the agent crashed or was stopped). systemd failed u
 along with that attempt (``Requires=``), and the agent's restart does not queue it again. So after such
 a gate passes and ``READY=1`` is out, the agent asks systemd to start update-engine
 (:data:`UPDATE_ENGINE_START`, ``--no-block``, from a thread: the agent never waits for it).
+
+The same holds on any slot, marked ones included, for a start of piccolod that failed before it sent
+``READY=1`` (a crash, an OOM kill, a failed ``ExecStartPre=``): ``starts.json`` records each start of
+this boot and whether it sent ``READY=1``, and systemd's ``NRestarts`` of the unit counts the starts that
+never got as far as the agent. After ``READY=1`` in a boot with such an earlier start, the agent asks
+systemd to start update-engine once.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import os
 import subprocess
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -39,6 +46,7 @@ log = logging.getLogger("piccolod.gate")
 
 
 LAST_GATE_NAME = "last-gate.json"
+STARTS_NAME = "starts.json"
 UPDATE_ENGINE_START = ("systemctl", "start", "--no-block", "update-engine.service")
 
 
@@ -83,8 +91,8 @@ def first_boot_gate(
 
     Raises :class:`GateClosed` when the gate fails (after the record and any reboot request); returns
     None when the agent was told to stop during the gate (no verdict, no READY=1).
-    ``after_interrupted_pass`` runs after ``READY=1`` when an earlier gate of this boot never finished
-    (default: :func:`start_update_engine`).
+    ``after_interrupted_pass`` runs (once) after ``READY=1`` when an earlier gate or start of this boot
+    ended without ``READY=1`` (default: :func:`start_update_engine`).
     """
     policy = daemon.policy
     state_dir = Path(policy.agent.state_dir)
@@ -106,9 +114,7 @@ def first_boot_gate(
         daemon.metrics.gate_outcome(_outcome(result))
         _write_last_gate(state_dir, result, boot_id)
 
-    def kick(why: str) -> None:
-        log.warning("%s: update-engine's start job failed with it, asking systemd to start it again", why)
-        after_interrupted_pass()
+    kick = _Kick(state_dir, boot_id, daemon.env, after_interrupted_pass, dry_run=dry_run)
 
     gated_known = slot.state is SlotState.UNMARKED and not dry_run
     last = _last_gate_of_this_boot(state_dir, boot_id, slot) if gated_known else {}
@@ -118,8 +124,9 @@ def first_boot_gate(
         if earlier == "passed":
             daemon.ready("gate passed earlier in this boot")
             if last.get("ready_sent") is False:
-                kick("the gate passed earlier in this boot, but the agent stopped before READY=1")
+                kick.now("the gate passed earlier in this boot, but the agent stopped before READY=1")
                 _mark_ready_sent(state_dir, last)
+            kick.after_ready()
             return None
         why = no_reboot_reason(policy.health_policy.rollback.enable_automatic, slot.state)
         text = "gate already failed in this boot: not gating (or rebooting) again" + f"; {why}" * bool(why)
@@ -151,9 +158,10 @@ def first_boot_gate(
     if result.ready:
         daemon.ready(f"gate {result.startup_health_check}: {result.verdict.reason}")
         if interrupted:
-            kick("gate passed after an attempt of this boot that never finished")
+            kick.now("gate passed after an attempt of this boot that never finished")
         if gated_known:
             _write_last_gate(state_dir, result, boot_id, ready_sent=True)
+        kick.after_ready()
         return result
     why = (
         None
@@ -163,6 +171,98 @@ def first_boot_gate(
     raise GateClosed(
         f"gate failed: {result.verdict.condition}: {result.verdict.reason}" + f"; {why}" * bool(why)
     )
+
+
+class _Kick:
+    """Asks systemd, once, to start update-engine after READY=1 when an earlier attempt of this boot
+    ended without READY=1 (its start job failed with that attempt). Records this start in
+    ``starts.json``."""
+
+    def __init__(
+        self,
+        state_dir: Path,
+        boot_id: str,
+        env: Mapping[str, str] | None,
+        run: Callable[[], object],
+        *,
+        dry_run: bool,
+    ) -> None:
+        self.state_dir, self.boot_id, self.env, self.run = state_dir, boot_id, env, run
+        self.dry_run = dry_run
+        self.done = False
+        self.earlier = None if dry_run else _earlier_start_without_ready(state_dir, boot_id)
+        if not dry_run:
+            _write_start(state_dir, boot_id, ready_sent=False)
+
+    def now(self, why: str) -> None:
+        if self.done:
+            return
+        self.done = True
+        log.warning("%s: update-engine's start job failed with it, asking systemd to start it again", why)
+        self.run()
+
+    def after_ready(self) -> None:
+        if self.dry_run:
+            return
+        why = self.earlier or _systemd_restarts(self.env)
+        if why:
+            self.now(why)
+        _write_start(self.state_dir, self.boot_id, ready_sent=True)
+
+
+def _earlier_start_without_ready(state_dir: Path, boot_id: str) -> str | None:
+    """Why an earlier start of the agent in this boot ended before READY=1 (None: none did)."""
+    try:
+        data = json.loads((state_dir / STARTS_NAME).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    if isinstance(data, dict) and data.get("boot_id") == boot_id and data.get("ready_sent") is False:
+        return "an earlier start of piccolod in this boot ended before READY=1"
+    return None
+
+
+def _write_start(state_dir: Path, boot_id: str, *, ready_sent: bool) -> None:
+    data = {"boot_id": boot_id, "pid": os.getpid(), "ready_sent": ready_sent, "at": time.time()}
+    try:
+        rec.write_json_atomic(state_dir / STARTS_NAME, data)
+    except OSError as e:
+        log.error("cannot write %s: %s", state_dir / STARTS_NAME, e)  # noqa: TRY400
+
+
+def own_unit(cgroup_file: Path = Path("/proc/self/cgroup")) -> str | None:
+    """The systemd service this process runs in (from its cgroup path), or None."""
+    try:
+        text = cgroup_file.read_text(encoding="utf-8")
+    except OSError:
+        return None
+    for line in text.splitlines():
+        name = line.rsplit("/", 1)[-1]
+        if name.endswith(".service"):
+            return name
+    return None
+
+
+def _systemd_restarts(env: Mapping[str, str] | None) -> str | None:
+    """Why systemd's view says an earlier start failed (its NRestarts of our unit is above 0): this
+    catches starts that failed before the agent ran (``ExecStartPre=``). None outside systemd."""
+    if "INVOCATION_ID" not in (os.environ if env is None else env):
+        return None
+    unit = own_unit()
+    if unit is None:
+        return None
+    argv = ["systemctl", "show", "--property=NRestarts", "--value", unit]
+    try:
+        done = subprocess.run(argv, capture_output=True, text=True, timeout=10, check=False)
+    except (OSError, subprocess.TimeoutExpired) as e:
+        log.error("cannot ask systemd how often %s restarted: %s", unit, e)  # noqa: TRY400
+        return None
+    value = done.stdout.strip()
+    if done.returncode != 0 or not value.isdigit():
+        log.error("%s exited %d: %s", " ".join(argv), done.returncode, done.stderr.strip()[:200])
+        return None
+    if int(value) == 0:
+        return None
+    return f"systemd restarted {unit} {value} time(s) in this boot, so an earlier start failed"
 
 
 def _last_gate_of_this_boot(state_dir: Path, boot_id: str, slot: BootSlot) -> dict[str, Any]:

@@ -1,13 +1,15 @@
 """Prometheus metrics of one agent, in a registry of its own (tests create many agents).
 
 Every labelled series is created at zero before the first event, so dashboards and alerts see a 0
-rather than a missing series: a status gauge and a duration histogram per component, counters of
+rather than a missing series: a status gauge and a duration histogram per component the policy checks
+(a component it does not check has no series, so a ``== 0`` alert never fires for it), counters of
 assessments by status, of gate outcomes and of rollbacks.
 """
 
 from __future__ import annotations
 
 import enum
+from collections.abc import Iterable
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
@@ -28,7 +30,8 @@ class GateOutcome(enum.StrEnum):
 
 
 class Metrics:
-    def __init__(self) -> None:
+    def __init__(self, components: Iterable[Component] = tuple(Component)) -> None:
+        """``components``: those the policy checks (``HealthPolicy.checked()``); default all."""
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
         self.duration = Histogram(
@@ -72,7 +75,7 @@ class Metrics:
         )
         info = Gauge("piccolod_build_info", "Agent version", ["version"], registry=r)
         info.labels(version=__version__).set(1)
-        for comp in Component:
+        for comp in components:
             self.duration.labels(component=comp)
             self.check_status.labels(component=comp).set(0)
             self.consecutive.labels(component=comp).set(0)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import enum
 import ipaddress
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -38,19 +39,27 @@ class FailureCondition(enum.StrEnum):
 # --- value checks (shared with the builder, which renders these values into units and YAML) -----
 
 
+def _finite(value: float) -> None:
+    if not math.isfinite(value):
+        raise ValueError(f"must be a finite number, got {value!r}")
+
+
 def positive(value: float) -> float:
+    _finite(value)
     if value <= 0:
         raise ValueError(f"must be greater than 0, got {value:g}")
     return value
 
 
 def non_negative(value: float) -> float:
+    _finite(value)
     if value < 0:
         raise ValueError(f"must not be negative, got {value:g}")
     return value
 
 
 def percent(value: float) -> float:
+    _finite(value)
     if not 0 <= value <= 100:
         raise ValueError(f"must be between 0 and 100, got {value:g}")
     return value
@@ -69,6 +78,14 @@ def absolute_path(value: str) -> str:
         raise ValueError(f"must be an absolute path, got {value!r}")
     if ".." in value.split("/"):
         raise ValueError(f"must not contain '..', got {value!r}")
+    return value
+
+
+def state_dir(value: str) -> str:
+    """An absolute directory the agent may own: never the root directory itself."""
+    absolute_path(value)
+    if not value.strip("/"):
+        raise ValueError(f"must be a directory of its own, not the root directory, got {value!r}")
     return value
 
 
@@ -269,7 +286,7 @@ class Boot:
 @dataclass(frozen=True)
 class Agent:
     listen: str = field(default="127.0.0.1:8080", metadata=meta("HTTP API address", check=host_port))
-    state_dir: str = field(default="/var/lib/piccolod", metadata=meta("state directory", check=absolute_path))
+    state_dir: str = field(default="/var/lib/piccolod", metadata=meta("state directory", check=state_dir))
     boot: Boot = field(default_factory=Boot)
 
 

@@ -75,9 +75,58 @@ class RollbackRecord:
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> RollbackRecord:
-        comps = tuple(ComponentVerdict(**c) for c in data.get("components", ()))
-        known = {k: v for k, v in data.items() if k in cls.__dataclass_fields__ and k != "components"}
-        return cls(components=comps, **known)
+        """Build a record from parsed JSON; raises ValueError naming the first field of a wrong type."""
+        comps_data = data.get("components", ())
+        if not isinstance(comps_data, list | tuple):
+            raise ValueError("components: expected a list")  # noqa: TRY004 - read() reports ValueError
+        comps = []
+        for i, c in enumerate(comps_data):
+            if not isinstance(c, dict):
+                raise ValueError(f"components[{i}]: expected an object")  # noqa: TRY004
+            _check_types(c, _COMPONENT_TYPES, f"components[{i}].")
+            comps.append(ComponentVerdict(**{k: v for k, v in c.items() if k in _COMPONENT_TYPES}))
+        _check_types(data, _RECORD_TYPES, "")
+        known = {k: v for k, v in data.items() if k in _RECORD_TYPES}
+        return cls(components=tuple(comps), **known)
+
+
+_NUMBER = (int, float)
+_COMPONENT_TYPES: dict[str, tuple[type, ...]] = {
+    "component": (str,),
+    "healthy": (bool,),
+    "required": (bool,),
+    "reason": (str,),
+    "duration_seconds": _NUMBER,
+}
+_RECORD_TYPES: dict[str, tuple[type, ...]] = {
+    "boot_id": (str,),
+    "slot": (str, type(None)),
+    "partuuid": (str, type(None)),
+    "disk": (str, type(None)),
+    "os_version": (str, type(None)),
+    "condition": (str, type(None)),
+    "reason": (str,),
+    "started_at": _NUMBER,
+    "failed_at": _NUMBER,
+    "deadline_seconds": _NUMBER,
+    "attempts": (int,),
+    "reboot_requested": (bool,),
+    "format": (int,),
+}
+_TYPE_NAMES = {str: "a string", bool: "true or false", int: "an integer", float: "a number"}
+
+
+def _check_types(data: Mapping[str, Any], types: Mapping[str, tuple[type, ...]], prefix: str) -> None:
+    """Raise ValueError for the first known field of a wrong type (bool is not a number here)."""
+    for key, allowed in types.items():
+        if key not in data:
+            continue  # missing fields: the dataclass constructor says which (TypeError)
+        value = data[key]
+        is_bool = isinstance(value, bool)
+        if any(isinstance(value, t) and (t is bool or not is_bool) for t in allowed):
+            continue
+        want = " or ".join(_TYPE_NAMES.get(t, "null") for t in allowed)
+        raise ValueError(f"{prefix}{key}: expected {want}, got {type(value).__name__}")
 
 
 def read_boot_id(path: Path = BOOT_ID_PATH) -> str:

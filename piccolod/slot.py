@@ -15,6 +15,7 @@ went wrong and whose state is ``unknown``, which the gate treats as fail-closed.
 from __future__ import annotations
 
 import enum
+import errno
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -140,19 +141,40 @@ def find_disk(partuuid: str, *, sys_root: Path = Path("/sys"), dev_root: Path = 
         sys_part = (sys_root / "class" / "block" / part).resolve()
         if (sys_part / "partition").exists():
             return str(dev_root / sys_part.parent.name)
-    tried = []
+    tried: list[str] = []
+    unreadable: list[str] = []
     block = sys_root / "block"
-    for disk in sorted(block.iterdir()) if block.is_dir() else ():
-        if not any((sub / "partition").exists() for sub in disk.iterdir() if sub.is_dir()):
+    try:
+        disks = sorted(block.iterdir()) if block.is_dir() else []
+    except OSError as e:
+        raise SlotError(f"{block}: cannot list disks: {e.strerror}") from e
+    for disk in disks:
+        try:  # a disk may vanish while we look (hot unplug, a loop device detached)
+            if not any((sub / "partition").exists() for sub in disk.iterdir() if sub.is_dir()):
+                continue
+        except OSError:
             continue
         dev = dev_root / disk.name
         tried.append(dev.name)
         try:
             if read_table(dev).by_partuuid(partuuid) is not None:
                 return str(dev)
-        except GptError:
+        except GptError as e:
+            if isinstance(e.__cause__, OSError) and e.__cause__.errno in _DENIED:
+                unreadable.append(f"{dev}: {_denied(e.__cause__)}")
             continue
-    raise SlotError(f"no disk holds PARTUUID {partuuid} (searched: {', '.join(tried) or 'no disks'})")
+    why = f"no disk holds PARTUUID {partuuid} (searched: {', '.join(tried) or 'no disks'})"
+    if unreadable:
+        why += "; cannot open " + "; ".join(unreadable)
+    raise SlotError(why)
+
+
+_DENIED = (errno.EPERM, errno.EACCES)
+
+
+def _denied(e: OSError) -> str:
+    name = errno.errorcode.get(e.errno or 0, "?")
+    return f"{e.strerror} ({name}; is this device type allowed by the unit's DeviceAllow=?)"
 
 
 def detect(cmdline: str | Path, disk: str = "auto", **where: Path) -> BootSlot:
@@ -194,6 +216,9 @@ def _locate(
     try:
         table = read_table(disk_path)
     except GptError as e:
+        cause = e.__cause__
+        if isinstance(cause, OSError) and cause.errno in _DENIED:
+            raise SlotError(f"cannot open the boot disk {disk_path}: {_denied(cause)}") from e
         raise SlotError(str(e)) from e
     part = table.by_partuuid(partuuid)
     if part is None:

@@ -18,8 +18,11 @@ STARTUP_VALUES = ("pending", "passed", "failed", "skipped")
 
 
 class State:
-    def __init__(self, facts: document.Facts, checked: tuple[Component, ...]) -> None:
+    def __init__(
+        self, facts: document.Facts, checked: tuple[Component, ...], policy_error: str | None = None
+    ) -> None:
         self.facts = facts
+        self.policy_error = policy_error  # why the configured policy was not used (a fallback runs)
         self.checked = checked
         self._lock = threading.Lock()
         self.assessment: Assessment | None = None  # effective (after hysteresis)
@@ -68,6 +71,7 @@ class State:
             update_status=self.update_status,
             rollback_reason=self.rollback_reason,
             checked=self.checked,
+            policy_error=self.policy_error,
         )
         self.document = doc
         self.health = (document.http_status(doc), document.encode(doc))

@@ -282,17 +282,47 @@ def test_byte_by_byte_client_cannot_extend_its_deadline(server: ApiServer) -> No
     assert time.monotonic() - started < 2.0
 
 
-def test_connection_limit_answers_503_and_recovers(server: ApiServer) -> None:
+def test_when_full_the_longest_idle_connection_makes_room(server: ApiServer) -> None:
     idle = [_connect(server) for _ in range(8)]
+    busy: list[socket.socket] = []
     try:
         wait_for(lambda: server.open_connections == 8, what="8 open connections")
-        with _connect(server) as extra:
-            assert _read_all(extra).startswith(b"HTTP/1.1 503 ")
+        assert _quick_get(server) < 0.5  # admitted: the oldest idle one was closed for it
+        assert idle[0].recv(1) == b""
+        assert server.evicted == 1
+        # Even when every open connection is mid-request, a new client is admitted (the oldest goes).
+        for s in idle[1:]:
+            s.sendall(b"GET /a HTTP/1.1\r\n")
+        wait_for(lambda: server.open_connections == 7, what="the evicted connection gone")
+        busy.append(_connect(server))
+        busy[0].sendall(b"GET /a HTTP/1.1\r\n")
+        wait_for(lambda: server.open_connections == 8, what="8 open connections")
+        assert _quick_get(server) < 0.5
     finally:
-        for s in idle:
+        for s in idle + busy:
             s.close()
     wait_for(lambda: server.open_connections == 0, what="connections closed")
-    assert _quick_get(server) < 0.5
+
+
+def test_hundreds_of_idle_sockets_cannot_fail_the_api_check() -> None:
+    """Any local process can open 256+ connections: the API and the api check must still answer."""
+    from piccolod.checks.api import check_api
+    from tests.agent_helpers import make_policy
+
+    data = policy_data(["tpm", "storage", "api"], interval=60)
+    with running_daemon(_all_ok(), data) as (daemon, port):
+        assert daemon.server is not None and daemon.server.max_connections == 256
+        hogs = [socket.create_connection(("127.0.0.1", port), timeout=5) for _ in range(300)]
+        try:
+            wait_for(lambda: daemon.server is not None and daemon.server.open_connections == 256, what="full")
+            assert get(port, "/livez")[0] == 200
+            assert get(port, HEALTH_PATH)[0] == 200
+            outcome = check_api(make_policy({"agent": {"listen": f"127.0.0.1:{port}"}}), 2.0)
+            assert outcome.healthy, outcome.reason
+            assert daemon.server.evicted >= 300 - 256 + 1
+        finally:
+            for s in hogs:
+                s.close()
 
 
 def test_idle_keep_alive_connections_are_closed(server: ApiServer) -> None:

@@ -7,6 +7,7 @@ import os
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -91,6 +92,48 @@ def test_dry_run_on_a_marked_slot(tmp_path: Path, flatcar_disk: Path) -> None:
     r = run("gate", "--dry-run", "--config", str(config))
     assert r.returncode == 0, r.stdout + r.stderr
     assert "* USR-A" in r.stdout and "would: send READY=1 at once" in r.stdout
+
+
+def test_dry_run_beside_a_running_serve(tmp_path: Path, flatcar_disk: Path) -> None:
+    """The agent holds the listen address: the dry run must not crash binding it; the running agent
+    answers its api check instead."""
+    config = setup(tmp_path, flatcar_disk, update=True)
+    listen = next(ln for ln in config.read_text().splitlines() if "listen:" in ln).split('"')[1]
+    port = int(listen.rsplit(":", 1)[1])
+    env = {k: v for k, v in os.environ.items() if k not in ("NOTIFY_SOCKET", "INVOCATION_ID")}
+    serve_state = tmp_path / "serve"
+    serve_config = tmp_path / "serve.yaml"  # same address, its own state dir and a marked slot
+    (tmp_path / "serve-cmdline").write_text(cmdline_for(USR_A))
+    serve_config.write_text(
+        config.read_text()
+        .replace(f"{tmp_path}/state", str(serve_state))
+        .replace(f"{tmp_path}/cmdline", f"{tmp_path}/serve-cmdline")
+    )
+    daemon = subprocess.Popen(
+        [*PICCOLOD, "serve", "--config", str(serve_config)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env=env,
+    )
+    try:
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                with socket.create_connection(("127.0.0.1", port), timeout=1):
+                    break
+            except OSError:
+                assert time.monotonic() < deadline, "serve never listened"
+                assert daemon.poll() is None, "serve exited"
+                time.sleep(0.05)
+        r = run("gate", "--dry-run", "--config", str(config))
+    finally:
+        daemon.terminate()
+        daemon.wait(10)
+    assert "Traceback" not in r.stderr, r.stderr
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "API not started here" in r.stderr and "the api check asks the running agent" in r.stderr
+    assert "ok   api" in r.stdout, r.stdout
+    assert "decision: ready: required components passed" in r.stdout
 
 
 def gate_notified(tmp_path: Path, config: Path) -> tuple[subprocess.CompletedProcess[str], list[str]]:

@@ -210,6 +210,46 @@ def test_failure_writes_record_and_reboots_once(tmp_path: Path) -> None:
     assert not out2.ready and not out2.verdict.reboot and r2.reboots == []
 
 
+@pytest.mark.parametrize("where", ["under /dev/null", "full tmpfs"])
+def test_an_unwritable_state_dir_still_reboots_once(
+    tmp_path: Path, where: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """/var full or gone (exactly when storage fails): no record, no marker, but the reboot happens,
+    once: the in-process flag stands in for the marker."""
+    import subprocess
+
+    if where == "full tmpfs":
+        state = tmp_path / "full"
+        state.mkdir()
+        subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(state)], check=True)
+    else:
+        state = Path("/dev/null") / f"piccolod-{tmp_path.name}"
+    try:
+        if where == "full tmpfs":
+            with (state / "filler").open("wb") as f, pytest.raises(OSError, match="No space left"):
+                f.write(b"x" * 1024 * 1024)
+                f.flush()
+        p = policy(state)
+        caplog.set_level("CRITICAL", logger="piccolod.gate")
+        out, r, _ = drive(p, SlotState.UNMARKED, iter([assessment(tpm=False, storage=False)] * 100))
+        assert not out.ready and out.verdict.reboot and out.reboot_requested
+        assert r.reboots == [("reboot-stand-in",)]
+        assert "STATUS=gate failed (critical_component_failure): rebooting in 2s" in r.sent
+        critical = [m.getMessage() for m in caplog.records if m.levelname == "CRITICAL"]
+        assert any("cannot write the rollback record" in m for m in critical), critical
+        assert any("cannot write the reboot marker" in m for m in critical), critical
+        assert not (state / gate.MARKER_NAME).exists()
+        assert gate.reboot_marked(state, "boot-1")  # the in-process flag
+        out2, r2, _ = drive(p, SlotState.UNMARKED, iter([assessment(tpm=False, storage=False)] * 100))
+        assert not out2.verdict.reboot and r2.reboots == []
+        # and a pass on such a disk does not crash moving the old record aside either
+        out3, _, _ = drive(p, SlotState.UNMARKED, iter([assessment(tpm=True, storage=True)]))
+        assert out3.ready
+    finally:
+        if where == "full tmpfs":
+            subprocess.run(["umount", str(state)], check=True)
+
+
 def test_no_reboot_when_automatic_rollback_is_off(tmp_path: Path) -> None:
     data = policy(tmp_path)
     p = build(

@@ -399,3 +399,46 @@ def test_crash_during_a_passing_gate_still_lets_update_engine_mark_the_slot(
     assert r.data["reboot_requests"] == 0
     b = slot(rig.disk, USR_B)
     assert (b.successful, b.tries) == (True, 0)
+
+
+def test_marked_slot_with_a_typo_in_the_admin_policy_still_lets_update_engine_start(
+    machine: Machine, flatcar_disk: Path, fresh_swtpm: Swtpm
+) -> None:
+    """A bad /etc/piccolod/health-policy.yaml must not block a marked slot: the agent falls back to the
+    vendor policy, says so in the health document, and is ready at once (never exit 3 for it)."""
+    vendor = machine.root / "vendor-lib"
+    (vendor / "piccolod").mkdir(parents=True)
+    (vendor / "piccolod" / "health-policy.yaml").write_text(policy_yaml())
+    # /usr is the host's, read-only: the vendor file comes in as an overlay layer over /usr/lib.
+    machine.binds.append(f"--overlay-ro=/usr/lib:{vendor}:/usr/lib")
+    rig = Rig(machine, flatcar_disk, fresh_swtpm)
+    admin = policy_yaml().replace("  rollback:", "  runtime: {failure_treshold: 3}\n  rollback:")
+    (rig.m.root / "policy.yaml").write_text(admin)
+    r = rig.boot()
+    assert r.booted == USR_A
+    pd, ue = r.unit("piccolod"), r.unit("update-engine")
+    assert pd["ActiveState"] == "active" and pd["NRestarts"] == "0", pd
+    assert r.started("update-engine") and ue["Result"] == "success", ue
+    err = r.health.get("policy_error") or ""
+    assert "/etc/piccolod/health-policy.yaml:" in err and "failure_treshold" in err, r.health
+    assert r.health["startup_health_check"] == "skipped"
+    journal = (rig.m.out / "journal.txt").read_text()
+    assert "falling back to the vendor policy" in journal, journal[-3000:]
+
+
+def test_marked_slot_after_a_failed_first_start_still_starts_update_engine(
+    machine: Machine, flatcar_disk: Path, fresh_swtpm: Swtpm
+) -> None:
+    """The first start of piccolod fails before the agent runs (ExecStartPre=, as a crash or an OOM
+    kill would): update-engine's start job fails with it; the restarted agent must start it again."""
+    once = "ExecStartPre=/bin/sh -c 'test -e /run/piccolod-once || { touch /run/piccolod-once; exit 1; }'\n"
+    rig = Rig(machine, flatcar_disk, fresh_swtpm, unit_extra=once + "RestartSec=1\n")
+    r = rig.boot()
+    assert r.booted == USR_A
+    pd, ue = r.unit("piccolod"), r.unit("update-engine")
+    assert pd["ActiveState"] == "active" and pd["NRestarts"] == "1", pd
+    journal = (rig.m.out / "journal.txt").read_text()
+    assert "systemd restarted piccolod.service 1 time(s)" in journal, journal[-3000:]
+    assert "asked systemd to start update-engine" in journal, journal[-3000:]
+    assert r.started("update-engine") and ue["Result"] == "success", ue
+    assert slot(rig.disk, USR_A).successful is True

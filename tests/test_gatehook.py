@@ -13,8 +13,9 @@ import pytest
 from piccolod import record as rec
 from piccolod.api import listen_socket
 from piccolod.assess import Assessor
+from piccolod.commands.serve import load_default_policy
 from piccolod.daemon import Daemon, GateHook
-from piccolod.gatehook import LAST_GATE_NAME, GateClosed, first_boot_gate, serve_hook
+from piccolod.gatehook import LAST_GATE_NAME, STARTS_NAME, GateClosed, first_boot_gate, own_unit, serve_hook
 from piccolod.model import Source, build
 from piccolod.policy import Component, PolicyFile
 from tests.agent_helpers import FACTS, Switch, get, wait_for
@@ -185,3 +186,79 @@ def test_a_gate_in_progress_says_pending_in_last_gate(tmp_path: Path, flatcar_di
         USR_B,
     )
     run.daemon.stop()
+
+
+@pytest.mark.parametrize(
+    ("earlier", "kicked"),
+    [
+        ({"boot_id": FACTS.boot_id, "ready_sent": False}, True),  # crashed/killed before READY=1
+        ({"boot_id": FACTS.boot_id, "ready_sent": True}, False),  # a clean restart after READY=1
+        ({"boot_id": "another-boot", "ready_sent": False}, False),
+        (None, False),  # the first start of this boot
+    ],
+)
+def test_marked_slot_after_a_start_that_never_got_ready_starts_update_engine(
+    tmp_path: Path, flatcar_disk: Path, start: Any, earlier: dict[str, Any] | None, kicked: bool
+) -> None:
+    """Never block a marked slot: update-engine's start job failed with an earlier start of this boot."""
+    (tmp_path / "cmdline").write_text(cmdline_for(USR_A))  # marked
+    if earlier is not None:
+        rec.write_json_atomic(tmp_path / "state" / STARTS_NAME, earlier)
+    kicks: list[bool] = []
+
+    def gate(d: Daemon) -> None:
+        first_boot_gate(d, after_interrupted_pass=lambda: kicks.append(d.is_ready.is_set()))
+
+    run = start(Switch(False), gate=gate)  # the TPM fails: a marked slot is ready anyway
+    assert run.daemon.is_ready.wait(5)
+    path = tmp_path / "state" / STARTS_NAME
+    wait_for(lambda: json.loads(path.read_text()).get("ready_sent") is True, what="ready_sent")
+    assert kicks == ([True] if kicked else [])
+    assert json.loads(path.read_text())["boot_id"] == FACTS.boot_id
+
+
+def test_a_start_that_ends_before_ready_is_remembered(tmp_path: Path, flatcar_disk: Path, start: Any) -> None:
+    install_update(flatcar_disk, USR_A)
+    (tmp_path / "cmdline").write_text(cmdline_for(gptprio_next(flatcar_disk)))  # USR-B, unmarked
+    run = start(Switch(False), timeout=30)
+    path = tmp_path / "state" / STARTS_NAME
+    wait_for(path.exists, what=STARTS_NAME)
+    run.daemon.stop()  # stopped mid-gate: no READY=1
+    run.thread.join(10)
+    data = json.loads(path.read_text())
+    assert (data["boot_id"], data["ready_sent"]) == (FACTS.boot_id, False)
+
+
+def test_own_unit_from_the_cgroup_file(tmp_path: Path) -> None:
+    cg = tmp_path / "cgroup"
+    cg.write_text("0::/system.slice/piccolod.service\n")
+    assert own_unit(cg) == "piccolod.service"
+    cg.write_text("0::/user.slice/user-0.slice/session-3.scope\n")
+    assert own_unit(cg) is None
+    assert own_unit(tmp_path / "absent") is None
+
+
+def test_a_bad_admin_policy_falls_back_to_the_vendor_one_and_says_so(tmp_path: Path) -> None:
+    vendor, admin = tmp_path / "vendor.yaml", tmp_path / "admin.yaml"
+    vendor.write_text("agent:\n  listen: 127.0.0.1:9999\n")
+    admin.write_text("health_policy:\n  runtime:\n    failure_treshold: 3\n")  # the typo
+    policy, error = load_default_policy(vendor=vendor, admin=admin)
+    assert policy.agent.listen == "127.0.0.1:9999"
+    assert error is not None and error.startswith(f"{admin}:3: health_policy.runtime.failure_treshold")
+    vendor.write_text("agent:\n  listen: nowhere\n")  # the vendor file is bad too: built-in defaults
+    policy, error = load_default_policy(vendor=vendor, admin=admin)
+    assert policy == PolicyFile()
+    assert error is not None and f"{vendor}:2: agent.listen" in error
+    admin.unlink()
+    vendor.write_text("agent:\n  listen: 127.0.0.1:9998\n")
+    assert load_default_policy(vendor=vendor, admin=admin) == (
+        build(PolicyFile, {"agent": {"listen": "127.0.0.1:9998"}}, Source("v")),
+        None,
+    )
+
+
+def test_the_health_document_reports_a_policy_error(tmp_path: Path) -> None:
+    daemon = Daemon(PolicyFile(), facts=FACTS, env={}, bind=False, policy_error="admin.yaml:3: x: bad")
+    assert daemon.state.document["policy_error"] == "admin.yaml:3: x: bad"
+    assert daemon.start_api() is None
+    assert "policy_error" not in Daemon(PolicyFile(), facts=FACTS, env={}, bind=False).state.document

@@ -39,6 +39,19 @@ def test_every_series_exists_at_zero_before_any_event() -> None:
     assert {name for name, _ in got} >= {"piccolod_health_status", "piccolod_build_info"}
 
 
+def test_only_checked_components_get_series() -> None:
+    text = Metrics([Component.TPM, Component.API]).render().decode()
+    got = {labels for name, labels in samples(text) if name == "piccolod_health_check_status"}
+    assert got == {(("component", "tpm"),), (("component", "api"),)}
+    counts = {
+        labels
+        for name, labels in samples(text)
+        if name
+        in ("piccolod_health_check_duration_seconds_count", "piccolod_health_check_consecutive_failures")
+    }
+    assert counts == got
+
+
 def test_registries_are_isolated() -> None:
     a, b = Metrics(), Metrics()
     a.rollback()
@@ -65,10 +78,12 @@ def test_metrics_over_http_follow_the_assessments() -> None:
     assert value(text, "piccolod_assessments_total", status="unhealthy") == 0
     assert value(text, "piccolod_health_check_status", component="tpm") == 1
     assert value(text, "piccolod_health_check_status", component="network") == 0
-    assert value(text, "piccolod_health_check_status", component="docker") == 0  # not checked
+    # docker is not checked: no series at all, so a `== 0` alert cannot fire for it forever.
+    for comp in ("docker", "containers"):
+        assert ("piccolod_health_check_status", (("component", comp),)) not in samples(text)
     assert value(text, "piccolod_health_check_consecutive_failures", component="network") >= 2
     assert value(text, "piccolod_health_check_duration_seconds_count", component="tpm") >= 4
-    assert value(text, "piccolod_health_check_duration_seconds_count", component="docker") == 0
+    assert ("piccolod_health_check_duration_seconds_count", (("component", "docker"),)) not in samples(text)
     assert value(text, "piccolod_health_status", status="degraded") == 1
     assert value(text, "piccolod_health_status", status="healthy") == 0
     assert value(text, "piccolod_gate_outcomes_total", outcome="skipped") == 1

@@ -135,6 +135,27 @@ BAD: list[tuple[str, str, int, str, str]] = [
         "control characters",
     ),
     ("list-not-mapping", "health_policy:\n  - startup\n", 1, "health_policy", "expected a mapping"),
+    *(
+        (
+            f"{key.rsplit('.', 1)[1]}-{word}",
+            f"health_policy:\n  {key.split('.')[0]}:\n    {key.split('.')[1]}: {value}\n",
+            3,
+            f"health_policy.{key}",
+            words,
+        )
+        for key, kind in (
+            ("startup.timeout_seconds", "positive"),
+            ("runtime.check_interval_seconds", "positive"),
+            ("rollback.reboot_grace_seconds", "non_negative"),
+            ("thresholds.min_disk_space_percent", "percent"),
+            ("thresholds.container_startup_seconds", "non_negative"),
+            ("thresholds.network_timeout_seconds", "positive"),
+            ("runtime.failure_threshold", "int"),
+            ("thresholds.max_io_errors", "int"),
+        )
+        for word, value in (("nan", ".nan"), ("inf", ".inf"), ("minus-inf", "-.inf"))
+        for words in ("expected an integer" if kind == "int" else "must be a finite number",)
+    ),
     (
         "relative-state-dir",
         "agent:\n  state_dir: var/lib/piccolod\n",

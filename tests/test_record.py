@@ -105,3 +105,56 @@ def test_boot_id_and_format(tmp_path: Path) -> None:
     text = rec.format_record(sample())
     assert "USR-B" in text and "FAIL tpm" in text and "critical_component_failure" in text
     assert rec.format_record(None) == "last rollback record: none"
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "message"),
+    [
+        ("started_at", "yesterday", "started_at: expected an integer or a number, got str"),
+        ("attempts", 1.5, "attempts: expected an integer, got float"),
+        ("reboot_requested", "yes", "reboot_requested: expected true or false, got str"),
+        ("slot", 3, "slot: expected a string or null, got int"),
+        ("failed_at", True, "failed_at: expected an integer or a number, got bool"),
+        ("components", "tpm", "components: expected a list"),
+        ("components", ["tpm"], r"components\[0\]: expected an object"),
+        (
+            "components",
+            [{"component": "tpm", "healthy": "no", "required": True, "reason": "", "duration_seconds": 1}],
+            r"components\[0\]\.healthy: expected true or false, got str",
+        ),
+    ],
+)
+def test_a_wrong_typed_record_is_a_one_line_error(
+    tmp_path: Path, field: str, value: object, message: str
+) -> None:
+    data = sample().to_json()
+    data[field] = value
+    (tmp_path / rec.RECORD_NAME).write_text(json.dumps(data))
+    with pytest.raises(rec.RecordError, match=f"{rec.RECORD_NAME}: not a rollback record: {message}$"):
+        rec.read(tmp_path)
+
+
+def test_status_with_a_wrong_typed_record_exits_3_in_one_line(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    state = tmp_path / "state"
+    state.mkdir()
+    data = sample().to_json()
+    data["started_at"] = "yesterday"
+    (state / rec.RECORD_NAME).write_text(json.dumps(data))
+    (tmp_path / "cmdline").write_text("console=ttyS0\n")
+    config = tmp_path / "p.yaml"
+    boot = f"{{cmdline: {tmp_path / 'cmdline'}, disk: {tmp_path / 'no.img'}}}"
+    config.write_text(f"agent:\n  state_dir: {state}\n  boot: {boot}\n")
+    r = subprocess.run(
+        [sys.executable, "-m", "piccolod", "status", "--config", str(config)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert r.returncode == 3, r.stdout + r.stderr
+    assert "Traceback" not in r.stderr
+    why = "not a rollback record: started_at: expected an integer or a number, got str"
+    assert r.stderr.splitlines() == [f"piccolod: {state / rec.RECORD_NAME}: {why}"]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import shutil
 import subprocess
+import sys
 import uuid
 from pathlib import Path
 
@@ -171,3 +172,51 @@ def test_auto_finds_a_real_loop_device(flatcar_disk: Path, tmp_path: Path) -> No
     finally:
         subprocess.run(["partx", "-d", dev], capture_output=True, check=False)
         subprocess.run(["losetup", "-d", dev], capture_output=True, check=True)
+
+
+def test_a_disk_vanishing_during_the_scan_is_skipped(flatcar_disk: Path, tmp_path: Path) -> None:
+    sys_root, dev_root = _fake_sysfs(tmp_path, flatcar_disk)
+    # sorted before vdz: an entry whose device is gone (hot unplug between listdir and the look inside)
+    (sys_root / "block" / "sda").symlink_to(sys_root / "devices" / "gone" / "sda")
+    assert find_disk(USR_B, sys_root=sys_root, dev_root=dev_root) == str(dev_root / "vdz")
+    slot = detect(_cmdline(tmp_path, USR_A), "auto", sys_root=sys_root, dev_root=dev_root)
+    assert (slot.state, slot.disk) == (SlotState.MARKED, str(dev_root / "vdz"))
+
+
+_DETECT_WITHOUT_DAC = """
+import sys
+from pathlib import Path
+from piccolod.slot import detect, find_disk
+slot = detect(sys.argv[1], sys.argv[2])
+print(slot.state)
+print(slot.error)
+"""
+
+
+def test_an_unopenable_boot_disk_says_which_device_and_why(flatcar_disk: Path, tmp_path: Path) -> None:
+    """root without CAP_DAC_OVERRIDE/CAP_DAC_READ_SEARCH opening a mode-000 image: EACCES, as a
+    sandboxed unit gets EPERM from a DeviceAllow= that misses the disk's type."""
+    setpriv = shutil.which("setpriv")
+    assert setpriv, "setpriv (util-linux) is needed for this test"
+    flatcar_disk.chmod(0)
+    cmdline = _cmdline(tmp_path, USR_A)
+    r = subprocess.run(
+        [
+            setpriv,
+            "--bounding-set=-dac_override,-dac_read_search",
+            "--inh-caps=-dac_override,-dac_read_search",
+            sys.executable,
+            "-c",
+            _DETECT_WITHOUT_DAC,
+            str(cmdline),
+            str(flatcar_disk),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert r.returncode == 0, r.stderr
+    state, error = r.stdout.splitlines()
+    assert state == "unknown"
+    assert error.startswith(f"cannot open the boot disk {flatcar_disk}: Permission denied (EACCES;"), error

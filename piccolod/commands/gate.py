@@ -8,9 +8,11 @@ would), 3 when it fails (or would).
 from __future__ import annotations
 
 import argparse
+import socket
 import sys
 
 from piccolod import logs
+from piccolod.api import listen_socket
 from piccolod.commands import EXIT_CANNOT_ASSESS, add_config_option, load
 from piccolod.daemon import Daemon
 from piccolod.gate import Decision, GateResult
@@ -40,13 +42,17 @@ def run(args: argparse.Namespace) -> int:
     policy = load(args)
     if policy is None:
         return EXIT_CANNOT_ASSESS
-    daemon = Daemon(policy, env={} if args.dry_run else None)
+    # The api check needs an answer: serve the API here unless a running agent holds the address
+    # (then that agent answers the check).
     try:
-        daemon.start_api()  # the api check needs an answer; a running serve answers instead
+        listener: socket.socket | None = listen_socket(policy.agent.listen)
     except OSError as exc:
+        listener = None
         print(
             f"piccolod: API not started here ({exc}); the api check asks the running agent", file=sys.stderr
         )
+    daemon = Daemon(policy, env={} if args.dry_run else None, listener=listener, bind=False)
+    daemon.start_api()
     try:
         if args.dry_run:
             print(format_table(detect_slot(policy)))

@@ -1,14 +1,28 @@
-"""``piccolod serve``: run the agent (the systemd service's ExecStart)."""
+"""``piccolod serve``: run the agent (the systemd service's ExecStart).
+
+Exit status 3 (:data:`~piccolod.gatehook.EXIT_GATE_FAILED`, the unit's ``RestartPreventExitStatus=``)
+means one thing only: the first-boot gate failed. An agent that cannot start exits 1, which
+``Restart=on-failure`` retries. A bad default policy does not even stop it: a typo in the administrator's
+``/etc/piccolod/health-policy.yaml`` must not block update-engine on a marked slot, so the agent logs the
+error loudly, falls back to the vendor policy alone (then to the built-in defaults) and reports the error
+as ``policy_error`` in the health document. Only an explicit ``--config`` that fails is fatal (exit 1).
+"""
 
 from __future__ import annotations
 
 import argparse
+import logging
+from pathlib import Path
 
 from piccolod import logs
-from piccolod.commands import EXIT_CANNOT_ASSESS, add_config_option, load
+from piccolod.commands import add_config_option, load
 from piccolod.daemon import Daemon, GateHook
 from piccolod.gatehook import EXIT_GATE_FAILED, GateClosed, serve_hook
-from piccolod.policy import PolicyFile
+from piccolod.policy import ADMIN_POLICY, VENDOR_POLICY, ModelError, PolicyFile, load_policy
+
+log = logging.getLogger("piccolod")
+
+EXIT_CANNOT_START = 1  # not the gate's 3: Restart=on-failure tries again
 
 
 def choose_gate(policy: PolicyFile) -> GateHook:
@@ -16,16 +30,37 @@ def choose_gate(policy: PolicyFile) -> GateHook:
     return serve_hook
 
 
+def load_default_policy(
+    *, vendor: Path = VENDOR_POLICY, admin: Path = ADMIN_POLICY
+) -> tuple[PolicyFile, str | None]:
+    """The vendor policy overridden by the admin's; when that fails, the vendor policy alone, then the
+    built-in defaults. Returns the policy and the error that forced a fallback (None: no fallback)."""
+    try:
+        return load_policy(vendor=vendor, admin=admin), None
+    except ModelError as exc:
+        error = str(exc)
+    log.critical("bad policy: %s; falling back to the vendor policy %s alone", error, vendor)
+    try:
+        return (load_policy(vendor) if vendor.exists() else PolicyFile()), error
+    except ModelError as exc:
+        log.critical("bad vendor policy too: %s; falling back to the built-in defaults", exc)
+        return PolicyFile(), f"{error}; {exc}"
+
+
 def run(args: argparse.Namespace) -> int:
     logs.setup()
-    policy = load(args)
-    if policy is None:
-        return EXIT_CANNOT_ASSESS
+    policy_error: str | None = None
+    if args.config is not None:
+        policy = load(args)
+        if policy is None:
+            return EXIT_CANNOT_START
+    else:
+        policy, policy_error = load_default_policy()
     try:
-        daemon = Daemon(policy, gate=choose_gate(policy))
+        daemon = Daemon(policy, gate=choose_gate(policy), policy_error=policy_error)
     except OSError as exc:
         print(f"piccolod: cannot start: {exc}", flush=True)
-        return EXIT_CANNOT_ASSESS
+        return EXIT_CANNOT_START
     try:
         return daemon.run()
     except GateClosed as exc:  # no READY=1 was sent; the unit must not restart into a second gate
