@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from piccolo_build import release
+from piccolo_build.atomic import atomic_write
 from piccolo_build.config import BuildConfig
 from piccolo_build.context import BuildContext
 from piccolo_build.errors import PiccoloError, StepFailed
@@ -242,7 +243,7 @@ def distfiles(env: ActionEnv) -> str | None:
         data = (cache / pkg.filename).read_bytes()
         target = distdir / pkg.filename
         if not target.is_file() or target.read_bytes() != data:
-            locking.atomic_write(target, data)
+            atomic_write(target, data)
             env.log(f"placed {pkg.filename} in {distdir}")
     locking.verify_distfiles(lock, distdir)
     return hashlib.sha256("".join(f"{p.filename} {p.sha256}\n" for p in lock.packages).encode()).hexdigest()

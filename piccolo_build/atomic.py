@@ -1,4 +1,7 @@
-"""Replacing a whole directory in one step, shared by ``render`` (the overlay) and ``publish`` (a release).
+"""Writing a file and replacing a whole directory in one step.
+
+:func:`atomic_write` writes a file through a temporary sibling and a rename (lock, sdist, edits of the
+flatcar/scripts checkout). Directories are shared by ``render`` (the overlay) and ``publish`` (a release):
 
 :func:`replace_dir` puts a freshly written directory in place of the old one with Linux
 ``renameat2(RENAME_EXCHANGE)``, so there is no moment where the output is missing or half written; the
@@ -55,4 +58,17 @@ def replace_dir(new: Path, output: Path) -> None:
     shutil.rmtree(old)
 
 
-__all__ = ["exchange", "replace_dir"]
+def atomic_write(path: Path, data: bytes, mode: int = 0o644) -> None:
+    """Write ``data`` to ``path`` with ``mode`` through a temporary sibling: readers see old or new."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as out:
+            out.write(data)
+        Path(tmp).chmod(mode)
+        Path(tmp).replace(path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+__all__ = ["atomic_write", "exchange", "replace_dir"]

@@ -29,9 +29,10 @@ from collections.abc import Mapping
 from pathlib import Path
 
 import piccolod
+from piccolo_build.atomic import atomic_write
 from piccolo_build.config import BuildConfig
 from piccolo_build.errors import PiccoloError
-from piccolo_build.lock import LOCK_FILE, Lock, atom_key, atomic_write, load_lock
+from piccolo_build.lock import LOCK_FILE, Lock, atom_key, load_lock
 
 AGENT_PACKAGE = "piccolod"
 DEFAULT_EPOCH = 315532800  # 1980-01-01T00:00:00Z, the earliest time a zip (wheel) can hold

@@ -23,8 +23,8 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from piccolo_build.errors import PiccoloError
-from piccolo_build.lock import atomic_write
+from piccolo_build.atomic import atomic_write
+from piccolo_build.errors import PiccoloError, read_text
 
 EBUILD = "coreos-0.0.1.ebuild"
 _REVISION = re.compile(r"coreos-0\.0\.1-r(\d+)\.ebuild")
@@ -55,10 +55,7 @@ def add_rdepend(ebuild_dir: Path, atom: str) -> bool:
     if not _KEY.fullmatch(atom):
         raise PiccoloError(f"{atom!r}: expected a package as category/name")
     ebuild = ebuild_dir / EBUILD
-    try:
-        text = ebuild.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise PiccoloError(f"{ebuild}: cannot read: {exc.strerror or exc}") from None
+    text = read_text(ebuild)
     assignments = list(_ASSIGNMENT.finditer(text))
     if not assignments:
         line = 1 + text[: text.find("RDEPEND")].count("\n") if "RDEPEND" in text else None

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 
 class PiccoloError(Exception):
     """A user-facing failure. The CLI prints ``error: <message>`` and ``hint: <hint>`` and exits."""
@@ -20,3 +22,11 @@ class StepFailed(PiccoloError):
     """An external build step failed; carries the step's own exit code."""
 
     exit_code = 1
+
+
+def read_text(path: Path) -> str:
+    """The file's text, or a one-line :class:`PiccoloError` naming it."""
+    try:
+        return path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise PiccoloError(f"{path}: cannot read: {exc.strerror or exc}") from None

@@ -22,9 +22,7 @@ import hashlib
 import ipaddress
 import json
 import logging
-import os
 import re
-import tempfile
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -32,6 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from piccolo_build.atomic import atomic_write
 from piccolo_build.errors import PiccoloError
 from piccolod.model import ModelError, build, meta, parse_yaml, to_plain
 
@@ -182,18 +181,6 @@ def write_lock(lock: Lock, path: Path = LOCK_FILE) -> bool:
         return False
     atomic_write(path, text.encode())
     return True
-
-
-def atomic_write(path: Path, data: bytes, mode: int = 0o644) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as out:
-            out.write(data)
-        Path(tmp).chmod(mode)
-        Path(tmp).replace(path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 # --- digests -----------------------------------------------------------------------------------

@@ -21,8 +21,8 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from piccolo_build.errors import PiccoloError
-from piccolo_build.lock import atomic_write
+from piccolo_build.atomic import atomic_write
+from piccolo_build.errors import PiccoloError, read_text
 
 SCRIPT = Path("build_library") / "set_lsb_release"
 # The heredoc that writes /usr/share/flatcar/update.conf: its opening line (delimiter unquoted or
@@ -47,10 +47,7 @@ def set_update_server(scripts_dir: Path, server: str) -> bool:
     """Make ``set_lsb_release`` write ``SERVER=<server>`` into update.conf. Returns whether the file
     changed; raises :class:`PiccoloError` (one line) when the expected heredoc is not there."""
     script = scripts_dir / SCRIPT
-    try:
-        text = script.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise PiccoloError(f"{script}: cannot read: {exc.strerror or exc}") from None
+    text = read_text(script)
     docs = list(_HEREDOC.finditer(text))
     if len(docs) != 1:
         what = "no heredoc writing" if not docs else "more than one heredoc writing"

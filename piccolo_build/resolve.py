@@ -30,6 +30,7 @@ from email.parser import HeaderParser
 from pathlib import Path
 from typing import Any
 
+from piccolo_build.atomic import atomic_write
 from piccolo_build.errors import PiccoloError
 from piccolo_build.lock import (
     FILES_HOST,
@@ -37,7 +38,6 @@ from piccolo_build.lock import (
     Lock,
     LockedPackage,
     atom_name,
-    atomic_write,
     check_fetch_url,
     digests,
     download,
