@@ -14,56 +14,11 @@ import pytest
 
 from piccolo_build.coreos import EBUILD, add_rdepend, listed
 from piccolo_build.errors import PiccoloError
+from tests.fixtures.fakesdk import COREOS_EBUILD
 
 ATOM = "coreos-base/piccolo-base"
 
-STAND_IN = """\
-# Stand-in for the test, shaped like Flatcar's coreos-base/coreos meta-package.
-
-EAPI=7
-
-DESCRIPTION="Meta package for the test"
-HOMEPAGE="https://example.invalid"
-
-LICENSE="GPL-2"
-SLOT="0"
-KEYWORDS="amd64 arm64"
-IUSE="selinux"
-
-# A commented-out assignment does not count:
-# RDEPEND="coreos-base/piccolo-base"
-
-RDEPEND=">=sys-apps/baselayout-3.0.0"
-
-RDEPEND="${RDEPEND}
-\tsys-apps/dbus[selinux?]
-\tsys-apps/systemd[selinux?]
-\t"
-
-RDEPEND="${RDEPEND}
-\tamd64? (
-\t\tapp-emulation/xenstore
-\t)"
-
-# Tools for the image.
-RDEPEND="${RDEPEND}
-\tapp-admin/sudo
-\tapp-arch/zstd
-\tsys-libs/glibc
-"
-
-RDEPEND+="
-\tamd64? (
-\t\tsys-auth/google-oslogin
-\t)
-"
-
-RDEPEND="${RDEPEND}
-\tacct-group/man
-
-\tacct-user/man
-"
-"""
+STAND_IN = COREOS_EBUILD
 
 
 def _snapshot(d: Path) -> dict[str, tuple[str, bytes]]:
