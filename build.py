@@ -28,7 +28,7 @@ VENV = ROOT / ".venv"
 TEST_CACHE_VARIABLE = "PICCOLO_TEST_CACHE"
 TEST_CACHE = VENV / "test-cache"
 
-# Debian packages the test suite drives for real (TESTING.md): a private dockerd with busybox images,
+# Debian packages the test suite drives for real (docs/testing.md): a private dockerd with busybox images,
 # swtpm and the TSS headers tpm2-pytss builds against, GPT tools, systemd-nspawn, sysext tooling, gpg.
 APT_PACKAGES = (
     "docker.io",

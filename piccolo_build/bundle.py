@@ -11,7 +11,7 @@ The mtime is ``SOURCE_DATE_EPOCH`` when set (reproducible-builds.org), else :dat
 (1980-01-01 00:00:00 UTC). Earlier times are raised to 1980: a wheel is a zip file, and zip cannot
 store timestamps before 1980, so a wheel built from an older sdist fails.
 
-``base_sysexts`` (FLATCAR.md section 3): Flatcar's default list plus ``piccolod|dev-lang/python&...``,
+``base_sysexts`` (docs/flatcar.md): Flatcar's default list plus ``piccolod|dev-lang/python&...``,
 which bakes the interpreter, the locked runtime dependencies and the agent into a sysext that ships
 with the image and its updates. ``build_sysext`` emerges each listed package (with its dependencies)
 in turn, so dependencies come before dependents.
@@ -39,7 +39,7 @@ DEFAULT_EPOCH = 315532800  # 1980-01-01T00:00:00Z, the earliest time a zip (whee
 FILE_MODE = 0o644
 DIR_MODE = 0o755
 SUMMARY = "Piccolo OS health agent: gates the first boot of an updated /usr slot"
-# build_image's default --base_sysexts (FLATCAR.md section 3): Flatcar's containerd and docker.
+# build_image's default --base_sysexts (docs/flatcar.md): Flatcar's containerd and docker.
 FLATCAR_DEFAULT_SYSEXTS = (
     "containerd-flatcar|app-containers/containerd,"
     "docker-flatcar|app-containers/docker&app-containers/docker-cli&app-containers/docker-buildx"
@@ -204,7 +204,7 @@ def build_sdist(cfg: BuildConfig, output_dir: Path, *, lock: Lock | None = None)
 
 
 def manifest_line(name: str, data: bytes) -> str:
-    """A thin-Manifest line: ``DIST <file> <size> BLAKE2B <hex> SHA512 <hex>`` (FLATCAR.md section 2)."""
+    """A thin-Manifest line: ``DIST <file> <size> BLAKE2B <hex> SHA512 <hex>`` (docs/flatcar.md)."""
     if not name or "/" in name or any(c.isspace() for c in name):
         raise ValueError(f"not a distfile name: {name!r}")
     return (

@@ -2,7 +2,7 @@
 
 Key names (the contract other tools and the docs rely on): ``version``, ``boards``,
 ``flatcar: {release, sdk_version}``, ``update: {group, server}``, ``package: {category, name, license}``,
-``release: {signing_key, output_dir}``, plus the ``health_policy`` and ``agent`` blocks of ``AGENT.md``,
+``release: {signing_key, output_dir}``, plus the ``health_policy`` and ``agent`` blocks of ``docs/agent.md``,
 validated by piccolod's own policy model.
 
 Precedence: CLI flags (``overrides``: dotted key -> string) > ``PICCOLO_*`` environment (the dotted key
@@ -48,7 +48,7 @@ DEFAULT_CONFIG_FILE = "piccolo.yaml"
 ENV_PREFIX = "PICCOLO_"
 
 # Licences the Flatcar profile accepts (``ACCEPT_LICENSE="-* @FREE"``); anything else is shipped as
-# ``licenses/<NAME>`` in the overlay and needs a ``package.license`` entry (FLATCAR.md section 2).
+# ``licenses/<NAME>`` in the overlay and needs a ``package.license`` entry (docs/flatcar.md).
 FREE_LICENSES = frozenset(
     {
         "Apache-2.0",

@@ -1,9 +1,9 @@
-"""Where one build lives on disk: the build context, kept apart from the configuration (STYLE.md).
+"""Where one build lives on disk: the build context, kept apart from the configuration (docs/architecture.md).
 
 ``BuildConfig`` says *what* to build; :class:`BuildContext` says *where*: the work directory (``build/``
 by default), the flatcar/scripts checkout inside it, the logs, the state file recording finished steps,
 and the paths inside the checkout that the Flatcar SDK reads. Paths inside the checkout follow
-flatcar/scripts (FLATCAR.md section 1):
+flatcar/scripts (docs/flatcar.md):
 
 - ``run_sdk_container`` mounts the checkout's ``sdk_container/`` at ``/mnt/host/source`` and
   ``__build__/images`` at ``/mnt/host/source/src/build`` inside the SDK container;

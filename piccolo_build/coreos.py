@@ -2,7 +2,7 @@
 
 That meta-package's RDEPEND *is* the production image's package set, and portage only rebuilds it
 when its revision changes, which Flatcar does by renaming the ``coreos-0.0.1-rN.ebuild`` symlink to
-``coreos-0.0.1.ebuild`` (FLATCAR.md sections 1 and 2).
+``coreos-0.0.1.ebuild`` (docs/flatcar.md).
 
 The real ebuild assigns RDEPEND many times (``RDEPEND=">=..."``, ``RDEPEND="${RDEPEND} ..."``,
 ``RDEPEND+="..."``), each a double-quoted, possibly multi-line value. :func:`add_rdepend` appends a

@@ -2,7 +2,7 @@
 
 One package per entry of the committed lock (:mod:`piccolo_build.lock`), under
 ``coreos-overlay/dev-python/<name>/``: ``<name>-<version>.ebuild`` (EAPI 8, ``distutils-r1`` +
-``pypi``, stable keywords, FLATCAR.md section 2), a thin ``Manifest`` whose ``DIST`` line comes from the
+``pypi``, stable keywords, docs/flatcar.md), a thin ``Manifest`` whose ``DIST`` line comes from the
 lock's digests of the real sdist, and ``metadata.xml`` with the PyPI remote id. Everything is derived
 from the lock, so rendering needs no network and the output only changes when the lock does.
 
@@ -43,7 +43,7 @@ TWEAKS = {
         compile_env=(("PYYAML_FORCE_LIBYAML", "0"),),
     ),
     "tpm2-pytss": Tweak(
-        note="cffi bindings to the image's TPM stack (libtss2-esys, FLATCAR.md section 3).",
+        note="cffi bindings to the image's TPM stack (libtss2-esys of app-crypt/tpm2-tss).",
         ext=True,
         depend=("app-crypt/tpm2-tss",),
         bdepend=("virtual/pkgconfig",),

@@ -1,7 +1,7 @@
 """The committed dependency lock, ``piccolo.lock.json``: exact versions and digests of agent dependencies.
 
 The agent's runtime dependencies (pyproject's ``agent`` extra) must be in the image, but Flatcar's
-``portage-stable`` only carries some Python packages (FLATCAR.md section 2). For every dependency it
+``portage-stable`` only carries some Python packages (docs/flatcar.md). For every dependency it
 lacks, and every dependency of those that it lacks too (runtime and build), the lock records one exact
 version: its source distribution (file name, PyPI URL, size, SHA-256, BLAKE2B, SHA512), licence in
 Gentoo names, build backend and dependencies as Gentoo atoms. :mod:`piccolo_build.deps` writes a

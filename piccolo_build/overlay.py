@@ -1,6 +1,6 @@
 """The overlay plan: every file ``render`` writes into the Flatcar SDK overlay, with its bytes and mode.
 
-Two packages (FLATCAR.md section 2 and ARCHITECTURE.md "What goes into the Flatcar overlay"):
+Two packages (docs/flatcar.md and docs/architecture.md "What goes into the Flatcar overlay"):
 
 - ``<category>/<name>`` (default ``app-admin/piccolod``): the agent, installed from its sdist by
   ``distutils-r1``, with ``piccolod.service`` (``Type=notify``), the vendor policy for
@@ -34,7 +34,7 @@ BASE_NAME = "piccolo-base"
 UNIT = "piccolod.service"
 
 # TimeoutStartSec = startup deadline + reboot grace + this margin: systemd must never kill the gate
-# before it has given its verdict and, on failure, rebooted (AGENT.md "The gate").
+# before it has given its verdict and, on failure, rebooted (docs/agent.md "The gate").
 START_TIMEOUT_MARGIN_SECONDS = 60
 # Exit status with which piccolod reports a failed gate; systemd must not restart it into a second gate.
 GATE_FAILED_EXIT_STATUS = 3

@@ -5,7 +5,7 @@ action that piccolo-build does itself in Python (copy the overlay in, edit RDEPE
 kinds name their inputs and outputs, so ``plan`` shows the whole build. The executor
 (:mod:`piccolo_build.sdk`) runs exactly this list.
 
-The SDK commands follow flatcar/scripts (FLATCAR.md section 1; flag spellings from the usage texts of
+The SDK commands follow flatcar/scripts (docs/flatcar.md; flag spellings from the usage texts of
 ``run_sdk_container``, ``build_image`` and ``image_to_vm.sh``):
 
 - ``./run_sdk_container [-C IMAGE] [-V SDK_VERSION] -a all -- CMD`` runs CMD in the SDK container.

@@ -61,7 +61,7 @@ class Artefact:
     payload: bool = False
 
 
-# The one table of artefact names (FLATCAR.md sections 1 and 5; flatcar/scripts build_library).
+# The one table of artefact names (docs/flatcar.md; flatcar/scripts build_library).
 ARTEFACTS: tuple[Artefact, ...] = (
     Artefact(
         ("flatcar_production_image.bin", "flatcar_production_image.bin.bz2"),

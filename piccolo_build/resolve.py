@@ -54,7 +54,7 @@ AGENT_EXTRA = "agent"
 PYPI_INDEX = "https://pypi.org/"
 
 # dev-python packages in Flatcar's portage-stable (flatcar/scripts main, 2026-08, under
-# sdk_container/src/third_party/portage-stable/dev-python; FLATCAR.md section 2 names the ones that
+# sdk_container/src/third_party/portage-stable/dev-python; docs/flatcar.md names the ones that
 # matter here). A dependency in this set is used from there; anything else gets an ebuild of ours.
 PORTAGE_STABLE_PYTHON = frozenset(
     (

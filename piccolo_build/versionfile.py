@@ -1,7 +1,7 @@
 """The SDK version a flatcar/scripts checkout pins: ``FLATCAR_SDK_VERSION`` in its ``version.txt``.
 
 flatcar/scripts keeps ``sdk_container/.repo/manifests/version.txt``, a file of shell assignments that
-its SDK scripts ``source`` (FLATCAR.md section 1)::
+its SDK scripts ``source`` (docs/flatcar.md)::
 
     FLATCAR_VERSION=4081.2.10
     FLATCAR_VERSION_ID=4081.2.10

@@ -14,7 +14,7 @@ up threads across runs.
 interrupted checks; later assessments raise at once. The checks' threads are daemon threads, so a check
 that never returns cannot hold up the process's exit either.
 
-The verdict follows AGENT.md: ``unhealthy`` when a required component fails, ``degraded`` when only
+The verdict follows docs/agent.md: ``unhealthy`` when a required component fails, ``degraded`` when only
 optional ones fail, ``healthy`` otherwise. Which components are required is the policy's business
 (:meth:`HealthPolicy.required`); making every component required is the seed's stricter rule.
 """

@@ -1,6 +1,6 @@
 """The first-boot gate: decide whether systemd may consider piccolod ready (and update_engine mark the slot).
 
-FLATCAR.md section 4: update_engine marks the booted slot good 45 s after it starts, and it starts only
+docs/flatcar.md: update_engine marks the booted slot good 45 s after it starts, and it starts only
 once ``piccolod.service`` (``Type=notify``) has sent ``READY=1``. So:
 
 - a marked slot (successful=1) is never gated: ``READY=1`` at once;

@@ -8,7 +8,7 @@ header at the disk's last LBA, with its own entry array just before it, is used 
 GRUB and ``cgpt repair`` do; :attr:`Table.header` says which copy was read.
 
 The 64-bit attribute field carries the update slot state that GRUB's ``gptprio`` and Flatcar's
-``cgpt``/``flatcar-setgoodroot`` use (FLATCAR.md section 4): priority in bits 48-51, tries in bits 52-55,
+``cgpt``/``flatcar-setgoodroot`` use (docs/flatcar.md): priority in bits 48-51, tries in bits 52-55,
 successful in bit 56.
 """
 

@@ -1,7 +1,7 @@
 """Logging for the agent: JSON lines for journald, readable text on a terminal.
 
 :func:`setup` is called once at the entry point. :func:`log_check` writes one record per check with the
-fields AGENT.md names (component, healthy, details, timestamp, boot_id) plus reason and duration. With a
+fields docs/agent.md names (component, healthy, details, timestamp, boot_id) plus reason and duration. With a
 non-terminal stream every record is one JSON object per line, the extra fields at top level; on a
 terminal it is one human line per record.
 """

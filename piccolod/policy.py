@@ -1,6 +1,6 @@
 """The health policy: what piccolod checks, how strictly, and what it does when checks fail.
 
-The file format extends the seed's ``health_policy`` block (see ``AGENT.md``, whose key names are the
+The file format extends the seed's ``health_policy`` block (see ``docs/agent.md``, whose key names are the
 contract). Vendor default ``/usr/lib/piccolod/health-policy.yaml``; the administrator's
 ``/etc/piccolod/health-policy.yaml`` overrides it key by key; ``--config FILE`` uses exactly one file.
 The builder imports this module to validate the policy it bakes into the image.

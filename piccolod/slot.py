@@ -2,7 +2,7 @@
 
 GRUB's ``gptprio.next`` boots a flatcar-usr partition and names it on the kernel command line as
 ``mount.usr=PARTUUID=<uuid>``, or, with dm-verity, ``mount.usr=/dev/mapper/usr verity.usr=PARTUUID=<uuid>``
-(FLATCAR.md section 4); plain ``usr=`` is accepted too. The disk holding that partition is the configured
+(docs/flatcar.md); plain ``usr=`` is accepted too. The disk holding that partition is the configured
 path, or found automatically: the udev link ``/dev/disk/by-partuuid/<uuid>`` when it exists, else every
 partitioned disk under ``/sys/block`` is read until one has the PARTUUID. Its GPT entry is then read
 directly (:mod:`piccolod.gpt`; the backup copy when the primary one is corrupt), so the slot state is

@@ -113,7 +113,7 @@ def test_every_ebuild_follows_the_overlay_conventions(files: dict[PurePosixPath,
         text = f.content.decode()
         assert "\nEAPI=8\n" in text
         assert "\ninherit distutils-r1 pypi\n" in text
-        assert "\nKEYWORDS='amd64 arm64'\n" in text, "stable keywords only (FLATCAR.md section 2)"
+        assert "\nKEYWORDS='amd64 arm64'\n" in text, "stable keywords only (docs/flatcar.md)"
         assert '\nSLOT="0"\n' in text
         assert '\nRESTRICT="test"\n' in text
         assert "SRC_URI" not in text, "the pypi eclass sets SRC_URI"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -63,7 +64,7 @@ def test_import_scan_sees_a_builder_import(tmp_path: Path) -> None:
 
 
 def test_only_run_module_spawns_processes() -> None:
-    """STYLE.md: one choke point runs processes (run.py; docker_sdk.py talks to the Docker daemon)."""
+    """One choke point runs processes (run.py; docker_sdk.py talks to the Docker daemon)."""
     spawners = {"subprocess", "sh", "pty", "docker"}
     offenders = [
         f"{p.relative_to(ROOT)}: {sorted(_imports(p) & spawners)}"
@@ -71,3 +72,41 @@ def test_only_run_module_spawns_processes() -> None:
         if p.name not in {"run.py", "docker_sdk.py"} and _imports(p) & spawners
     ]
     assert offenders == []
+
+
+# Notes kept outside the repository by whoever wrote the first design; the project must stand alone.
+_OUTSIDE_NOTES = re.compile(r"\b(?:FLATCAR|AGENT|TESTING|STYLE|ARCHITECTURE)\.md\b|\.\./shared/(?!flatcar/)")
+
+
+def _tracked_text_files() -> list[Path]:
+    out = _run("git", "ls-files", "-z").stdout.split("\0")
+    return [ROOT / f for f in out if f and (ROOT / f).is_file()]
+
+
+def outside_references(paths: list[Path]) -> list[str]:
+    """``file:line`` of every mention of a design note that does not live in this repository."""
+    found = []
+    for path in paths:
+        try:
+            text = path.read_text(encoding="utf-8")
+        except (UnicodeDecodeError, OSError):
+            continue
+        found += [
+            f"{path.relative_to(ROOT)}:{n}"
+            for n, line in enumerate(text.splitlines(), 1)
+            if _OUTSIDE_NOTES.search(line)
+        ]
+    return found
+
+
+def test_project_stands_alone() -> None:
+    assert outside_references(_tracked_text_files()) == []
+
+
+def test_outside_reference_scan_sees_one(tmp_path: Path) -> None:
+    bad = ROOT / "tests" / f".scan-{tmp_path.name}.txt"
+    bad.write_text("see " + "FLATCAR" + ".md section 4\n", encoding="utf-8")
+    try:
+        assert outside_references([bad]) == [f"tests/{bad.name}:1"]
+    finally:
+        bad.unlink()

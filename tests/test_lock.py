@@ -128,7 +128,7 @@ def test_committed_lock_is_canonical(committed: Lock) -> None:
 
 def test_lock_covers_what_portage_stable_lacks(committed: Lock) -> None:
     names = {p.name for p in committed.packages}
-    # FLATCAR.md section 2: portage-stable lacks these, and the agent needs them at runtime.
+    # docs/flatcar.md: portage-stable lacks these, and the agent needs them at runtime.
     assert {"pyyaml", "prometheus-client", "docker", "tpm2-pytss"} <= names
     assert not names & resolve.PORTAGE_STABLE_PYTHON
     runtime = {p.name for p in committed.packages if p.runtime}

@@ -8,7 +8,7 @@ check also honours ``timeout`` itself (socket timeouts, client timeouts, probes 
 no state and open (and close) their own clients on every call. Heavy libraries (``docker``,
 ``tpm2_pytss``) are imported inside the check, so importing this registry is cheap.
 
-Semantics of each check are in ``AGENT.md`` ("Components and checks").
+Semantics of each check are in ``docs/agent.md`` ("Components and checks").
 """
 
 from __future__ import annotations

@@ -33,7 +33,7 @@ python_install_all() {
 	systemd_dounit "${FILESDIR}/piccolod.service"
 	# The .wants/ link is made here, at build time, not by a command on the device.
 	systemd_enable_service multi-user.target piccolod.service
-	# Units inside a sysext are started through an Upholds= drop-in (FLATCAR.md section 3).
+	# Units inside a sysext are started through an Upholds= drop-in.
 	insinto /usr/lib/systemd/system/multi-user.target.d
 	doins "${FILESDIR}/10-piccolod.conf"
 

@@ -14,7 +14,7 @@ KEYWORDS='amd64'
 
 src_install() {
 	# update-engine may only start (and mark the booted /usr slot good) once piccolod is ready.
-	# Vendor configuration lives in /usr; /etc is for the administrator (FLATCAR.md section 2).
+	# Vendor configuration lives in /usr; /etc is for the administrator.
 	insinto /usr/lib/systemd/system/update-engine.service.d
 	doins "${FILESDIR}/10-piccolod-dependency.conf"
 

@@ -24,7 +24,7 @@ KEYWORDS='amd64 arm64'
 # piccolod's own tests exercise this library against the real thing.
 RESTRICT="test"
 
-# cffi bindings to the image's TPM stack (libtss2-esys, FLATCAR.md section 3).
+# cffi bindings to the image's TPM stack (libtss2-esys of app-crypt/tpm2-tss).
 DEPEND="
 	app-crypt/tpm2-tss
 "
