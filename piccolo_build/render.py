@@ -1,9 +1,9 @@
 """Rendering: the one Jinja environment, and the atomic, deterministic write of a file tree.
 
-Templates live in the repository's ``templates/`` directory (found relative to this package, so an
-installed copy works as long as it sits beside the checkout). The environment is strict: an undefined
-name is an error, nothing is auto-escaped (the quoting filters of :mod:`piccolo_build.quoting` do it for
-each target language), trailing newlines are kept, block tags leave no blank lines.
+Templates are package data (``piccolo_build/templates/``), so any install finds them. The environment
+is strict: an undefined name is an error, nothing is auto-escaped (the quoting filters of
+:mod:`piccolo_build.quoting` do it for each target language), trailing newlines are kept, block tags
+leave no blank lines.
 
 :func:`write_tree` renders into a temporary directory next to the output, then swaps it with the
 output in one step (:mod:`piccolo_build.atomic`). When the new tree equals the old one byte for byte and
@@ -34,7 +34,6 @@ if TYPE_CHECKING:
 
     from piccolo_build.overlay import OverlayFile
 
-TEMPLATES = Path(__file__).resolve().parent.parent / "templates"
 DIR_MODE = 0o755
 FILE_MODE = 0o644
 MARKER = PurePosixPath(".piccolo-overlay")
@@ -52,7 +51,7 @@ def environment() -> jinja2.Environment:
     from piccolo_build.quoting import FILTERS
 
     env = jinja2.Environment(
-        loader=jinja2.FileSystemLoader(TEMPLATES),
+        loader=jinja2.PackageLoader("piccolo_build", "templates"),  # package data: works in any install
         undefined=jinja2.StrictUndefined,
         autoescape=False,  # noqa: S701 - no HTML here; values are quoted per language by filters
         keep_trailing_newline=True,
