@@ -263,3 +263,63 @@ def test_a_valid_file_still_loads() -> None:
         PolicyFile,
     )
     assert load_lock(SHIPPED_LOCK).packages
+
+
+# --- the builder's other inputs: files of the flatcar/scripts checkout, its own build state -----------
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        (b"SDK=\xff\xfe\n", "{path}:1: not UTF-8 text"),
+        (None, "{path}: cannot read: not a regular file"),  # a FIFO: refused, never waited on
+        (b"", "{path}: larger than 16384 KiB"),  # a sparse 17 MiB file
+    ],
+    ids=["binary", "fifo", "huge"],
+)
+def test_checkout_files_are_read_bounded(tmp_path: Path, content: bytes | None, message: str) -> None:
+    import os
+
+    from piccolo_build.errors import read_text
+
+    path = tmp_path / "build_image_util.sh"
+    if content is None:
+        os.mkfifo(path)
+    elif not content:
+        with path.open("wb") as f:
+            f.truncate(17 * 1024 * 1024)
+    else:
+        path.write_bytes(content)
+    with pytest.raises(PiccoloError) as exc:
+        read_text(path)
+    assert exc.value.message == message.format(path=path)
+
+
+def test_a_binary_version_file_is_one_line(tmp_path: Path) -> None:
+    from piccolo_build.versionfile import read_sdk_version
+
+    path = tmp_path / "version.txt"
+    path.write_bytes(b"FLATCAR_SDK_VERSION=\xff\n")
+    with pytest.raises(PiccoloError, match=r"version\.txt: not UTF-8 text$"):
+        read_sdk_version(path)
+
+
+@pytest.mark.parametrize(
+    "content",
+    [
+        b"\xff\xfe",
+        b"[" * 100_000 + b"]" * 100_000,
+        b'{"steps": [1, 2]}',
+        b'{"steps": {"checkout": "done", "sdk": {"digest": 1}}}',
+        b"null",
+        b'{"steps": {"ok": {"digest": "abc", "result": null}}}',
+    ],
+    ids=["binary", "deep", "list", "bad-entries", "null", "good"],
+)
+def test_a_damaged_build_state_means_the_steps_run_again(tmp_path: Path, content: bytes) -> None:
+    from piccolo_build.sdk import State
+
+    path = tmp_path / "state.json"
+    path.write_bytes(content)
+    state = State(path)
+    assert state.steps == ({"ok": {"digest": "abc", "result": None}} if b'"ok"' in content else {})
