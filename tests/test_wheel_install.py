@@ -21,6 +21,7 @@ from pathlib import Path
 
 import pytest
 
+from piccolo_build.lock import gentoo_version
 from piccolo_build.render import read_tree
 from tests.builder_helpers import ROOT
 
@@ -161,14 +162,15 @@ def test_piccolod_help_without_the_agent_extra(venv: Path, tmp_path: Path, syste
 def test_a_projects_own_lock_wins_and_lock_writes_there(venv: Path, tmp_path: Path, system_path: str) -> None:
     site = next((venv / "lib").glob("python3*/site-packages"))
     lock = json.loads((site / "piccolo_build" / "data" / "piccolo.lock.json").read_text())
-    docker = next(p for p in lock["packages"] if p["name"] == "docker")
-    docker["summary"] = "Our own pin of the Docker SDK"
+    pkg = lock["packages"][0]
+    pkg["summary"] = "Our own pin"
     (tmp_path / "piccolo.lock.json").write_text(json.dumps(lock, indent=2, sort_keys=True) + "\n")
     run_in(venv, tmp_path, system_path, "piccolo-build", "render", "-o", tmp_path / "out")
     ours = read_tree(tmp_path / "out")
     committed = read_tree(ROOT / "overlays")
     changed = sorted(str(path) for path in ours if ours[path] != committed.get(path))
-    assert changed == ["coreos-overlay/dev-python/docker/docker-7.2.0.ebuild"]  # its DESCRIPTION
+    ebuild = f"{pkg['name']}-{gentoo_version(pkg['version'])}.ebuild"
+    assert changed == [f"coreos-overlay/dev-python/{pkg['name']}/{ebuild}"]  # its DESCRIPTION
     code = (
         "from piccolo_build import lock; "
         "print(lock.lock_path(), lock.write_path(), lock.source_checkout(), sep='\\n')"
