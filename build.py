@@ -2,10 +2,17 @@
 """Entry point for a fresh checkout: bootstrap ``.venv``, then run ``piccolo-build``.
 
     python3 build.py render            # any piccolo-build command, with its arguments
+    python3 build.py check             # piccolo-build check, after installing the linters it runs
     python3 build.py test [PYTEST...]  # install what the tests need (apt too, as root) and run them all
+    python3 build.py lock-env          # re-resolve the pinned environment: rewrite constraints.txt
 
-The virtual environment is (re)installed when ``pyproject.toml`` changes. Only the standard library is
-used here, because nothing else is installed yet.
+Every install is pinned: pip gets ``constraints.txt`` (exact versions of every package the ``test``
+extra resolves to, transitive ones included), so a new release of a dependency never changes the tool
+under a green suite. The virtual environment is (re)installed when ``pyproject.toml`` or
+``constraints.txt`` changes. ``lock-env`` is the one way to move the pins: it resolves ``.[test]`` in
+a throwaway environment, with the agent's runtime packages held at the versions the device gets
+(the shipped ``piccolo.lock.json``), and writes what pip chose. Only the standard library is used here,
+because nothing else is installed yet.
 
 ``test`` also downloads, once, what the tests read instead of PyPI (tests never touch a public
 address): the locked dependency sdists and PyPI's JSON documents of those packages, into
@@ -24,6 +31,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent
 VENV = ROOT / ".venv"
+CONSTRAINTS = ROOT / "constraints.txt"
+DEVICE_LOCK = ROOT / "piccolo_build" / "data" / "piccolo.lock.json"
 # What the tests read instead of the network (tests/test_lock.py reads the same variable and default).
 TEST_CACHE_VARIABLE = "PICCOLO_TEST_CACHE"
 TEST_CACHE = VENV / "test-cache"
@@ -49,6 +58,8 @@ APT_PACKAGES = (
     "btrfs-progs",
     "git",
 )
+# What `piccolo-build check` runs besides the `check` extra's pkgcheck and shellcheck: systemd-analyze.
+CHECK_APT_PACKAGES = ("systemd",)
 
 
 def run(*argv: str | Path) -> None:
@@ -56,10 +67,10 @@ def run(*argv: str | Path) -> None:
     subprocess.run([str(a) for a in argv], check=True)
 
 
-def apt_install() -> None:
+def apt_install(packages: tuple[str, ...] = APT_PACKAGES) -> None:
     missing = [
         p
-        for p in APT_PACKAGES
+        for p in packages
         if subprocess.run(
             ["dpkg-query", "-W", "-f=${Status}", p], capture_output=True, text=True, check=False
         ).stdout
@@ -68,9 +79,7 @@ def apt_install() -> None:
     if not missing:
         return
     if os.geteuid() != 0 or shutil.which("apt-get") is None:
-        sys.exit(
-            f"build.py: the tests need these Debian packages: {' '.join(missing)} (run as root to install)"
-        )
+        sys.exit(f"build.py: these Debian packages are needed: {' '.join(missing)} (run as root to install)")
     env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
     subprocess.run(["apt-get", "update", "-q"], check=True, env=env)
     subprocess.run(
@@ -78,19 +87,64 @@ def apt_install() -> None:
     )
 
 
+def install_digest() -> str:
+    """What an install depends on: the project's requirements and the pins."""
+    return hashlib.sha256((ROOT / "pyproject.toml").read_bytes() + CONSTRAINTS.read_bytes()).hexdigest()
+
+
 def ensure_venv(extras: str) -> Path:
     python = VENV / "bin" / "python"
     if not python.exists():
         run(sys.executable, "-m", "venv", VENV)
-    digest = hashlib.sha256((ROOT / "pyproject.toml").read_bytes()).hexdigest()
+    digest = install_digest()
     stamp = VENV / f".installed-{extras or 'base'}"
-    # The test extras include everything the base install has.
+    # The test extras include everything the base and check installs have.
     done = [s for s in (stamp, VENV / ".installed-test") if s.exists() and s.read_text() == digest]
     if not done:
         target = f"{ROOT}[{extras}]" if extras else str(ROOT)
-        run(python, "-m", "pip", "install", "--quiet", "--editable", target)
+        run(python, "-m", "pip", "install", "--quiet", "--constraint", CONSTRAINTS, "--editable", target)
         stamp.write_text(digest)
     return python
+
+
+def lock_env() -> int:
+    """Resolve ``.[test]`` afresh in a throwaway environment and write every version into
+    constraints.txt; the agent's runtime packages are held at the device lock's versions."""
+    import json
+    import re
+    import tempfile
+
+    lock = json.loads(DEVICE_LOCK.read_text(encoding="utf-8"))
+    device = sorted(f"{p['pypi_name']}=={p['version']}" for p in lock["packages"] if p["runtime"])
+    with tempfile.TemporaryDirectory(prefix="piccolo-lock-env.") as tmp:
+        seed = Path(tmp) / "device.txt"
+        seed.write_text("".join(f"{pin}\n" for pin in device), encoding="utf-8")
+        run(sys.executable, "-m", "venv", Path(tmp) / "venv")
+        python = Path(tmp) / "venv" / "bin" / "python"
+        run(python, "-m", "pip", "install", "--quiet", "--constraint", seed, "--editable", f"{ROOT}[test]")
+        frozen = subprocess.run(
+            [python, "-m", "pip", "freeze", "--all", "--exclude", "pip", "--exclude", "piccolo-build"],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+    pins = []
+    for line in frozen.splitlines():
+        name, sep, version = line.partition("==")
+        if not sep:
+            sys.exit(f"build.py: pip freeze gave an unpinned line: {line!r}")
+        pins.append(f"{re.sub(r'[-_.]+', '-', name).lower()}=={version}")
+    pins.sort(key=lambda pin: pin.partition("==")[0])
+    CONSTRAINTS.write_text(CONSTRAINTS_HEADER + "".join(f"{pin}\n" for pin in pins), encoding="utf-8")
+    print(f"{CONSTRAINTS.name}: {len(pins)} pins (device: {', '.join(device)})")
+    return 0
+
+
+CONSTRAINTS_HEADER = """\
+# Exact versions of every package `pip install .[test]` resolves to, transitive ones included.
+# build.py installs every environment with these pins. Generated by `python3 build.py lock-env`
+# (the agent's runtime packages held at piccolo.lock.json's versions): do not edit by hand.
+"""
 
 
 def fill_test_cache() -> None:
@@ -102,14 +156,48 @@ def fill_test_cache() -> None:
         sys.exit(f"build.py: cannot fill the tests' download cache {cache} (the error is above)")
 
 
+def fill_wheelhouse() -> None:
+    """Wheels of every pinned package an install of the project with the ``check`` extra needs, into
+    ``$PICCOLO_TEST_CACHE/wheels``: the wheel-install test installs a freshly built wheel from there,
+    offline. pip skips what is already there."""
+    import tomllib
+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))["project"]
+    wanted = [*project["dependencies"], *project["optional-dependencies"]["check"]]
+    wheels = Path(os.environ.setdefault(TEST_CACHE_VARIABLE, str(TEST_CACHE))) / "wheels"
+    python = VENV / "bin" / "python"
+    try:
+        run(
+            python,
+            "-m",
+            "pip",
+            "wheel",
+            "--quiet",
+            "--constraint",
+            CONSTRAINTS,
+            "--wheel-dir",
+            wheels,
+            *wanted,
+        )
+    except subprocess.CalledProcessError:
+        sys.exit(f"build.py: cannot fill the tests' wheel cache {wheels} (the error is above)")
+
+
 def main(argv: list[str]) -> int:
     if argv[:1] == ["test"]:
         apt_install()
         python = ensure_venv("test")
         os.chdir(ROOT)
         fill_test_cache()
+        fill_wheelhouse()
         return subprocess.run([str(python), "-m", "pytest", *argv[1:]], check=False).returncode
-    ensure_venv("")
+    if argv[:1] == ["lock-env"]:
+        return lock_env()
+    if argv[:1] == ["check"]:
+        apt_install(CHECK_APT_PACKAGES)
+        ensure_venv("check")
+    else:
+        ensure_venv("")
     cli = VENV / "bin" / "piccolo-build"
     os.execv(cli, [str(cli), *argv])  # noqa: S606 - replaces this bootstrap process with the CLI
 

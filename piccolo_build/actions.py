@@ -237,7 +237,7 @@ def distfiles(env: ActionEnv) -> str | None:
         env.log(f"downloading {len(missing)} missing into {cache} from {source}: {' '.join(missing)}")
     host = env.ctx.distfiles_mirror or locking.FILES_HOST
     locking.fetch_distfiles(lock, cache, files_host=host)  # verifies every file, downloaded or not
-    env.log(f"verified {len(lock.packages)} files in {cache} against {locking.LOCK_FILE.name}")
+    env.log(f"verified {len(lock.packages)} files in {cache} against {locking.LOCK_NAME}")
     distdir.mkdir(parents=True, exist_ok=True)
     for pkg in lock.packages:
         data = (cache / pkg.filename).read_bytes()

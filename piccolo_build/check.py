@@ -158,7 +158,13 @@ def lint_shell(files: list[OverlayFile], work: Path) -> list[Step]:
         if r.returncode != 0 or r.stderr.strip():
             out_bash.append(f"{f.path}: {r.stderr.strip()}")
     sc = run(
-        ["shellcheck", "--shell=bash", "--format=gcc", f"--exclude={','.join(SHELLCHECK_EXCLUDES)}", *paths],
+        [
+            tool("shellcheck"),
+            "--shell=bash",
+            "--format=gcc",
+            f"--exclude={','.join(SHELLCHECK_EXCLUDES)}",
+            *paths,
+        ],
         check=False,
     )
     if sc.returncode != 0:
@@ -206,7 +212,7 @@ def judge_pkgcheck(stdout: str, ours: list[str]) -> list[str]:
 def scan(cfg: BuildConfig, files: list[OverlayFile], work: Path) -> Step:
     repo = work / "repo"
     ours = build_scan_repo(cfg, files, repo)
-    pkgcheck = which("pkgcheck") or _venv_tool("pkgcheck")
+    pkgcheck = tool("pkgcheck")
     result = run(
         [pkgcheck, "scan", "--exit", "error", "-R", "JsonReporter", "--cache-dir", work / "cache", repo],
         cwd=repo,
@@ -221,10 +227,12 @@ def scan(cfg: BuildConfig, files: list[OverlayFile], work: Path) -> Step:
     return Step("pkgcheck scan", not failures, "\n".join(failures))
 
 
-def _venv_tool(name: str) -> str:
+def tool(name: str) -> str:
+    """``name`` on PATH, else beside this interpreter: pkgcheck and shellcheck come with the ``check``
+    extra, so they are found in the environment piccolo-build runs from, activated or not."""
     import sys
 
-    return str(Path(sys.executable).parent / name)
+    return which(name) or str(Path(sys.executable).parent / name)
 
 
 def check_overlay(cfg: BuildConfig, files: list[OverlayFile], overlay: Path) -> Report:

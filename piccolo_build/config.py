@@ -27,9 +27,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-import yaml
-
 from piccolod.model import (
+    MAX_SCALAR,
     FieldError,
     KeyPath,
     ModelError,
@@ -40,6 +39,7 @@ from piccolod.model import (
     load_file,
     merge,
     meta,
+    parse_yaml,
     set_path,
 )
 from piccolod.policy import Agent, HealthPolicy, PolicyFile, safe_text
@@ -295,10 +295,12 @@ def _from_string(tp: Any, text: str, src: Source, path: KeyPath) -> Any:
 
 
 def _yaml_scalar(text: str, src: Source, path: KeyPath) -> Any:
+    """A flag or environment value written in YAML (``45``, ``false``, ``[a, b]``): the same subset
+    and limits as a file."""
     try:
-        return yaml.safe_load(text)
-    except yaml.YAMLError:
-        raise src.error(path, f"cannot parse {text!r}") from None
+        return parse_yaml(text, src.file)[0]
+    except ModelError as exc:
+        raise src.error(path, f"cannot parse {text!r}: {exc.message}") from None
 
 
 def _layer(values: Mapping[str, str], origin: str, names: Mapping[str, str]) -> tuple[dict[str, Any], Source]:
@@ -314,6 +316,8 @@ def _layer(values: Mapping[str, str], origin: str, names: Mapping[str, str]) -> 
         if not values[key].strip():
             # An unset CI variable expands to "": never let it quietly mean null (an unsigned release).
             raise ModelError(where, None, key, "empty value; give a value, or 'null' where null is allowed")
+        if len(values[key]) > MAX_SCALAR:
+            raise ModelError(where, None, key, f"a value longer than {MAX_SCALAR} characters")
         value = _from_string(tp, values[key], Source(where), path)
         src.lines[path] = (where, 0)
         if isinstance(value, list):

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from piccolo_build.config import Board, BuildConfig
-from piccolo_build.lock import LOCK_FILE, Lock, LockedPackage, atom_key, load_lock
+from piccolo_build.lock import Lock, LockedPackage, atom_key, load_lock
 from piccolo_build.overlay import OVERLAY, PYTHON_COMPAT, OverlayFile
 from piccolo_build.render import render_template
 
@@ -109,8 +109,8 @@ def package_files(cfg: BuildConfig, pkg: LockedPackage) -> list[OverlayFile]:
 
 
 def dependency_files(cfg: BuildConfig, lock: Lock | None = None) -> list[OverlayFile]:
-    """Every dependency package from the lock (default: the committed ``piccolo.lock.json``)."""
-    lock = lock if lock is not None else load_lock(LOCK_FILE)
+    """Every dependency package from the lock (default: the lock in use, ``lock.lock_path()``)."""
+    lock = lock if lock is not None else load_lock()
     files = [f for pkg in lock.packages for f in package_files(cfg, pkg)]
     return sorted(files, key=lambda f: f.path)
 
@@ -172,7 +172,7 @@ STAND_IN_VERSION = "999"
 def scan_extras(ours: Iterable[str], lock: Lock | None = None) -> dict[str, bytes]:
     """Repository-relative files the scan repository needs for the dependency ebuilds: the ``pypi``
     eclass stand-in, stand-in packages for portage-stable atoms, and the licences they use."""
-    lock = lock if lock is not None else load_lock(LOCK_FILE)
+    lock = lock if lock is not None else load_lock()
     if not lock.packages:
         return {}
     have = set(ours)

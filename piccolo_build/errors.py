@@ -24,9 +24,16 @@ class StepFailed(PiccoloError):
     exit_code = 1
 
 
+# Scripts and ebuilds of a flatcar/scripts checkout are tens of kilobytes; anything this big is not one.
+MAX_TEXT_BYTES = 16 * 1024 * 1024
+
+
 def read_text(path: Path) -> str:
-    """The file's text, or a one-line :class:`PiccoloError` naming it."""
+    """The UTF-8 text of the regular file ``path`` (at most :data:`MAX_TEXT_BYTES`), or a one-line
+    :class:`PiccoloError` naming it (a FIFO never blocks, binary content is no traceback)."""
+    from piccolod.model import ModelError, decode_utf8, read_bounded
+
     try:
-        return path.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise PiccoloError(f"{path}: cannot read: {exc.strerror or exc}") from None
+        return decode_utf8(read_bounded(path, MAX_TEXT_BYTES), str(path))
+    except ModelError as exc:
+        raise PiccoloError(str(exc)) from None

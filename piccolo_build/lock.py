@@ -14,6 +14,10 @@ as the tests use: :func:`check_fetch_url`).
 
 The file is JSON written with sorted keys; it is read with :mod:`piccolod.model` (JSON is YAML), so a
 bad lock gives a ``file:line: key: message`` error.
+
+Which lock: piccolo-build ships one, :data:`SHIPPED_LOCK` (package data, the pins the agent is tested
+with). A project's own ``piccolo.lock.json`` in the working directory (where ``piccolo.yaml`` is read
+from) wins over it (:func:`lock_path`). ``piccolo-build lock`` writes where :func:`write_path` says.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ import hashlib
 import ipaddress
 import json
 import logging
+import os
 import re
 import urllib.error
 import urllib.parse
@@ -32,12 +37,13 @@ from typing import Any
 
 from piccolo_build.atomic import atomic_write
 from piccolo_build.errors import PiccoloError
-from piccolod.model import ModelError, build, meta, parse_yaml, to_plain
+from piccolod.model import ModelError, build, load_file, meta, to_plain
 
 log = logging.getLogger(__name__)
 
-ROOT = Path(__file__).resolve().parent.parent
-LOCK_FILE = ROOT / "piccolo.lock.json"
+LOCK_NAME = "piccolo.lock.json"
+PACKAGE_DIR = Path(__file__).resolve().parent
+SHIPPED_LOCK = PACKAGE_DIR / "data" / LOCK_NAME
 FILES_HOST = "https://files.pythonhosted.org/packages/"
 
 _HEX = re.compile(r"[0-9a-f]+")
@@ -151,16 +157,35 @@ def gentoo_version(version: str) -> str:
 # --- reading and writing the lock --------------------------------------------------------------
 
 
-def load_lock(path: Path = LOCK_FILE) -> Lock:
-    """Read and validate the lock; errors are ``PiccoloError`` naming file, line and key."""
+def lock_path(project: Path = Path()) -> Path:
+    """The lock in use: the project's own ``piccolo.lock.json`` (in ``project``, default the working
+    directory) when there is one, else the lock piccolo-build ships."""
+    own = project / LOCK_NAME
+    return own if os.path.lexists(own) else SHIPPED_LOCK
+
+
+def source_checkout() -> Path | None:
+    """The source checkout piccolo-build runs from (an editable install), or None when installed."""
+    root = PACKAGE_DIR.parent
+    return root if (root / "pyproject.toml").is_file() and (root / "build.py").is_file() else None
+
+
+def write_path(project: Path = Path()) -> Path:
+    """Where ``piccolo-build lock`` writes without ``--lock-file``: the lock in use, except that an
+    installed piccolo-build's own lock is never rewritten (that would edit site-packages): without a
+    project lock it starts one in ``project``. From a source checkout it refreshes the shipped lock."""
+    path = lock_path(project)
+    if path == SHIPPED_LOCK and source_checkout() is None:
+        return project / LOCK_NAME
+    return path
+
+
+def load_lock(path: Path | None = None) -> Lock:
+    """Read and validate the lock (default :func:`lock_path`); errors are ``PiccoloError`` naming file,
+    line and key."""
+    path = path if path is not None else lock_path()
     try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise PiccoloError(
-            f"{path}: cannot read the lock: {exc.strerror}", hint="run `piccolo-build lock`"
-        ) from None
-    try:
-        data, src = parse_yaml(text, str(path))
+        data, src = load_file(path)
         lock = build(Lock, data, src)
     except ModelError as exc:
         raise PiccoloError(str(exc), hint="run `piccolo-build lock` to regenerate it") from None
@@ -174,7 +199,7 @@ def dump_lock(lock: Lock) -> str:
     return json.dumps(to_plain(lock), indent=2, sort_keys=True, ensure_ascii=True) + "\n"
 
 
-def write_lock(lock: Lock, path: Path = LOCK_FILE) -> bool:
+def write_lock(lock: Lock, path: Path) -> bool:
     """Write atomically; returns whether the content changed."""
     text = dump_lock(lock)
     if path.exists() and path.read_text(encoding="utf-8") == text:
@@ -219,7 +244,7 @@ def verify_distfiles(lock: Lock, distdir: Path) -> None:
             problems.append(f"{pkg.filename}: {', '.join(bad)} differ from the lock")
     if problems:
         raise PiccoloError(
-            f"{distdir}: distfiles do not match {LOCK_FILE.name}: " + "; ".join(problems),
+            f"{distdir}: distfiles do not match {LOCK_NAME}: " + "; ".join(problems),
             hint="delete the bad files and fetch again, or refresh the lock with `piccolo-build lock`",
         )
 

@@ -1,9 +1,9 @@
 """Rendering: the one Jinja environment, and the atomic, deterministic write of a file tree.
 
-Templates live in the repository's ``templates/`` directory (found relative to this package, so an
-installed copy works as long as it sits beside the checkout). The environment is strict: an undefined
-name is an error, nothing is auto-escaped (the quoting filters of :mod:`piccolo_build.quoting` do it for
-each target language), trailing newlines are kept, block tags leave no blank lines.
+Templates are package data (``piccolo_build/templates/``), so any install finds them. The environment
+is strict: an undefined name is an error, nothing is auto-escaped (the quoting filters of
+:mod:`piccolo_build.quoting` do it for each target language), trailing newlines are kept, block tags
+leave no blank lines.
 
 :func:`write_tree` renders into a temporary directory next to the output, then swaps it with the
 output in one step (:mod:`piccolo_build.atomic`). When the new tree equals the old one byte for byte and
@@ -11,9 +11,9 @@ mode for mode, nothing is touched (mtimes stay). Files get mode 0644 (or their p
 directories 0755. A symlinked output is rendered into the symlink's target.
 
 The output is replaced whole, so only a directory that is ours is replaced: one that does not exist, is
-empty, or holds a previous render. Every render writes the marker file :data:`MARKER` at its top to say
-so; a render from before the marker counts when every entry in it lies in a directory the plan writes.
-Anything else is refused before anything is written.
+empty, or holds a previous render. Every render writes the marker file :data:`MARKER` (a regular file,
+not a symlink) at its top to say so, and nothing else counts: a directory that merely looks like a
+render may hold a user's files. Anything else is refused before anything is written.
 """
 
 from __future__ import annotations
@@ -34,7 +34,6 @@ if TYPE_CHECKING:
 
     from piccolo_build.overlay import OverlayFile
 
-TEMPLATES = Path(__file__).resolve().parent.parent / "templates"
 DIR_MODE = 0o755
 FILE_MODE = 0o644
 MARKER = PurePosixPath(".piccolo-overlay")
@@ -52,7 +51,7 @@ def environment() -> jinja2.Environment:
     from piccolo_build.quoting import FILTERS
 
     env = jinja2.Environment(
-        loader=jinja2.FileSystemLoader(TEMPLATES),
+        loader=jinja2.PackageLoader("piccolo_build", "templates"),  # package data: works in any install
         undefined=jinja2.StrictUndefined,
         autoescape=False,  # noqa: S701 - no HTML here; values are quoted per language by filters
         keep_trailing_newline=True,
@@ -109,23 +108,13 @@ def tree(files: Iterable[OverlayFile]) -> Tree:
     return want
 
 
-def _is_previous_render(output: Path, want: Tree) -> bool:
-    """Whether replacing ``output`` (an existing directory) can only remove what a render wrote."""
+def is_render(output: Path) -> bool:
+    """Whether ``output`` (an existing directory) holds a render: it has our marker, a regular file."""
     marker = output / MARKER
-    if marker.is_file() and not marker.is_symlink():
-        return True
-    # A render from before the marker: every entry is planned or lies in a directory the plan writes.
-    dirs = {parent for path in want for parent in path.parents if parent.parts}
-    for dirpath, subdirs, names in os.walk(output):
-        rel = PurePosixPath(Path(dirpath).relative_to(output).as_posix())
-        for name in (*subdirs, *names):
-            entry = rel / name
-            if entry not in want and entry not in dirs and entry.parent not in dirs:
-                return False
-    return True
+    return marker.is_file() and not marker.is_symlink()
 
 
-def check_replaceable(output: Path, want: Tree) -> None:
+def check_replaceable(output: Path) -> None:
     """Refuse (a :class:`PiccoloError`, nothing touched) to replace a directory that is not ours."""
     from piccolo_build.errors import PiccoloError
 
@@ -134,7 +123,7 @@ def check_replaceable(output: Path, want: Tree) -> None:
         return
     if not output.is_dir():
         raise PiccoloError(f"{output}: exists and is not a directory", hint=hint)
-    if next(output.iterdir(), None) is None or _is_previous_render(output, want):
+    if next(output.iterdir(), None) is None or is_render(output):
         return
     raise PiccoloError(
         f"{output}: not a piccolo-build render (no {MARKER}): refusing to replace what it holds", hint=hint
@@ -149,7 +138,7 @@ def write_tree(files: Iterable[OverlayFile], output: Path) -> bool:
     """
     want = tree(files)
     output = output.resolve()
-    check_replaceable(output, want)
+    check_replaceable(output)
     if output.is_dir() and read_tree(output) == want and _dir_modes_ok(output):
         return False
     output.parent.mkdir(parents=True, exist_ok=True)

@@ -34,7 +34,6 @@ from piccolo_build.atomic import atomic_write
 from piccolo_build.errors import PiccoloError
 from piccolo_build.lock import (
     FILES_HOST,
-    ROOT,
     Lock,
     LockedPackage,
     atom_name,
@@ -47,7 +46,8 @@ from piccolo_build.lock import (
 
 log = logging.getLogger(__name__)
 
-PYPROJECT = ROOT / "pyproject.toml"
+# A source checkout's pyproject.toml; an installed piccolo-build has none (`lock --pyproject FILE`).
+PYPROJECT = Path(__file__).resolve().parent.parent / "pyproject.toml"
 AGENT_EXTRA = "agent"
 # The index: PyPI's JSON API lives at ``<index>pypi/<name>/json``. Another index (a local mirror, as
 # the tests run one on 127.0.0.1) answers the same documents; its file URLs may point at itself.

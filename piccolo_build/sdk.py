@@ -67,10 +67,15 @@ class State:
         self.path = path
         self.steps: dict[str, dict[str, Any]] = {}
         if path.is_file():
+            # Only a record of what already ran: whatever is wrong with it, the steps just run again.
             try:
-                data = json.loads(path.read_text(encoding="utf-8"))
-                self.steps = dict(data.get("steps", {}))
-            except (ValueError, AttributeError):
+                data = json.loads(path.read_bytes())
+                self.steps = {
+                    str(name): entry
+                    for name, entry in data["steps"].items()
+                    if isinstance(entry, dict) and isinstance(entry.get("digest"), str)
+                }
+            except (ValueError, RecursionError, LookupError, AttributeError, TypeError):
                 self.steps = {}
 
     def digest(self, name: str) -> str | None:

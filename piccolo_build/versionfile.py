@@ -31,6 +31,8 @@ def read_sdk_version(path: Path) -> str:
     :class:`PiccoloError` naming the file (and line)."""
     try:
         lines = path.read_text(encoding="utf-8").splitlines()
+    except UnicodeDecodeError:
+        raise PiccoloError(f"{path}: not UTF-8 text", hint="is this checkout flatcar/scripts?") from None
     except OSError as exc:
         raise PiccoloError(
             f"{path}: cannot read the checkout's version file: {exc.strerror or exc}",

@@ -1,7 +1,9 @@
 """The ``piccolod`` command line (argparse: the device image carries no CLI framework).
 
 Subcommands live in ``piccolod/commands/``, one module each, joined here. Usage errors exit 3, like
-"could not assess", so a monitoring system never mistakes a typo for a verdict.
+"could not assess" (the monitoring-plugin convention's UNKNOWN), so a monitoring system never mistakes
+a typo for a verdict (``check`` exits 2 for unhealthy). They print two lines on stderr: the error, then
+the command's usage on one line, with control characters escaped.
 """
 
 from __future__ import annotations
@@ -17,8 +19,10 @@ EXIT_USAGE = 3
 
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> NoReturn:
-        self.print_usage(sys.stderr)
-        self.exit(EXIT_USAGE, f"{self.prog}: error: {message}\n")
+        from piccolod.model import printable
+
+        usage = " ".join(self.format_usage().split())
+        self.exit(EXIT_USAGE, f"{printable(self.prog)}: error: {printable(message)}\n{printable(usage)}\n")
 
 
 def parser() -> argparse.ArgumentParser:
@@ -29,12 +33,16 @@ def parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     for module in command_modules():
         module.add_parser(sub)
+    for command in sub.choices.values():  # so an unknown option is reported with its command's usage
+        command.set_defaults(command_parser=command)
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
     p = parser()
-    args = p.parse_args(argv)
+    args, unknown = p.parse_known_args(argv)
+    if unknown:
+        getattr(args, "command_parser", p).error(f"unrecognized arguments: {' '.join(unknown)}")
     if args.command is None:
         p.print_help(sys.stderr)
         return EXIT_USAGE

@@ -19,6 +19,8 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import os
+import stat
 import types
 import typing
 from collections.abc import Callable, Iterator, Mapping
@@ -43,8 +45,15 @@ class ModelError(Exception):
         super().__init__(str(self))
 
     def __str__(self) -> str:
-        where = f"{self.file}:{self.line}" if self.line else self.file
-        return f"{where}: {self.key or '<top>'}: {self.message}" if self.key else f"{where}: {self.message}"
+        # Keys, values and file names come from the input: never let them split the line or reach
+        # the terminal as escape sequences.
+        where = printable(f"{self.file}:{self.line}" if self.line else self.file)
+        message = printable(self.message)
+        return f"{where}: {printable(self.key)}: {message}" if self.key else f"{where}: {message}"
+
+
+class MissingFile(ModelError):
+    """The file does not exist (a ModelError like any other, for callers that need not care)."""
 
 
 class FieldError(ValueError):
@@ -86,73 +95,274 @@ class Source:
         return ModelError(file, line, dotted(path), message)
 
 
-# --- YAML with positions -------------------------------------------------------------------------
+# --- YAML as hostile input ----------------------------------------------------------------------
+#
+# Configuration files are read as untrusted text: an administrator's typo, a corrupted disk or an
+# attacker's file must give one ModelError line, never a hang, a traceback or gigabytes of memory. So
+# only a subset of YAML is accepted, checked while the parser streams events (before anything is built):
+#
+# - one document of mappings, lists and scalars; keys are plain scalars;
+# - no anchors, aliases or merge keys (``&a``, ``*a``, ``<<``): a few hundred bytes of nested aliases
+#   expand to billions of nodes, and configuration has no need to repeat itself;
+# - no tags beyond the core schema (``!!str``, ``!!int``, ``!!float``, ``!!bool``, ``!!null``, ``!!seq``,
+#   ``!!map``), and a tagged value must be valid for its tag (``!!bool maybe`` is an error);
+# - plain scalars resolve as PyYAML's safe loader resolves them (YAML 1.1: ``yes`` is true), except that
+#   dates stay text;
+# - bounded size, nesting, number of values, scalar length and number length (the limits below).
+#
+# PyYAML's own composer recurses once per nesting level and expands aliases; the events it is built on
+# are produced by a parser with explicit stacks, so the tree is assembled here from events, iteratively.
+
+MAX_BYTES = 256 * 1024
+"""Largest file read (bytes); the lock and the policies are a few kilobytes."""
+MAX_DEPTH = 32
+"""Deepest nesting of mappings and lists; the models are at most six levels deep."""
+MAX_NODES = 10_000
+"""Most values (scalars, mappings, lists, keys included) in one document."""
+MAX_SCALAR = 4096
+"""Longest key or value, in characters."""
+MAX_NUMBER = 40
+"""Longest number, in characters (Python refuses to convert integers of more than 4300 digits)."""
+
+_TAG = "tag:yaml.org,2002:"
+_STR, _NULL, _BOOL, _INT, _FLOAT = (_TAG + t for t in ("str", "null", "bool", "int", "float"))
+_SEQ, _MAP, _MERGE = _TAG + "seq", _TAG + "map", _TAG + "merge"
+_AS_TEXT = frozenset({_TAG + "timestamp", _TAG + "value"})
+_CORE_SCALARS = frozenset({_STR, _NULL, _BOOL, _INT, _FLOAT})
+_TAGS_ALLOWED = "only !!str, !!int, !!float, !!bool, !!null, !!seq and !!map"
+_RESOLVER = yaml.resolver.Resolver()
+_CONSTRUCTOR = yaml.constructor.SafeConstructor()
+_CONSTRUCT = {
+    _NULL: _CONSTRUCTOR.construct_yaml_null,
+    _BOOL: _CONSTRUCTOR.construct_yaml_bool,
+    _INT: _CONSTRUCTOR.construct_yaml_int,
+    _FLOAT: _CONSTRUCTOR.construct_yaml_float,
+}
+# libyaml's parser when PyYAML was built with it (about 20 times faster); the pure-Python one otherwise.
+_LOADER: Any = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+
+def _implied(value: str) -> str:
+    """The tag a plain scalar resolves to (PyYAML's safe resolver)."""
+    tag = _RESOLVER.resolve(yaml.ScalarNode, value, (True, False))  # type: ignore[no-untyped-call]
+    return typing.cast(str, tag)
+
+
+def _line(event: yaml.Event) -> int | None:
+    return event.start_mark.line + 1 if event.start_mark else None
+
+
+def printable(text: str, limit: int = 1000) -> str:
+    """``text`` safe for one line of a terminal or a log: control and other unprintable characters
+    escaped (a newline as ``\\n``, ESC as ``\\x1b``), and cut at ``limit`` characters."""
+    out = "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in text)
+    return out if len(out) <= limit else f"{out[:limit]}... ({len(out) - limit} more characters)"
+
+
+class _Frame:
+    """One open mapping or list while events stream in."""
+
+    __slots__ = ("key", "path", "value")
+
+    def __init__(self, value: dict[str, Any] | list[Any], path: KeyPath) -> None:
+        self.value = value
+        self.path = path
+        self.key: str | None = None  # in a mapping: the key whose value comes next
+
+
+class _Builder:
+    """Plain data from parser events, within the limits, with the line of every key and item."""
+
+    def __init__(self, src: Source) -> None:
+        self.src = src
+        self.stack: list[_Frame] = []
+        self.result: Any = {}
+        self.documents = 0
+        self.nodes = 0
+
+    def fail(self, event: yaml.Event, path: KeyPath, message: str) -> ModelError:
+        return ModelError(self.src.file, _line(event), dotted(path), message)
+
+    def feed(self, event: yaml.Event) -> None:
+        if isinstance(event, yaml.DocumentStartEvent):
+            if self.documents:
+                raise self.fail(event, (), "more than one YAML document (a second '---')")
+            self.documents += 1
+            self.result = None
+        elif isinstance(event, yaml.CollectionEndEvent):
+            self.stack.pop()
+        elif isinstance(event, yaml.NodeEvent):
+            self.node(event)
+
+    def node(self, event: yaml.NodeEvent) -> None:
+        frame = self.stack[-1] if self.stack else None
+        if isinstance(frame, _Frame) and isinstance(frame.value, dict) and frame.key is None:
+            self.key(frame, event)
+            return
+        if frame is None:
+            path: KeyPath = ()
+        elif isinstance(frame.value, dict):
+            path = (*frame.path, typing.cast(str, frame.key))
+        else:
+            path = (*frame.path, len(frame.value))
+        self.check(event, path)
+        self.src.lines.setdefault(path, (self.src.file, _line(event) or 0))
+        value: Any
+        if isinstance(event, yaml.ScalarEvent):
+            value = self.scalar(event, path)
+        else:
+            if len(self.stack) >= MAX_DEPTH:
+                raise self.fail(event, path, f"nested deeper than {MAX_DEPTH} levels")
+            is_map = isinstance(event, yaml.MappingStartEvent)
+            tag = typing.cast(yaml.CollectionStartEvent, event).tag
+            if tag not in (None, "!", _MAP if is_map else _SEQ):
+                raise self.fail(event, path, f"tag {tag} is not allowed ({_TAGS_ALLOWED})")
+            value = {} if is_map else []
+        if frame is None:
+            self.result = value
+        elif isinstance(frame.value, dict):
+            frame.value[typing.cast(str, frame.key)] = value
+            frame.key = None
+        else:
+            frame.value.append(value)
+        if not isinstance(event, yaml.ScalarEvent):
+            self.stack.append(_Frame(value, path))
+
+    def check(self, event: yaml.NodeEvent, path: KeyPath) -> None:
+        if isinstance(event, yaml.AliasEvent):
+            raise self.fail(event, path, f"aliases (*{event.anchor}) are not allowed: write the value out")
+        if event.anchor is not None:
+            raise self.fail(event, path, f"anchors (&{event.anchor}) are not allowed")
+        self.nodes += 1
+        if self.nodes > MAX_NODES:
+            raise self.fail(event, path, f"more than {MAX_NODES} values in one file")
+
+    def key(self, frame: _Frame, event: yaml.NodeEvent) -> None:
+        self.check(event, frame.path)
+        if not isinstance(event, yaml.ScalarEvent):
+            raise self.fail(event, frame.path, "keys must be plain text (no lists or mappings as keys)")
+        key = event.value
+        if len(key) > MAX_SCALAR:
+            raise self.fail(event, frame.path, f"a key longer than {MAX_SCALAR} characters")
+        sub = (*frame.path, key)
+        plain = event.tag is None and event.implicit[0]
+        if plain and _implied(key) == _MERGE:
+            raise self.fail(event, frame.path, "merge keys (<<) are not allowed: write the keys out")
+        assert isinstance(frame.value, dict)
+        if key in frame.value:
+            raise self.fail(event, sub, "duplicate key")
+        self.src.lines[sub] = (self.src.file, _line(event) or 0)
+        frame.key = key
+
+    def scalar(self, event: yaml.ScalarEvent, path: KeyPath) -> Any:
+        value = event.value
+        if len(value) > MAX_SCALAR:
+            raise self.fail(event, path, f"a value longer than {MAX_SCALAR} characters")
+        implied = _implied(value)
+        if event.tag is None:
+            tag = implied if event.implicit[0] else _STR
+        elif event.tag == "!":
+            tag = _STR
+        elif event.tag in _CORE_SCALARS:
+            tag = event.tag
+            if tag != _STR and not (implied == tag or (tag == _FLOAT and implied == _INT)):
+                raise self.fail(event, path, f"{value!r} is not a valid !!{tag.removeprefix(_TAG)}")
+        else:
+            raise self.fail(event, path, f"tag {event.tag} is not allowed ({_TAGS_ALLOWED})")
+        if tag == _MERGE:
+            raise self.fail(event, path, "merge keys (<<) are not allowed")
+        if tag == _STR or tag in _AS_TEXT:
+            return value
+        if tag in (_INT, _FLOAT) and len(value) > MAX_NUMBER:
+            raise self.fail(event, path, f"a number longer than {MAX_NUMBER} characters")
+        try:
+            return _CONSTRUCT[tag](yaml.ScalarNode(tag, value))
+        except (yaml.YAMLError, ValueError, KeyError, ArithmeticError) as exc:
+            raise self.fail(event, path, f"bad value {value!r}: {exc}") from None
 
 
 def parse_yaml(text: str, file: str) -> tuple[Any, Source]:
-    """Parse one YAML document into plain data plus the line of every key and list item."""
+    """Parse one YAML document of the allowed subset into plain data plus the line of every key and
+    list item. Anything else is a :class:`ModelError` naming the file and line."""
     src = Source(file)
+    if len(text) > MAX_BYTES:
+        raise ModelError(file, None, "", f"larger than {MAX_BYTES // 1024} KiB")
+    builder = _Builder(src)
     try:
-        node = yaml.compose(text, Loader=yaml.SafeLoader)
+        for event in yaml.parse(text, Loader=_LOADER):
+            builder.feed(event)
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         line = mark.line + 1 if mark else None
         raise ModelError(file, line, "", f"malformed YAML: {exc.problem or exc.context}") from None
+    except yaml.reader.ReaderError as exc:
+        line = text.count("\n", 0, exc.position) + 1
+        raise ModelError(file, line, "", f"character U+{exc.character:04X} is not allowed in YAML") from None
     except yaml.YAMLError as exc:
         raise ModelError(file, None, "", f"malformed YAML: {exc}") from None
-    if node is None:
-        return {}, src
-    return _plain(node, (), src), src
+    return builder.result, src
 
 
-def _plain(node: yaml.Node, path: KeyPath, src: Source) -> Any:
-    src.lines.setdefault(path, (src.file, node.start_mark.line + 1))
-    if isinstance(node, yaml.MappingNode):
-        out: dict[str, Any] = {}
-        for key_node, value_node in node.value:
-            if not isinstance(key_node, yaml.ScalarNode) or key_node.tag == "tag:yaml.org,2002:merge":
-                raise src.error(path, "only plain keys are supported (no merge keys or complex keys)")
-            key = str(key_node.value)
-            sub = (*path, key)
-            if key in out:
-                raise ModelError(src.file, key_node.start_mark.line + 1, dotted(sub), "duplicate key")
-            src.lines[sub] = (src.file, key_node.start_mark.line + 1)
-            out[key] = _plain(value_node, sub, src)
-        return out
-    if isinstance(node, yaml.SequenceNode):
-        return [_plain(item, (*path, i), src) for i, item in enumerate(node.value)]
+def read_bounded(path: Path, limit: int = MAX_BYTES) -> bytes:
+    """The bytes of the regular file ``path`` (symlinks followed), at most ``limit`` of them.
+
+    Never blocks on a FIFO or a device (it is refused: "not a regular file"). Raises
+    :class:`ModelError` naming the file (:class:`MissingFile` when it does not exist).
+    """
     try:
-        return yaml.SafeLoader("").construct_object(node, deep=True)
-    except yaml.YAMLError as exc:
-        raise src.error(path, f"bad value: {exc}") from None
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
+    except FileNotFoundError as exc:
+        raise MissingFile(str(path), None, "", f"cannot read: {exc.strerror}") from None
+    except OSError as exc:
+        raise ModelError(str(path), None, "", f"cannot read: {exc.strerror or exc}") from None
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise ModelError(str(path), None, "", "cannot read: not a regular file")
+        chunks: list[bytes] = []
+        size = 0
+        while size <= limit:
+            chunk = os.read(fd, limit + 1 - size)
+            if not chunk:
+                break
+            chunks.append(chunk)
+            size += len(chunk)
+    except OSError as exc:
+        raise ModelError(str(path), None, "", f"cannot read: {exc.strerror or exc}") from None
+    finally:
+        os.close(fd)
+    if size > limit:
+        raise ModelError(str(path), None, "", f"larger than {limit // 1024} KiB")
+    return b"".join(chunks)
+
+
+def decode_utf8(data: bytes, file: str) -> str:
+    """``data`` as UTF-8 text, or a :class:`ModelError` naming the first bad line."""
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ModelError(file, data.count(b"\n", 0, exc.start) + 1, "", "not UTF-8 text") from None
 
 
 def load_file(path: Path) -> tuple[Any, Source]:
-    """Read and parse a YAML file; an unreadable file is a :class:`ModelError` too."""
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise ModelError(str(path), None, "", f"cannot read: {exc.strerror or exc}") from None
-    except UnicodeDecodeError:
-        raise ModelError(str(path), None, "", "not UTF-8 text") from None
-    return parse_yaml(text, str(path))
+    """Read (bounded) and parse a YAML file; an unreadable file is a :class:`ModelError` too."""
+    return parse_yaml(decode_utf8(read_bounded(path), str(path)), str(path))
 
 
-def merge(base: Any, over: Any, base_src: Source, over_src: Source, path: KeyPath = ()) -> Any:
-    """Merge ``over`` onto ``base`` key by key (mappings recurse; anything else replaces)."""
-    if isinstance(base, dict) and isinstance(over, dict):
-        out = dict(base)
-        for key, value in over.items():
-            sub = (*path, key)
-            out[key] = merge(base.get(key), value, base_src, over_src, sub) if key in base else value
-            for p, where in over_src.lines.items():
-                if p[: len(sub)] == sub:
-                    base_src.lines[p] = where
-        return out
-    for p, where in over_src.lines.items():
-        if p[: len(path)] == path:
-            base_src.lines[p] = where
-    return over
+def merge(base: Any, over: Any, base_src: Source, over_src: Source) -> Any:
+    """Merge ``over`` onto ``base`` key by key (mappings recurse; anything else replaces); every key
+    and item of ``over`` is blamed on ``over_src`` from then on."""
+    both = isinstance(base, dict) and isinstance(over, dict)
+    base_src.lines.update((p, where) for p, where in over_src.lines.items() if p or not both)
+    return _merged(base, over)
+
+
+def _merged(base: Any, over: Any) -> Any:
+    if not (isinstance(base, dict) and isinstance(over, dict)):
+        return over
+    out = dict(base)
+    for key, value in over.items():
+        out[key] = _merged(base[key], value) if key in base else value
+    return out
 
 
 def set_path(data: dict[str, Any], path: KeyPath, value: Any) -> None:
@@ -271,7 +481,7 @@ def _convert_dataclass(cls: type[Any], value: Any, src: Source, path: KeyPath) -
         if check is not None:
             try:
                 converted = check(converted)
-            except ValueError as exc:
+            except (ValueError, ArithmeticError) as exc:
                 raise src.error(sub, str(exc)) from None
         kwargs[name] = converted
     try:

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from piccolod.model import FieldError, ModelError, Source, build, load_file, merge, meta
+from piccolod.model import FieldError, MissingFile, ModelError, Source, build, load_file, merge, meta
 
 VENDOR_POLICY = Path("/usr/lib/piccolod/health-policy.yaml")
 ADMIN_POLICY = Path("/etc/piccolod/health-policy.yaml")
@@ -303,7 +303,8 @@ def load_policy(
 ) -> PolicyFile:
     """Load ``config`` alone, or the vendor file overlaid key by key with the admin file if present.
 
-    Missing vendor and admin files give the built-in defaults. Raises :class:`ModelError`.
+    Missing vendor and admin files give the built-in defaults. Every other problem, whatever the file
+    holds, is a :class:`ModelError` (one line), so the daemon can always fall back.
     """
     if config is not None:
         one, one_src = load_file(config)
@@ -311,9 +312,11 @@ def load_policy(
     data: Any = {}
     src = Source(str(vendor))
     for path in (vendor, admin):
-        if path.exists():
+        try:
             more, more_src = load_file(path)
-            data = merge(data, more, src, more_src)
+        except MissingFile:
+            continue
+        data = merge(data, more, src, more_src)
     return build(PolicyFile, data, src)
 
 

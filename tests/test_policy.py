@@ -207,7 +207,7 @@ def test_missing_or_unreadable_file_exits_3(tmp_path: Path) -> None:
     binary = tmp_path / "binary.yaml"
     binary.write_bytes(b"\xff\xfe\x00")
     r = check("--config", str(binary))
-    assert (r.returncode, r.stderr) == (3, f"piccolod: {binary}: not UTF-8 text\n")
+    assert (r.returncode, r.stderr) == (3, f"piccolod: {binary}:1: not UTF-8 text\n")
 
 
 def test_usage_errors_exit_3_too() -> None:

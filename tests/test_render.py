@@ -126,18 +126,46 @@ def test_cli_refuses_a_foreign_directory_in_one_line(tmp_path: Path) -> None:
     assert snapshot(tmp_path) == before
 
 
-def test_an_empty_directory_and_a_render_from_before_the_marker_are_replaced(tmp_path: Path) -> None:
+def test_an_empty_directory_is_replaced(tmp_path: Path) -> None:
     empty = tmp_path / "empty"
     empty.mkdir()
     assert write_tree(plan(), empty) is True
     assert read_tree(empty) == tree(plan())
-    legacy = tmp_path / "legacy"
-    write_tree(plan(), legacy)
-    (legacy / MARKER).unlink()
-    old = next(legacy.rglob("*.ebuild"))
+
+
+def test_only_the_marker_makes_a_directory_ours(tmp_path: Path) -> None:
+    """A directory shaped exactly like a render, holding user files, is never replaced without the
+    marker: a heuristic once deleted three of a user's files this way."""
+    shaped = tmp_path / "shaped"
+    write_tree(plan(), shaped)
+    (shaped / MARKER).unlink()
+    ours = shaped / "coreos-overlay" / "app-admin" / "piccolod"
+    users = [ours / "NOTES", ours / "files" / "local.conf", shaped / "coreos-overlay" / "TODO"]
+    for path in users:
+        path.write_text("the user's\n")
+    old = next(shaped.rglob("*.ebuild"))
     old.rename(old.with_name("piccolod-0.0.1.ebuild"))  # an older version's ebuild, in our directory
-    assert write_tree(plan(), legacy) is True
-    assert read_tree(legacy) == tree(plan())
+    before = snapshot(tmp_path)
+    with pytest.raises(PiccoloError, match=r"no \.piccolo-overlay"):
+        write_tree(plan(), shaped)
+    assert snapshot(tmp_path) == before
+    # A marker that is not a regular file does not count either.
+    (shaped / MARKER).symlink_to(tmp_path / "elsewhere")
+    (tmp_path / "elsewhere").write_text("x")
+    with pytest.raises(PiccoloError, match="not a piccolo-build render"):
+        write_tree(plan(), shaped)
+    (shaped / MARKER).unlink()
+    (shaped / MARKER).mkdir()
+    with pytest.raises(PiccoloError, match="not a piccolo-build render"):
+        write_tree(plan(), shaped)
+    assert all(path.read_text() == "the user's\n" for path in users)
+
+
+def test_the_committed_overlay_carries_the_marker() -> None:
+    from tests.builder_helpers import ROOT
+
+    assert (ROOT / "overlays" / MARKER).is_file()
+    assert not (ROOT / "overlays" / MARKER).is_symlink()
 
 
 def test_a_symlinked_output_is_rendered_into_its_target(tmp_path: Path) -> None:

@@ -63,7 +63,7 @@ def facts(cfg: BuildConfig) -> Facts:
         rdepend_atom=f"{BASE_CATEGORY}/{BASE_NAME}",
         agent_atom=agent,
         distfiles=tuple(p.filename for p in locked.packages),
-        lock_file=lock.LOCK_FILE.name,
+        lock_file=lock.LOCK_NAME,
     )
 
 

@@ -49,7 +49,12 @@ def register(app: typer.Typer) -> None:
     def lock(
         *,
         lock_file: Annotated[
-            Path | None, typer.Option("--lock-file", help="Lock to write (default: piccolo.lock.json).")
+            Path | None,
+            typer.Option(
+                "--lock-file",
+                help="Lock to write (default: ./piccolo.lock.json if there is one, else the lock "
+                "piccolo-build ships when run from its source checkout, else a new ./piccolo.lock.json).",
+            ),
         ] = None,
         pyproject: Annotated[
             Path | None, typer.Option("--pyproject", help="pyproject.toml with the 'agent' extra.")
@@ -81,10 +86,9 @@ def register(app: typer.Typer) -> None:
         from piccolo_build import lock as locking
         from piccolo_build import resolve
 
-        target = lock_file or locking.LOCK_FILE
         index = index or resolve.PYPI_INDEX
         if fetch_only is not None:
-            current = locking.load_lock(target)
+            current = locking.load_lock(lock_file)
             files = locking.fetch_distfiles(current, fetch_only / "distfiles", refetch_bad=True)
             docs = resolve.save_index_documents(current, fetch_only / "pypi", index)
             if as_json:
@@ -96,6 +100,7 @@ def register(app: typer.Typer) -> None:
                     f"{fetch_only}: {len(files)} sdists and {len(docs)} index documents, all match the lock"
                 )
             return
+        target = lock_file or locking.write_path()
         new = resolve.refresh(pyproject or resolve.PYPROJECT, distdir, index)
         changed = locking.write_lock(new, target)
         pins = {p.name: p.version for p in new.packages}

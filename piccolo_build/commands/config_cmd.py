@@ -72,12 +72,14 @@ def load_for_cli(config: Path | None, sets: Sequence[str] | None = None) -> Buil
 
 
 def register(app: typer.Typer) -> None:
+    from piccolo_build.cli import help_without_command
+
     config = typer.Typer(
         help="Show, validate and describe the build configuration.",
-        no_args_is_help=True,
         context_settings={"help_option_names": ["-h", "--help"]},
     )
     app.add_typer(config, name="config")
+    config.callback(invoke_without_command=True)(help_without_command)
 
     @config.command("show")
     def show(config_file: ConfigOption = None, sets: SetOption = None, as_json: JsonOption = False) -> None:
@@ -94,7 +96,9 @@ def register(app: typer.Typer) -> None:
 
     @config.command("validate")
     def validate(
-        file: Annotated[Path, typer.Argument(help="Configuration file to check.", dir_okay=False)],
+        file: Annotated[
+            Path, typer.Argument(help="Configuration file to check.", dir_okay=False, metavar="FILE")
+        ],
         as_json: JsonOption = False,
     ) -> None:
         """Check a configuration file (without environment or flags); exit 2 with file:line: key on error."""

@@ -18,6 +18,7 @@ from piccolod import logs
 from piccolod.commands import add_config_option, load
 from piccolod.daemon import Daemon, GateHook
 from piccolod.gatehook import EXIT_GATE_FAILED, GateClosed, serve_hook
+from piccolod.model import MissingFile
 from piccolod.policy import ADMIN_POLICY, VENDOR_POLICY, ModelError, PolicyFile, load_policy
 
 log = logging.getLogger("piccolod")
@@ -34,17 +35,29 @@ def load_default_policy(
     *, vendor: Path = VENDOR_POLICY, admin: Path = ADMIN_POLICY
 ) -> tuple[PolicyFile, str | None]:
     """The vendor policy overridden by the admin's; when that fails, the vendor policy alone, then the
-    built-in defaults. Returns the policy and the error that forced a fallback (None: no fallback)."""
+    built-in defaults. Returns the policy and the error that forced a fallback (None: no fallback).
+
+    Whatever the files hold, this returns: the loader turns every bad input into a one-line
+    ModelError, and anything else (a bug) is caught too, because a policy that cannot be read must
+    never keep update-engine from a good slot."""
     try:
         return load_policy(vendor=vendor, admin=admin), None
     except ModelError as exc:
         error = str(exc)
+    except Exception as exc:
+        log.exception("cannot load the policy")
+        error = f"cannot load the policy: {type(exc).__name__}"
     log.critical("bad policy: %s; falling back to the vendor policy %s alone", error, vendor)
     try:
-        return (load_policy(vendor) if vendor.exists() else PolicyFile()), error
+        return load_policy(vendor), error
+    except MissingFile:
+        return PolicyFile(), error
     except ModelError as exc:
         log.critical("bad vendor policy too: %s; falling back to the built-in defaults", exc)
         return PolicyFile(), f"{error}; {exc}"
+    except Exception as exc:
+        log.exception("cannot load the vendor policy")
+        return PolicyFile(), f"{error}; cannot load the vendor policy: {type(exc).__name__}"
 
 
 def run(args: argparse.Namespace) -> int:
