@@ -32,7 +32,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from piccolod.checks import child
+from piccolod import run as child
 from piccolod.checks.tpm_probe import TpmReading, parse_tcti, vendor_text
 from piccolod.policy import PolicyFile
 from piccolod.result import Outcome

@@ -1,11 +1,11 @@
-"""Helper processes of the checks: started with an argv list, bounded by a deadline, killed, never leaked.
+"""The agent's one process helper: every process piccolod starts goes through :func:`run`.
 
-A check that must not run inside the agent (the TPM probe, see :mod:`piccolod.checks.tpm_probe`) runs
-as a child process through :func:`run`: the child gets a clean environment, no stdin, and its stdout
-and stderr are captured; at the deadline it is killed with SIGKILL and reaped, so a hung driver leaves
-neither a stuck thread nor a zombie behind. Every live child is remembered, so :func:`kill_all` (called
-when the agent stops) ends the ones still running. This is the only module of ``piccolod.checks`` that
-starts processes.
+That is the TPM probe of the checks (:mod:`piccolod.checks.tpm_probe`), the reboot command of a failed
+gate and ``systemctl`` (:mod:`piccolod.manager`). A child gets the environment it is given, no stdin,
+and its stdout and stderr are captured; at its deadline it is killed with SIGKILL and reaped, so a hung
+driver or a hung ``systemctl`` leaves neither a stuck thread nor a zombie behind. Every live child is
+remembered, so :func:`kill_all` (called when the agent stops) ends the ones still running.
+``tests/test_lint.py`` checks that no other module of the agent imports ``subprocess``.
 """
 
 from __future__ import annotations
