@@ -23,7 +23,7 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
@@ -75,8 +75,16 @@ def _put(root: Path, dest: PurePosixPath, content: bytes, mode: int) -> None:
     path.chmod(mode)
 
 
-def lay_out(cfg: BuildConfig, package: layout.Package, root: Path) -> list[PurePosixPath]:
-    """Install ``package``'s entries of the layout under ``root`` as the ebuild would; the paths."""
+def lay_out(
+    cfg: BuildConfig,
+    package: layout.Package,
+    root: Path,
+    content: Callable[[layout.Entry], bytes] | None = None,
+) -> list[PurePosixPath]:
+    """Install ``package``'s entries of the layout under ``root`` as the ebuild would; the paths.
+
+    ``content`` gives each file's bytes (default: rendered from ``cfg``; ``check`` takes them from the
+    overlay it checks)."""
     ctx = context(cfg)
     done = []
     for e in layout.entries(package):
@@ -86,7 +94,8 @@ def lay_out(cfg: BuildConfig, package: layout.Package, root: Path) -> list[PureP
             link.unlink(missing_ok=True)
             link.symlink_to(f"../{e.dest.name}")
         else:
-            _put(root, e.dest, layout_content(cfg, e, ctx), e.mode)
+            data = content(e) if content is not None else layout_content(cfg, e, ctx)
+            _put(root, e.dest, data, e.mode)
         done.append(e.dest)
     return done
 

@@ -6,7 +6,7 @@ EAPI=8
 
 inherit systemd
 
-DESCRIPTION="Piccolo OS base: the guard that holds update-engine until piccolod passed its gate"
+DESCRIPTION="Piccolo OS base: holds update-engine until the piccolod gate passed"
 HOMEPAGE="https://piccolo.space/"
 S="${WORKDIR}"
 
