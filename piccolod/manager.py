@@ -1,6 +1,7 @@
 """What the agent asks of the service manager besides ``sd_notify``: start update-engine, reboot.
 
-Both go through the agent's one process helper (:mod:`piccolod.run`), bounded in time.
+Both go through the agent's one process helper (:mod:`piccolod.run`), bounded in time, with its small
+environment (:func:`piccolod.run.base_env`).
 
 - :func:`start_update_engine` runs ``systemctl start --no-block update-engine.service`` after a gate
   passed on a slot that is not marked good. It is a no-op when update-engine already runs or is
@@ -13,7 +14,6 @@ Both go through the agent's one process helper (:mod:`piccolod.run`), bounded in
 from __future__ import annotations
 
 import logging
-import os
 import signal
 import threading
 from collections.abc import Sequence
@@ -35,7 +35,7 @@ def start_update_engine(argv: Sequence[str] = UPDATE_ENGINE_START) -> threading.
 
     def work() -> None:
         try:
-            done = run.run(argv, SYSTEMCTL_TIMEOUT, os.environ)
+            done = run.run(argv, SYSTEMCTL_TIMEOUT, run.base_env())
         except (OSError, run.ChildTimeout) as e:
             log.error("cannot ask systemd to start update-engine (%s): %s", " ".join(argv), e)  # noqa: TRY400
             return
@@ -57,7 +57,7 @@ def run_reboot(argv: Sequence[str]) -> str | None:
     reply.
     """
     try:
-        done = run.run(argv, SYSTEMCTL_TIMEOUT, os.environ)
+        done = run.run(argv, SYSTEMCTL_TIMEOUT, run.base_env())
     except (OSError, run.ChildTimeout) as e:
         return f"{argv[0]}: {e}"
     if done.returncode in (-signal.SIGTERM, -signal.SIGKILL):

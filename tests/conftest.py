@@ -4,5 +4,6 @@ pytest_plugins = [
     "tests.fixtures.daemons",  # real dockerd and swtpm
     "tests.fixtures.gptdisk",  # GPT disk images made with sgdisk
     "tests.fixtures.nspawn",  # real systemd as PID 1 in systemd-nspawn
+    "tests.fixtures.bootrig",  # Flatcar's boot order: staged base image files and a real sysext
     "tests.fixtures.fakesdk",  # fake flatcar/scripts checkout with recording SDK scripts
 ]
