@@ -332,8 +332,10 @@ def _act_on_failure(
     result.reboot_requested = True
     if result.reboot_error:
         log.error("reboot command failed: %s", result.reboot_error)
+        say(f"STATUS=gate failed ({verdict.condition}): reboot command failed: {result.reboot_error}")
     else:
         log.warning("reboot requested: %s", " ".join(hp.rollback.reboot_command))
+        say(f"STATUS=gate failed ({verdict.condition}): reboot requested")
 
 
 def no_reboot_reason(automatic: bool, state: SlotState) -> str | None:

@@ -156,8 +156,9 @@ def test_agent_restarted_mid_gate_keeps_its_deadline(
     """(i) ``systemctl restart piccolod`` during the gate: update-engine waits; the restarted agent
     resumes with the first deadline and opens the gate when the machine is healthy."""
     restart = (
-        "[Unit]\nDescription=restart the agent while it gates\nAfter=piccolod.service\n"
-        "[Service]\nType=oneshot\nExecStart=/bin/sh -c 'sleep 1.5; systemctl restart piccolod.service'\n"
+        "[Unit]\nDescription=restart the agent while it gates\nAfter=piccolod-start.service\n"
+        "[Service]\nType=oneshot\n"
+        "ExecStart=/bin/sh -c 'sleep 2; systemctl restart --no-block piccolod.service'\n"
     )
     r_ = rig(machine, flatcar_disk, staged, systemd, units={"rig-restart.service": restart})
     install_update(flatcar_disk, USR_A)
@@ -227,13 +228,16 @@ def test_restarting_the_agent_leaves_a_running_update_engine_alone(
     assert before != "0" and ue["MainPID"] == before, (before, ue)
     assert r.data["ue_starts"] == 1 and ue["NRestarts"] == "0"
     assert int(ue["ExecMainStartTimestampMonotonic"]) < r.ready_at()  # the agent's READY=1 came later
-    assert r.journal.count("gate open after") == 1  # the restart found the pass, it did not gate again
+    # One assessed gate: the restarted agent found this boot's pass (or, later, the slot marked good).
+    gates = [ln for ln in r.journal.splitlines() if "gate open after" in ln and "components passed" in ln]
+    assert len(gates) == 1, r.journal[-3000:]
     assert_marked_after_pass_once_restarted(r, flatcar_disk)
 
 
 def assert_marked_after_pass_once_restarted(r: Report, disk: Path) -> None:
     assert r.unit("piccolod")["ActiveState"] == "active"
-    assert r.health["startup_health_check"] == "passed"
+    # "skipped" when update-engine had already marked the slot good before the restart
+    assert r.health["startup_health_check"] in ("passed", "skipped")
     assert r.data["token"] == r.data["boot_id"]
     assert slot(disk, USR_B).successful is True
 
