@@ -400,7 +400,6 @@ def _wait_for_verdict(
             deadline=deadline,
             conditions=hp.rollback.failure_conditions,
             automatic=hp.rollback.enable_automatic,
-            dry_run=dry_run,
             api_failing_for=0.0 if api_failing_since is None else now - api_failing_since,
         )
         result.elapsed = clock() - start
