@@ -104,3 +104,13 @@ def base_env(**extra: str) -> dict[str, str]:
     env = {k: os.environ[k] for k in keep if k in os.environ}
     env.update(extra)
     return env
+
+
+def python_env(**extra: str) -> dict[str, str]:
+    """:func:`base_env` for a child that runs the agent's own interpreter (the TPM probe): it also keeps
+    the agent's ``LD_LIBRARY_PATH``, which that interpreter may need. Other programs (``systemctl``) get
+    :func:`base_env`: the agent's library path is not theirs."""
+    env = base_env(**extra)
+    if "LD_LIBRARY_PATH" in os.environ:
+        env.setdefault("LD_LIBRARY_PATH", os.environ["LD_LIBRARY_PATH"])
+    return env
