@@ -20,6 +20,8 @@ TOKEN=${PICCOLOD_GUARD_TOKEN:-/run/piccolod/gate-passed}
 WAIT_SECONDS=${PICCOLOD_GUARD_WAIT_SECONDS:-300}
 BOOT_ID_FILE=${PICCOLOD_GUARD_BOOT_ID:-/proc/sys/kernel/random/boot_id}
 POLL_SECONDS=${PICCOLOD_GUARD_POLL_SECONDS:-0.2}
+DEV=${PICCOLOD_GUARD_DEV:-/dev}
+SYS=${PICCOLOD_GUARD_SYS:-/sys}
 USR_TYPE=5DFBF5F4-2848-4BAC-AA5E-0D9A20B745A6
 UUID_RE='^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$'
 
@@ -61,15 +63,15 @@ booted_partuuid() {
 # The whole disk holding partition $1 (upper-case PARTUUID): the udev link, else blkid, then sysfs.
 find_disk() {
 	lower=$(printf '%s' "$1" | tr 'A-F' 'a-f')
-	if [ -e "/dev/disk/by-partuuid/$lower" ]; then
-		part=$(readlink -f "/dev/disk/by-partuuid/$lower")
+	if [ -e "$DEV/disk/by-partuuid/$lower" ]; then
+		part=$(readlink -f "$DEV/disk/by-partuuid/$lower")
 	else
 		part=$(blkid -l -o device -t "PARTUUID=$lower" 2>/dev/null) || return 1
 	fi
 	[ -n "$part" ] || return 1
-	parent=$(readlink -f "/sys/class/block/${part##*/}/..") || return 1
+	parent=$(readlink -f "$SYS/class/block/${part##*/}/..") || return 1
 	[ -e "$parent/dev" ] || return 1
-	echo "/dev/${parent##*/}"
+	echo "$DEV/${parent##*/}"
 }
 
 # sgdisk -i N for the partition whose unique GUID is $2 on disk $1; fails on any warning sgdisk gives
