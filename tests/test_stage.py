@@ -46,8 +46,8 @@ def test_stage_lays_out_what_the_ebuilds_install(tmp_path: Path) -> None:
     release = (out / "sysext/usr/lib/extension-release.d/extension-release.piccolod").read_text()
     assert release == "ID=flatcar\nSYSEXT_LEVEL=1.0\nARCHITECTURE=x86-64\n"
     launcher = (out / "sysext/usr/bin/piccolod").read_text()
-    assert "export A='b c'\n" in launcher and "export PYTHONPATH=/srv/agent\n" in launcher
-    assert launcher.endswith('exec /opt/py/bin/python3 -m piccolod "$@"\n')
+    assert "export A='b c'\n" in launcher and "export PYTHONPATH='/srv/agent'\n" in launcher
+    assert launcher.endswith("exec '/opt/py/bin/python3' -m piccolod \"$@\"\n")
     overlay = Path(__file__).resolve().parents[1] / "overlays/coreos-overlay/coreos-base/piccolo-base/files"
     assert (out / "base/usr/lib/piccolod/piccolod-guard").read_bytes() == (
         overlay / "piccolod-guard.sh"
