@@ -22,18 +22,18 @@ measures it repeatedly).
 from __future__ import annotations
 
 import signal
-import time
 from pathlib import Path
 
 import pytest
 
 from tests.fixtures.bootrig import (
     GUARD_WAIT,
+    RESTART_MID_GATE,
     BootRig,
     Report,
     Staged,
-    agent_pid,
     gate_violations,
+    heal_after_restart,
     signal_agent,
 )
 from tests.fixtures.gptdisk import USR_A, USR_B, install_update, slot
@@ -155,22 +155,9 @@ def test_agent_restarted_mid_gate_keeps_its_deadline(
 ) -> None:
     """(i) ``systemctl restart piccolod`` during the gate: update-engine waits; the restarted agent
     resumes with the first deadline and opens the gate when the machine is healthy."""
-    restart = (
-        "[Unit]\nDescription=restart the agent while it gates\nAfter=piccolod-start.service\n"
-        "[Service]\nType=oneshot\n"
-        "ExecStart=/bin/sh -c 'sleep 2; systemctl restart --no-block piccolod.service'\n"
-    )
-    r_ = rig(machine, flatcar_disk, staged, systemd, units={"rig-restart.service": restart})
+    r_ = rig(machine, flatcar_disk, staged, systemd, units={"rig-restart.service": RESTART_MID_GATE})
     install_update(flatcar_disk, USR_A)
-
-    def heal_after_restart(cg: str) -> None:
-        first = agent_pid(cg)
-        end = time.monotonic() + 30
-        while time.monotonic() < end and agent_pid(cg) == first:
-            time.sleep(0.05)
-        r_.healthy()
-
-    r = r_.boot(during=heal_after_restart)
+    r = r_.boot(during=heal_after_restart(r_))
     assert "resuming it" in r.journal, r.journal[-3000:]
     assert_marked_after_pass(r, flatcar_disk)
     latency(f"systemd {systemd}, restarted mid-gate then healthy", r)

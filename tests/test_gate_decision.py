@@ -262,17 +262,21 @@ def test_a_resumed_gate_keeps_its_first_deadline(tmp_path: Path) -> None:
     verdict is startup_timeout at once, without another assessment (a crash loop cannot extend it)."""
     p = policy(tmp_path)
     clock = Clock()
-    calls = []
+    calls: list[int] = []
 
     def stop_midway(s: float) -> bool:
         clock.now += s
         return clock.now > 102  # the agent is stopped 2 s into the gate
 
+    def failing() -> Assessment:
+        calls.append(1)
+        return assessment(tpm=False, storage=True)
+
     with pytest.raises(gate.Interrupted):
         run_gate(
             p,
             slot_in(SlotState.UNMARKED),
-            lambda: calls.append(1) or assessment(tpm=False, storage=True),
+            failing,
             notify=lambda *a: True,
             boot_id="boot-1",
             store=Store.load(tmp_path),
