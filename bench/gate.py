@@ -143,7 +143,18 @@ agent:
     ):
         notify.bind(str(sock_path))
         reboot.bind(str(reboot_fifo))
-        env = {**os.environ, "NOTIFY_SOCKET": str(sock_path)}
+        # The pass token goes to the work directory, and systemctl is a stand-in that exits 0.
+        fake = work / "bin" / "systemctl"
+        fake.parent.mkdir(exist_ok=True)
+        fake.write_text("#!/bin/sh\nexit 0\n")
+        fake.chmod(0o755)
+        (work / "run").mkdir(exist_ok=True)
+        env = {
+            **os.environ,
+            "NOTIFY_SOCKET": str(sock_path),
+            "RUNTIME_DIRECTORY": str(work / "run"),
+            "PATH": f"{fake.parent}:{os.environ['PATH']}",
+        }
         t0 = time.monotonic()
         proc = subprocess.Popen(
             [*PICCOLOD, "serve", "--config", str(policy)],
