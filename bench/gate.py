@@ -184,7 +184,8 @@ def _wait(
             now = time.monotonic()
             if "STATUS=gate: checking" in data and gate_start is None:
                 gate_start = now
-            if gate_start is not None and ("READY=1" in data or data == "REBOOT"):
+            passed = "READY=1" in data and "gate failed" not in data  # READY=1 also follows a failure
+            if gate_start is not None and (passed or data == "REBOOT"):
                 want = "READY=1" if healthy else "REBOOT"
                 if want not in data:
                     raise SystemExit(f"expected {want}, got {data!r}")
