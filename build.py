@@ -57,9 +57,17 @@ APT_PACKAGES = (
     "e2fsprogs",
     "btrfs-progs",
     "git",
+    "debootstrap",
 )
 # What `piccolo-build check` runs besides the `check` extra's pkgcheck and shellcheck: systemd-analyze.
 CHECK_APT_PACKAGES = ("systemd",)
+
+# The systemd-257 machine the gate's boot tests run (tests/fixtures/nspawn.py): a Debian trixie root from
+# Debian's registry, made once and rebuilt only when it is missing or this list changes. systemd and D-Bus
+# boot it; gdisk and util-linux are what the base image's guard uses (sgdisk, blkid); the host's Python
+# and its libraries are bound in by the tests.
+TRIXIE_ROOT = VENV / "trixie-root"
+TRIXIE_INCLUDE = ("systemd", "systemd-sysv", "dbus", "gdisk", "util-linux", "mawk")
 
 
 def run(*argv: str | Path) -> None:
@@ -183,6 +191,22 @@ def fill_wheelhouse() -> None:
         sys.exit(f"build.py: cannot fill the tests' wheel cache {wheels} (the error is above)")
 
 
+def ensure_trixie_root() -> None:
+    """``debootstrap --variant=minbase`` a trixie root for the systemd-257 boots (about 35 s, 260 MB)."""
+    stamp = TRIXIE_ROOT / ".piccolo-include"
+    want = ",".join(TRIXIE_INCLUDE)
+    if stamp.is_file() and stamp.read_text() == want:
+        return
+    if os.geteuid() != 0:
+        sys.exit("build.py: the systemd-257 test machine needs root to make (debootstrap)")
+    tmp = TRIXIE_ROOT.with_name(TRIXIE_ROOT.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    shutil.rmtree(TRIXIE_ROOT, ignore_errors=True)
+    run("debootstrap", "--variant=minbase", f"--include={want}", "trixie", tmp)
+    (tmp / stamp.name).write_text(want)
+    tmp.rename(TRIXIE_ROOT)
+
+
 def main(argv: list[str]) -> int:
     if argv[:1] == ["test"]:
         apt_install()
@@ -190,6 +214,7 @@ def main(argv: list[str]) -> int:
         os.chdir(ROOT)
         fill_test_cache()
         fill_wheelhouse()
+        ensure_trixie_root()
         return subprocess.run([str(python), "-m", "pytest", *argv[1:]], check=False).returncode
     if argv[:1] == ["lock-env"]:
         return lock_env()

@@ -44,9 +44,10 @@ import yaml
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from piccolod import run as child  # noqa: E402
 from piccolod.api import listen_socket  # noqa: E402
 from piccolod.assess import Assessor, Check  # noqa: E402
-from piccolod.checks import CHECKS, child, timeout_for  # noqa: E402
+from piccolod.checks import CHECKS, timeout_for  # noqa: E402
 from piccolod.daemon import Daemon, ready_after_first_assessment  # noqa: E402
 from piccolod.model import Source, build  # noqa: E402
 from piccolod.policy import Component, PolicyFile, TpmCheck  # noqa: E402

@@ -4,9 +4,11 @@ Steps (each one reported; all run even after a failure):
 
 1. ``diff``: the overlay directory against a render in memory (unified diff; missing, extra and
    mode-changed files).
-2. ``systemd-analyze verify``: the rendered units installed where the ebuilds put them, in a root
-   directory with the host's unit files, a stand-in ``/usr/bin/piccolod`` and a stand-in
-   ``update-engine.service``. Any output on stderr is a failure (unknown keys only warn).
+2. ``systemd-analyze verify``: the rendered units installed where the ebuilds put them (from the
+   install layout, :mod:`piccolo_build.layout`), in a root directory with the host's unit files, a
+   stand-in ``/usr/bin/piccolod`` and a stand-in ``update-engine.service``: the agent's unit, the guard,
+   the start unit, update-engine with its drop-in. Any output on stderr is a failure (unknown keys only
+   warn). ``shellcheck`` also runs on the guard's and the start unit's scripts (POSIX sh).
 3. ``bash -n`` and ``shellcheck`` on each ebuild. shellcheck runs as bash and skips what ebuild
    syntax makes noise of: SC2034 (variables are read by the package manager) and SC2154 (``PV``,
    ``FILESDIR``, ``PYTHON_USEDEP`` come from the package manager and eclasses).
@@ -24,15 +26,18 @@ import difflib
 import json
 import shutil
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import Any
 
+from piccolo_build import layout
 from piccolo_build.config import BuildConfig
-from piccolo_build.overlay import BASE_CATEGORY, BASE_NAME, OVERLAY, UNIT, OverlayFile
+from piccolo_build.overlay import UNIT, OverlayFile, package_dir
 from piccolo_build.render import read_tree, tree
 from piccolo_build.run import run, which
 from piccolo_build.scanrepo import build_scan_repo
+from piccolo_build.stage import lay_out
 
 SHELLCHECK_EXCLUDES = ("SC2034", "SC2154")
 HOST_UNIT_DIRS = (Path("/usr/lib/systemd/system"), Path("/lib/systemd/system"))
@@ -88,35 +93,30 @@ def diff_tree(files: list[OverlayFile], overlay: Path) -> str:
 # --- 2. units ------------------------------------------------------------------------------------
 
 
-def _file(files: list[OverlayFile], *parts: str) -> OverlayFile:
-    path = PurePosixPath(*parts)
-    for f in files:
-        if f.path == path:
-            return f
-    raise LookupError(f"{path} is not in the overlay plan")
+def _content(cfg: BuildConfig, files: list[OverlayFile]) -> Callable[[layout.Entry], bytes]:
+    by_path = {f.path: f.content for f in files}
+
+    def content(entry: layout.Entry) -> bytes:
+        path = package_dir(cfg, entry.package) / "files" / str(entry.source)
+        if path not in by_path:
+            raise ValueError(f"{path} is not in the overlay plan")
+        return by_path[path]
+
+    return content
 
 
 def unit_root(cfg: BuildConfig, files: list[OverlayFile], root: Path) -> list[str]:
-    """Install the units under ``root`` as the ebuilds would; return the units to verify."""
+    """Install the overlay's units under ``root`` by the install layout, as the ebuilds would (both
+    packages, as on a machine with the sysext merged); return the units to verify."""
     host = next((d for d in HOST_UNIT_DIRS if d.is_dir()), None)
     if host is None:
         raise FileNotFoundError("no systemd unit directory on this machine (is systemd installed?)")
     units = root / "usr/lib/systemd/system"
     shutil.copytree(host, units, symlinks=True)
-    pkg = OVERLAY / cfg.package.category / cfg.package.name / "files"
-    base = OVERLAY / BASE_CATEGORY / BASE_NAME / "files"
-    (units / UNIT).write_bytes(_file(files, str(pkg), UNIT).content)
-    for target, content in (
-        ("multi-user.target.d/10-piccolod.conf", _file(files, str(pkg), "10-piccolod.conf").content),
-        (
-            "update-engine.service.d/10-piccolod-dependency.conf",
-            _file(files, str(base), "10-piccolod-dependency.conf").content,
-        ),
-    ):
-        (units / target).parent.mkdir(parents=True, exist_ok=True)
-        (units / target).write_bytes(content)
+    for package in layout.Package:
+        lay_out(cfg, package, root, _content(cfg, files))
     # Stand-ins for what the image provides: the agent's entry point and update-engine.service.
-    (units / "update-engine.service").write_text(
+    (units / layout.UPDATE_ENGINE_UNIT).write_text(
         "[Unit]\nDescription=stand-in for update-engine\n\n[Service]\nType=dbus\nBusName=com.coreos.update1\n"
         "ExecStart=/usr/bin/piccolod\n"
     )
@@ -124,14 +124,15 @@ def unit_root(cfg: BuildConfig, files: list[OverlayFile], root: Path) -> list[st
     binary.parent.mkdir(parents=True, exist_ok=True)
     binary.write_text("#!/bin/sh\nexit 0\n")
     binary.chmod(0o755)
-    return [f"/usr/lib/systemd/system/{u}" for u in (UNIT, "update-engine.service", "multi-user.target")]
+    verified = (UNIT, layout.GUARD_UNIT, layout.START_UNIT, layout.UPDATE_ENGINE_UNIT, "multi-user.target")
+    return [f"/usr/lib/systemd/system/{u}" for u in verified]
 
 
 def verify_units(cfg: BuildConfig, files: list[OverlayFile], work: Path) -> Step:
     root = work / "units"
     try:
         names = unit_root(cfg, files, root)
-    except (OSError, LookupError) as exc:
+    except (OSError, ValueError) as exc:
         return Step("systemd-analyze verify", False, str(exc))
     result = run(["systemd-analyze", "verify", f"--root={root}", *names], check=False)
     output = (result.stderr + result.stdout).strip()
@@ -169,6 +170,17 @@ def lint_shell(files: list[OverlayFile], work: Path) -> list[Step]:
     )
     if sc.returncode != 0:
         out_sc.append((sc.stdout + sc.stderr).strip())
+    scripts = []
+    for f in files:
+        if f.path.suffix == ".sh":  # the base image's POSIX sh scripts: no exclusions
+            path = work / "shell" / "sh" / f.path.name
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_bytes(f.content)
+            scripts.append(path)
+    if scripts:
+        sc = run(["shellcheck", "--shell=sh", "--format=gcc", *scripts], check=False)
+        if sc.returncode != 0:
+            out_sc.append((sc.stdout + sc.stderr).strip())
     return [
         Step("bash -n", not out_bash, "\n".join(out_bash)),
         Step("shellcheck", not out_sc, "\n".join(out_sc)),

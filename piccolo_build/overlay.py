@@ -1,15 +1,15 @@
 """The overlay plan: every file ``render`` writes into the Flatcar SDK overlay, with its bytes and mode.
 
-Two packages (docs/flatcar.md and docs/architecture.md "What goes into the Flatcar overlay"):
+Two packages, whose installed files are one table (:mod:`piccolo_build.layout`; docs/boot.md):
 
-- ``<category>/<name>`` (default ``app-admin/piccolod``): the agent, installed from its sdist by
-  ``distutils-r1``, with ``piccolod.service`` (``Type=notify``), the vendor policy for
-  ``/usr/lib/piccolod/health-policy.yaml``, tmpfiles for ``/var/lib/piccolod`` and the
-  ``multi-user.target.d`` ``Upholds=`` drop-in (units in a sysext are started that way, section 3).
-- ``coreos-base/piccolo-base``: the ``update-engine.service.d`` drop-in (``Requires=``/``After=``
-  ``piccolod.service``, section 4). Not ``/usr/share/flatcar/update.conf``: build_image's
-  ``set_lsb_release`` overwrites it, so the build edits that script instead
-  (:mod:`piccolo_build.lsb_release`).
+- ``<category>/<name>`` (default ``app-admin/piccolod``), built into the piccolod sysext: the agent,
+  installed from its sdist by ``distutils-r1``, with ``piccolod.service`` (``Type=notify``), the vendor
+  policy for ``/usr/lib/piccolod/health-policy.yaml`` and tmpfiles for ``/var/lib/piccolod``.
+- ``coreos-base/piccolo-base``, in the base image: the guard ``update-engine.service`` waits for
+  (``piccolod-guard.service`` and its POSIX sh script), update-engine's drop-in, and
+  ``piccolod-start.service``, which starts the agent once its sysext is merged. Not
+  ``/usr/share/flatcar/update.conf``: build_image's ``set_lsb_release`` overwrites it, so the build
+  edits that script instead (:mod:`piccolo_build.lsb_release`).
 
 Plus ``licenses/<LICENSE>`` when the licence is not free. The package's ``Manifest`` is not part of the
 plan: its digest changes with every agent source edit (``check`` makes one for its scan).
@@ -24,20 +24,26 @@ from typing import Any
 
 import yaml
 
+from piccolo_build import layout
 from piccolo_build.config import Board, BuildConfig
-from piccolo_build.render import render_template
+from piccolo_build.quoting import unit_path
+from piccolo_build.render import render_template, template_bytes
 from piccolod.model import to_plain
 
 OVERLAY = PurePosixPath("coreos-overlay")
 BASE_CATEGORY = "coreos-base"
 BASE_NAME = "piccolo-base"
-UNIT = "piccolod.service"
+UNIT = layout.AGENT_UNIT
 
 # TimeoutStartSec = startup deadline + reboot grace + this margin: systemd must never kill the gate
 # before it has given its verdict and, on failure, rebooted (docs/agent.md "The gate").
 START_TIMEOUT_MARGIN_SECONDS = 60
-# Exit status with which piccolod reports a failed gate; systemd must not restart it into a second gate.
-GATE_FAILED_EXIT_STATUS = 3
+# How long the guard waits for piccolod's pass token on a slot that is not marked, beyond the agent's own
+# start timeout: the agent may start late (a sysext merged late). Past it update-engine's start job fails;
+# a pass that comes later still starts update-engine (the agent asks systemd for it).
+GUARD_WAIT_MARGIN_SECONDS = 60
+# The guard unit's TimeoutStartSec= exceeds its own wait by this much, so the script, not systemd, ends it.
+GUARD_TIMEOUT_MARGIN_SECONDS = 30
 # Restarts allowed per interval; the interval spans more than that many full start timeouts, so a
 # gate that keeps failing or timing out ends in "failed" instead of looping.
 START_LIMIT_BURST = 3
@@ -73,6 +79,8 @@ class ServiceTimes:
     start_timeout: int
     watchdog: int
     start_limit_interval: int
+    guard_wait: int
+    guard_timeout: int
 
 
 def service_times(cfg: BuildConfig) -> ServiceTimes:
@@ -87,7 +95,14 @@ def service_times(cfg: BuildConfig) -> ServiceTimes:
             f"TimeoutStartSec={start_timeout} does not exceed the gate's deadline of {deadline:g} s"
         )
     watchdog = math.ceil(2 * hp.runtime.check_interval_seconds) + START_TIMEOUT_MARGIN_SECONDS
-    return ServiceTimes(start_timeout, watchdog, (START_LIMIT_BURST + 1) * start_timeout)
+    guard_wait = start_timeout + GUARD_WAIT_MARGIN_SECONDS
+    return ServiceTimes(
+        start_timeout,
+        watchdog,
+        (START_LIMIT_BURST + 1) * start_timeout,
+        guard_wait,
+        guard_wait + GUARD_TIMEOUT_MARGIN_SECONDS,
+    )
 
 
 def vendor_policy(cfg: BuildConfig) -> bytes:
@@ -112,36 +127,57 @@ def context(cfg: BuildConfig) -> dict[str, Any]:
         "cfg": cfg,
         "keywords": keywords(cfg),
         "times": service_times(cfg),
-        "gate_failed_exit": GATE_FAILED_EXIT_STATUS,
         "start_limit_burst": START_LIMIT_BURST,
         "unit": UNIT,
+        "agent_unit": layout.AGENT_UNIT,
+        "guard_unit": layout.GUARD_UNIT,
+        "guard_script": layout.GUARD_SCRIPT,
+        "start_script": layout.START_SCRIPT,
+        "guard_disk": "auto" if cfg.agent.boot.disk == "auto" else unit_path(cfg.agent.boot.disk),
+        "pass_token": layout.PASS_TOKEN,
+        "runtime_dir": layout.RUNTIME_DIR.name,
+        "agent_install": layout.install_lines(layout.Package.AGENT),
+        "base_install": layout.install_lines(layout.Package.BASE),
         "python_deps": PYTHON_DEPENDENCIES,
         "python_compat": PYTHON_COMPAT,
         "boards": [Board(b) for b in cfg.boards],
     }
 
 
+def layout_content(cfg: BuildConfig, entry: layout.Entry, ctx: dict[str, Any] | None = None) -> bytes:
+    """The bytes of one installed file of the layout (what ``files/<source>`` holds)."""
+    if entry.template is None:
+        raise ValueError(f"{entry.dest}: a link has no content")
+    if entry.template == "vendor-policy":
+        return vendor_policy(cfg)
+    if not entry.template.endswith(".j2"):  # a script, copied as it is
+        return template_bytes(entry.template)
+    return render_template(entry.template, context(cfg) if ctx is None else ctx)
+
+
+def package_dir(cfg: BuildConfig, package: layout.Package) -> PurePosixPath:
+    if package is layout.Package.BASE:
+        return OVERLAY / BASE_CATEGORY / BASE_NAME
+    return OVERLAY / cfg.package.category / cfg.package.name
+
+
 def overlay_files(cfg: BuildConfig) -> list[OverlayFile]:
     """The whole rendered overlay, sorted by path. Raises ``ValueError`` for values it cannot render."""
     ctx = context(cfg)
-    pkg = OVERLAY / cfg.package.category / cfg.package.name
-    base = OVERLAY / BASE_CATEGORY / BASE_NAME
+    pkg = package_dir(cfg, layout.Package.AGENT)
+    base = package_dir(cfg, layout.Package.BASE)
     files = [
         OverlayFile(
             pkg / f"{cfg.package.name}-{cfg.version}.ebuild", render_template("agent/agent.ebuild.j2", ctx)
         ),
         OverlayFile(pkg / "metadata.xml", render_template("metadata.xml.j2", ctx)),
-        OverlayFile(pkg / "files" / UNIT, render_template("agent/piccolod.service.j2", ctx)),
-        OverlayFile(pkg / "files" / "10-piccolod.conf", render_template("agent/upholds.conf.j2", ctx)),
-        OverlayFile(pkg / "files" / "piccolod.tmpfiles", render_template("agent/piccolod.tmpfiles.j2", ctx)),
-        OverlayFile(pkg / "files" / "health-policy.yaml", vendor_policy(cfg)),
         OverlayFile(base / f"{BASE_NAME}-{cfg.version}.ebuild", render_template("base/base.ebuild.j2", ctx)),
         OverlayFile(base / "metadata.xml", render_template("metadata.xml.j2", ctx)),
-        OverlayFile(
-            base / "files" / "10-piccolod-dependency.conf",
-            render_template("base/update-engine-dropin.conf.j2", ctx),
-        ),
     ]
+    for entry in layout.LAYOUT:
+        if entry.source is not None:
+            where = package_dir(cfg, entry.package) / "files" / entry.source
+            files.append(OverlayFile(where, layout_content(cfg, entry, ctx)))
     if not cfg.package.license_is_free:
         files.append(
             OverlayFile(PurePosixPath("licenses") / cfg.package.license, render_template("license.j2", ctx))

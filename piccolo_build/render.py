@@ -66,6 +66,12 @@ def render_template(name: str, ctx: Mapping[str, Any]) -> bytes:
     return environment().get_template(name).render(**ctx).encode()
 
 
+def template_bytes(name: str) -> bytes:
+    """A file of the templates directory as it is (a shell script that Jinja must not touch)."""
+    source, _filename, _uptodate = environment().loader.get_source(environment(), name)  # type: ignore[union-attr]
+    return source.encode()
+
+
 def read_tree(root: Path) -> Tree:
     """Every regular file under ``root``: relative path -> (content, permission bits)."""
     out: Tree = {}

@@ -29,9 +29,9 @@ from collections.abc import Callable, Mapping
 from types import FrameType
 
 from piccolod import document, logs, notify
+from piccolod import run as child
 from piccolod.api import ApiServer, Response, listen_socket
 from piccolod.assess import Assessment, Assessor, Cancelled
-from piccolod.checks import child
 from piccolod.checks import docker as docker_checks
 from piccolod.hysteresis import Hysteresis
 from piccolod.metrics import CONTENT_TYPE, GateOutcome, Metrics

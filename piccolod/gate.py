@@ -1,40 +1,37 @@
-"""The first-boot gate: decide whether systemd may consider piccolod ready (and update_engine mark the slot).
+"""The first-boot gate: the pure rule (:func:`decide`) and its driver (:func:`run_gate`).
 
-docs/flatcar.md: update_engine marks the booted slot good 45 s after it starts, and it starts only
-once ``piccolod.service`` (``Type=notify``) has sent ``READY=1``. So:
+docs/boot.md: update_engine marks the booted slot good 45 s after it starts, and on a slot that is not
+marked it starts only once this agent has written the pass token (:mod:`piccolod.passtoken`). So:
 
-- a marked slot (successful=1) is never gated: ``READY=1`` at once;
+- a marked slot (successful=1) is never gated: its verdict is ``skipped``, at once;
 - an unmarked slot (successful=0, the first boot of an update) is assessed, retried until the required
-  components pass or ``startup.timeout_seconds`` runs out; pass gives ``READY=1``; a failure condition
-  gives a rollback record, no ``READY=1`` and, with ``rollback.enable_automatic``, one reboot after
-  ``reboot_grace_seconds`` so GRUB boots the previous slot (the new one has tries=0, successful=0);
+  components pass or ``startup.timeout_seconds`` runs out; a failure condition gives a rollback record
+  and, with ``rollback.enable_automatic``, one reboot after ``reboot_grace_seconds`` so GRUB boots the
+  previous slot (the new one has tries=0, successful=0);
 - a slot whose state cannot be read is gated like an unmarked one (fail closed) but never rebooted: a
   reboot that may land on the same slot would be a loop.
 
-:func:`decide` is the pure rule; :func:`run_gate` drives it with real time, ``STATUS=`` and
-``EXTEND_TIMEOUT_USEC=`` notifications, the record and the reboot. A marker file in the state directory,
-keyed by boot id and written before the reboot command runs, keeps it to one reboot per boot even
-across restarts of the agent. A state directory that cannot be written (``/var`` full or read-only,
-exactly when storage fails) never stops the verdict: the failure is logged as critical, an in-process
-flag stands in for the marker, and the reboot still happens once (a second boot cannot land on the bad
-slot anyway: GRUB has already set its tries to 0).
+One gate per boot: the driver keeps the gate in the journal (:mod:`piccolod.journal`). A gate of this
+boot that has a verdict is final: a restarted agent (``Restart=``, an administrator's ``systemctl
+start``) returns it without assessing again and never reboots a second time. A gate that began and has
+no verdict (the agent crashed, hung and was killed at ``TimeoutStartSec=``, or was restarted) resumes
+with the deadline it began with, so a crash loop cannot extend it; past that deadline it ends in
+``startup_timeout`` without assessing again.
 """
 
 from __future__ import annotations
 
 import enum
-import json
 import logging
-import signal
-import subprocess
 import threading
 import time
 from collections.abc import Callable, Collection, Sequence
-from dataclasses import dataclass, field
-from pathlib import Path
+from dataclasses import dataclass, field, replace
 
+from piccolod import manager
 from piccolod import record as rec
 from piccolod.assess import Assessment, Cancelled
+from piccolod.journal import BootGate, GateVerdict, Store
 from piccolod.policy import Component, FailureCondition, PolicyFile
 from piccolod.slot import BootSlot, SlotState
 
@@ -43,7 +40,6 @@ log = logging.getLogger("piccolod.gate")
 API_UNRESPONSIVE_SECONDS = 300.0
 RETRY_SECONDS = 1.0  # pause between two assessments of a failing slot (no stabilisation sleep)
 EXTEND_MARGIN_SECONDS = 5.0
-MARKER_NAME = "reboot-requested.json"
 ROLLBACK_DISABLED = (
     "rollback disabled by policy: staying on the unmarked slot; update-engine stays blocked; "
     "reboot or fix manually"
@@ -59,9 +55,9 @@ class Interrupted(Exception):
 
 
 class Decision(enum.StrEnum):
-    READY = "ready"  # send READY=1
+    READY = "ready"  # the gate passed (or was not needed)
     WAIT = "wait"  # assess again
-    FAIL = "fail"  # gate closed: record, no READY=1
+    FAIL = "fail"  # gate closed: record, maybe one reboot
 
 
 @dataclass(frozen=True)
@@ -80,7 +76,6 @@ def decide(
     deadline: float,
     conditions: Collection[FailureCondition],
     automatic: bool,
-    already_rebooted: bool = False,
     dry_run: bool = False,
     api_failing_for: float = 0.0,
 ) -> Verdict:
@@ -88,7 +83,7 @@ def decide(
 
     ``failing`` lists the required components that failed the last completed assessment (empty when
     they all passed, None when no assessment has completed yet). ``elapsed`` and ``deadline`` are seconds
-    since the gate began and ``startup.timeout_seconds``.
+    since the gate of this boot began and ``startup.timeout_seconds``.
     """
     if slot is SlotState.MARKED:
         return Verdict(Decision.READY, "slot already marked good: not gated")
@@ -115,7 +110,7 @@ def decide(
         if failing
         else f"no assessment finished within {deadline:g}s"
     )
-    reboot = automatic and slot is SlotState.UNMARKED and not already_rebooted and not dry_run
+    reboot = automatic and slot is SlotState.UNMARKED and not dry_run
     return Verdict(Decision.FAIL, reason, condition, reboot)
 
 
@@ -128,7 +123,7 @@ def _names(failing: Sequence[Component] | None) -> str:
 
 @dataclass
 class GateResult:
-    """What :func:`run_gate` did; ``startup_health_check`` is the API's value for it."""
+    """What :func:`run_gate` found or did; ``startup_health_check`` is the API's value for it."""
 
     slot: BootSlot
     verdict: Verdict
@@ -136,6 +131,8 @@ class GateResult:
     elapsed: float = 0.0
     assessment: Assessment | None = None
     record: rec.RollbackRecord | None = None
+    earlier: bool = False  # the verdict was given earlier in this boot (the agent was restarted)
+    resumed: bool = False  # an earlier attempt of this boot's gate ended without a verdict
     reboot_requested: bool = False
     reboot_error: str | None = None
     events: list[str] = field(default_factory=list)
@@ -153,26 +150,11 @@ class GateResult:
 
 Notify = Callable[..., bool]
 Assess = Callable[[], Assessment]
+Reboot = Callable[[Sequence[str]], str | None]
 
 
 def required_failing(a: Assessment) -> tuple[Component, ...]:
     return tuple(r.component for r in a.results if r.required and not r.healthy)
-
-
-# (state dir, boot id) pairs this process asked to reboot: backs up a marker that could not be written
-_REBOOTS_REQUESTED: set[tuple[str, str]] = set()
-
-
-def reboot_marked(state_dir: Path, boot_id: str) -> bool:
-    """Whether a reboot was already requested in this boot (the marker names this boot id, or this
-    process asked for it even if the marker could not be written)."""
-    if (str(state_dir), boot_id) in _REBOOTS_REQUESTED:
-        return True
-    try:
-        data = json.loads((state_dir / MARKER_NAME).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return False
-    return isinstance(data, dict) and data.get("boot_id") == boot_id
 
 
 def _assess_within(assess: Assess, seconds: float) -> Assessment | None:
@@ -197,6 +179,12 @@ def _assess_within(assess: Assess, seconds: float) -> Assessment | None:
     return box[0] if box else None
 
 
+def _verdict_of(gate: BootGate) -> Verdict:
+    if gate.verdict is GateVerdict.FAILED:
+        return Verdict(Decision.FAIL, gate.reason, gate.condition, gate.reboot_planned)
+    return Verdict(Decision.READY, gate.reason)
+
+
 def run_gate(
     policy: PolicyFile,
     slot: BootSlot,
@@ -204,90 +192,150 @@ def run_gate(
     *,
     notify: Notify,
     boot_id: str,
+    store: Store,
     dry_run: bool = False,
     on_assessment: Callable[[Assessment], None] | None = None,
     on_verdict: Callable[[GateResult], None] | None = None,
     clock: Callable[[], float] = time.monotonic,
     sleep: Callable[[float], object] = time.sleep,
-    reboot: Callable[[Sequence[str]], str | None] | None = None,
+    reboot: Reboot = manager.run_reboot,
 ) -> GateResult:
-    """Gate this boot. Sends ``READY=1`` through ``notify`` on a pass (never in dry-run).
+    """Gate this boot (or return its verdict, or resume it) and act on a failure.
 
-    In dry-run it runs one assessment, judges it as if the deadline were now, and acts on nothing.
-    ``reboot`` runs the reboot command and returns an error text or None (default: :func:`run_reboot`).
-    ``sleep`` returning True (the daemon's "I am stopping") raises :class:`Interrupted`.
-    ``on_verdict`` sees the result as soon as the verdict is known, before READY=1 or the reboot grace.
+    ``clock`` must be CLOCK_MONOTONIC (the journal keeps the deadline on it). In dry-run it runs one
+    assessment, judges it as if the deadline were now, writes nothing and acts on nothing. ``reboot``
+    runs the reboot command and returns an error text or None. ``sleep`` returning True (the daemon's
+    "I am stopping") raises :class:`Interrupted`. ``on_verdict`` sees the result as soon as the verdict
+    is known, before the reboot grace.
     """
+    hp = policy.health_policy
     say: Notify = (lambda *_a, **_k: False) if dry_run else notify
-    started_wall = time.time()
     if slot.error:
         log.error("cannot read the booted slot (gate stays closed until checks pass): %s", slot.error)
+    earlier = None if dry_run else store.journal.gate_of(boot_id, slot.partuuid)
+    if earlier is not None and earlier.finished and slot.state is not SlotState.MARKED:
+        return _repeat(policy, slot, earlier, store=store, say=say, sleep=sleep, reboot=reboot,
+                       on_verdict=on_verdict)  # fmt: skip
+    now = clock()
+    resumed = earlier is not None and slot.state is not SlotState.MARKED
+    if earlier is not None and resumed:
+        gate = earlier
+        log.warning(
+            "an earlier attempt of this boot's gate ended without a verdict: resuming it, %.1fs left",
+            gate.deadline_monotonic - now,
+        )
+    else:
+        gate = BootGate(
+            boot_id=boot_id,
+            slot=slot.name,
+            partuuid=slot.partuuid,
+            slot_state=str(slot.state),
+            started_at=time.time(),
+            started_monotonic=now,
+            deadline_monotonic=now + hp.startup.timeout_seconds,
+        )
+        if not dry_run and slot.state is not SlotState.MARKED:
+            store.begin(gate)
     result = _wait_for_verdict(
-        policy,
-        slot,
-        assess,
-        say=say,
-        boot_id=boot_id,
-        dry_run=dry_run,
-        on_assessment=on_assessment,
-        clock=clock,
-        sleep=sleep,
-    )
-    hp = policy.health_policy
-    state_dir = Path(policy.agent.state_dir)
+        policy, slot, gate, assess, say=say, dry_run=dry_run, resumed=resumed, on_assessment=on_assessment,
+        clock=clock, sleep=sleep,
+    )  # fmt: skip
+    result.resumed = resumed
     verdict = result.verdict
-    if on_verdict is not None:
-        on_verdict(result)
     if verdict.decision is Decision.READY:
         log.info("gate open after %.2fs: %s", result.elapsed, verdict.reason)
-        say("READY=1", f"STATUS=gate passed: {verdict.reason}")
-        if not dry_run and slot.state is not SlotState.MARKED:
-            _try_write(f"move the old rollback record aside in {state_dir}", lambda: rec.supersede(state_dir))
+        if not dry_run:
+            kind = GateVerdict.SKIPPED if slot.state is SlotState.MARKED else GateVerdict.PASSED
+            store.finish(gate, verdict=kind, reason=verdict.reason, attempts=result.attempts)
+            if slot.state is not SlotState.MARKED:
+                store.supersede_rollback()
+        if on_verdict is not None:
+            on_verdict(result)
         return result
-    result.record = _record(policy, slot, result, boot_id, started_wall)
+    result.record = _record(policy, slot, result, boot_id, gate.started_at)
     log.error(
         "gate FAILED on %s after %.2fs: %s: %s", slot.name, result.elapsed, verdict.condition, verdict.reason
     )
     if dry_run:
+        if on_verdict is not None:
+            on_verdict(result)
         return result
-    record = result.record
-    _try_write(f"write the rollback record to {state_dir}", lambda: rec.write(state_dir, record))
+    gate = replace(
+        gate,
+        verdict=GateVerdict.FAILED,
+        condition=verdict.condition,
+        reason=verdict.reason,
+        attempts=result.attempts,
+        reboot_planned=verdict.reboot,
+        finished_at=time.time(),
+    )
+    store.record_rollback(result.record, gate)
+    if on_verdict is not None:
+        on_verdict(result)
+    _act_on_failure(policy, slot, result, gate, store=store, say=say, sleep=sleep, reboot=reboot)
+    return result
+
+
+def _repeat(
+    policy: PolicyFile,
+    slot: BootSlot,
+    earlier: BootGate,
+    *,
+    store: Store,
+    say: Notify,
+    sleep: Callable[[float], object],
+    reboot: Reboot,
+    on_verdict: Callable[[GateResult], None] | None,
+) -> GateResult:
+    """The verdict this boot's gate already gave: final. A failure's reboot happens at most once."""
+    result = GateResult(slot, _verdict_of(earlier), earlier.attempts, earlier=True)
+    log.warning("the gate of this boot already gave its verdict (%s): not gating again", earlier.verdict)
+    if on_verdict is not None:
+        on_verdict(result)
+    if not result.ready:
+        _act_on_failure(policy, slot, result, earlier, store=store, say=say, sleep=sleep, reboot=reboot)
+    return result
+
+
+def _act_on_failure(
+    policy: PolicyFile,
+    slot: BootSlot,
+    result: GateResult,
+    gate: BootGate,
+    *,
+    store: Store,
+    say: Notify,
+    sleep: Callable[[float], object],
+    reboot: Reboot,
+) -> None:
+    """Say why, and reboot once when the verdict asks for it and no reboot was requested in this boot."""
+    hp = policy.health_policy
+    verdict = result.verdict
     say(f"STATUS=gate failed ({verdict.condition}): {verdict.reason}")
     if not verdict.reboot:
         why = no_reboot_reason(hp.rollback.enable_automatic, slot.state)
         if why:
             log.critical("gate FAILED on %s and no reboot: %s", slot.name or "the booted slot", why)
             say(f"STATUS=gate failed ({verdict.condition}): {why}")
-        return result
-    # The marker goes first: a crash between it and the reboot must not allow a second reboot.
-    _REBOOTS_REQUESTED.add((str(state_dir), boot_id))
-    _try_write(
-        f"write the reboot marker to {state_dir} (the in-process flag still prevents a second reboot)",
-        lambda: rec.write_json_atomic(
-            state_dir / MARKER_NAME, {"boot_id": boot_id, "requested_at": time.time()}
-        ),
-    )
+        return
+    if gate.reboot_requested:
+        log.warning("the reboot for this failed gate was already requested in this boot: not again")
+        say(f"STATUS=gate failed ({verdict.condition}): reboot already requested in this boot")
+        return
     grace = hp.rollback.reboot_grace_seconds
     say(f"STATUS=gate failed ({verdict.condition}): rebooting in {grace:g}s")
     if sleep(grace) is True:
         raise Interrupted("stopping during the reboot grace: no reboot")
-    result.reboot_error = (reboot or run_reboot)(hp.rollback.reboot_command)
+    # Written before the command runs: whatever happens next, never a second reboot in this boot.
+    store.reboot_requested(gate)
+    result.reboot_error = reboot(hp.rollback.reboot_command)
     result.reboot_requested = True
     if result.reboot_error:
         log.error("reboot command failed: %s", result.reboot_error)
+        say(f"STATUS=gate failed ({verdict.condition}): reboot command failed: {result.reboot_error}")
     else:
         log.warning("reboot requested: %s", " ".join(hp.rollback.reboot_command))
-    return result
-
-
-def _try_write(what: str, write: Callable[[], object]) -> bool:
-    """Run one state-directory write; an OSError is logged as critical and never stops the gate."""
-    try:
-        write()
-    except OSError as e:
-        log.critical("cannot %s: %s; the gate goes on without it", what, e)
-        return False
-    return True
+        say(f"STATUS=gate failed ({verdict.condition}): reboot requested")
 
 
 def no_reboot_reason(automatic: bool, state: SlotState) -> str | None:
@@ -303,30 +351,34 @@ def no_reboot_reason(automatic: bool, state: SlotState) -> str | None:
 def _wait_for_verdict(
     policy: PolicyFile,
     slot: BootSlot,
+    gate: BootGate,
     assess: Assess,
     *,
     say: Notify,
-    boot_id: str,
     dry_run: bool,
+    resumed: bool,
     on_assessment: Callable[[Assessment], None] | None,
     clock: Callable[[], float],
     sleep: Callable[[float], object],
 ) -> GateResult:
-    """Assess until :func:`decide` says something other than WAIT, with STATUS=/EXTEND_TIMEOUT_USEC=."""
+    """Assess until :func:`decide` says something other than WAIT, with STATUS=/EXTEND_TIMEOUT_USEC=.
+
+    The deadline is the gate's own (``gate.deadline_monotonic``); a resumed gate past it assesses no more.
+    """
     hp = policy.health_policy
-    deadline = hp.startup.timeout_seconds
+    deadline = gate.deadline_monotonic - gate.started_monotonic
     extend = hp.rollback.reboot_grace_seconds + EXTEND_MARGIN_SECONDS
     result = GateResult(slot, Verdict(Decision.WAIT, "not started"))
     start = clock()
     api_failing_since: float | None = None
     while True:
-        elapsed = clock() - start
-        left = max(0.0, deadline - elapsed)
-        if slot.state is not SlotState.MARKED and (left > 0 or result.attempts == 0):
+        left = gate.deadline_monotonic - clock()
+        first = result.attempts == 0 and not resumed
+        if slot.state is not SlotState.MARKED and (left > 0 or first):
             say(
                 f"STATUS=gate: checking {slot.name or 'unknown slot'} (attempt {result.attempts + 1}, "
-                f"{left:.0f}s left)",
-                f"EXTEND_TIMEOUT_USEC={int((left + extend) * 1e6)}",
+                f"{max(0.0, left):.0f}s left)",
+                f"EXTEND_TIMEOUT_USEC={int((max(0.0, left) + extend) * 1e6)}",
             )
             got = _assess_within(assess, max(0.05, left))
             result.attempts += 1
@@ -334,10 +386,11 @@ def _wait_for_verdict(
                 result.assessment = got
                 if on_assessment is not None:
                     on_assessment(got)
-            elapsed = clock() - start
+        now = clock()
+        elapsed = now - gate.started_monotonic
         failing = None if result.assessment is None else required_failing(result.assessment)
         if failing and Component.API in failing:
-            api_failing_since = elapsed if api_failing_since is None else api_failing_since
+            api_failing_since = now if api_failing_since is None else api_failing_since
         else:
             api_failing_since = None
         result.verdict = decide(
@@ -347,13 +400,12 @@ def _wait_for_verdict(
             deadline=deadline,
             conditions=hp.rollback.failure_conditions,
             automatic=hp.rollback.enable_automatic,
-            already_rebooted=reboot_marked(Path(policy.agent.state_dir), boot_id),
-            api_failing_for=0.0 if api_failing_since is None else elapsed - api_failing_since,
+            api_failing_for=0.0 if api_failing_since is None else now - api_failing_since,
         )
         result.elapsed = clock() - start
         if result.verdict.decision is not Decision.WAIT:
             return result
-        if sleep(min(RETRY_SECONDS, max(0.0, deadline - (clock() - start)))) is True:
+        if sleep(min(RETRY_SECONDS, max(0.0, gate.deadline_monotonic - clock()))) is True:
             raise Interrupted("stopping during the gate")
 
 
@@ -376,21 +428,3 @@ def _record(
         reboot_requested=result.verdict.reboot,
         components=tuple(rec.ComponentVerdict.of(r) for r in a.results) if a else (),
     )
-
-
-def run_reboot(argv: Sequence[str]) -> str | None:
-    """Run the reboot command once; returns an error text, or None when it exited 0.
-
-    ``systemctl reboot`` ended by SIGTERM counts as done: PID 1 stops this unit's cgroup, the command
-    with it, as soon as the shutdown it queued begins, sometimes before the command has read its reply.
-    """
-    try:
-        done = subprocess.run(list(argv), capture_output=True, text=True, timeout=60, check=False)
-    except (OSError, subprocess.TimeoutExpired) as e:
-        return f"{argv[0]}: {e}"
-    if done.returncode == -signal.SIGTERM:
-        log.info("%s was ended by SIGTERM: the shutdown it asked for has begun", " ".join(argv))
-        return None
-    if done.returncode != 0:
-        return f"{' '.join(argv)} exited {done.returncode}: {done.stderr.strip()[:200]}"
-    return None

@@ -1,8 +1,41 @@
 """Shared fixtures live in tests/fixtures/*; each module is a pytest plugin listed here."""
 
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
 pytest_plugins = [
     "tests.fixtures.daemons",  # real dockerd and swtpm
     "tests.fixtures.gptdisk",  # GPT disk images made with sgdisk
     "tests.fixtures.nspawn",  # real systemd as PID 1 in systemd-nspawn
+    "tests.fixtures.bootrig",  # Flatcar's boot order: staged base image files and a real sysext
     "tests.fixtures.fakesdk",  # fake flatcar/scripts checkout with recording SDK scripts
 ]
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _agent_stays_off_the_host(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """Every agent a test starts writes its pass token into a directory of the session, not into the
+    host's /run/piccolod, and its ``systemctl start update-engine.service`` goes to a stand-in that
+    records the call (``systemctl.log`` beside it)."""
+    root = tmp_path_factory.mktemp("agent-host")
+    (root / "run").mkdir()
+    fake = root / "bin" / "systemctl"
+    fake.parent.mkdir()
+    fake.write_text(f'#!/bin/sh\necho "$*" >> {root}/systemctl.log\n')
+    fake.chmod(0o755)
+    saved = {k: os.environ.get(k) for k in ("RUNTIME_DIRECTORY", "PATH")}
+    os.environ["RUNTIME_DIRECTORY"] = str(root / "run")
+    os.environ["PATH"] = f"{fake.parent}:{os.environ.get('PATH', '')}"
+    try:
+        yield root
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value

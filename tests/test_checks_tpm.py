@@ -20,7 +20,8 @@ from pathlib import Path
 
 import pytest
 
-from piccolod.checks import CHECKS, child, timeout_for
+from piccolod import run as child
+from piccolod.checks import CHECKS, timeout_for
 from piccolod.checks.tpm import check_tpm, parse_tcti, vendor_text
 from piccolod.policy import Checks, Component, HealthPolicy, PolicyFile, Thresholds, TpmCheck
 from tests.fixtures.daemons import Swtpm, require

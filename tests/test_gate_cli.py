@@ -12,9 +12,12 @@ from pathlib import Path
 
 import pytest
 
-from piccolod import record as rec
+from piccolod import journal
 from piccolod.gate import NO_REBOOT_UNKNOWN_SLOT, ROLLBACK_DISABLED
+from piccolod.journal import Journal, Store
+from piccolod.record import read_boot_id
 from tests.fixtures.gptdisk import USR_A, USR_B, cmdline_for, corrupt, gptprio_next, install_update
+from tests.test_journal import record as sample_record
 
 PICCOLOD = [sys.executable, "-m", "piccolod"]
 
@@ -35,6 +38,11 @@ def setup(tmp_path: Path, disk: Path, *, update: bool, tpm: bool = False, automa
     script = tmp_path / "reboot"
     script.write_text(f"#!/bin/sh\necho requested >> {tmp_path}/reboots\n")
     script.chmod(0o755)
+    fake = tmp_path / "bin" / "systemctl"  # systemctl start update-engine, recorded
+    fake.parent.mkdir(exist_ok=True)
+    fake.write_text(f'#!/bin/sh\necho "$*" >> {tmp_path}/systemctl\n')
+    fake.chmod(0o755)
+    (tmp_path / "run").mkdir(exist_ok=True)
     required = "[storage, api, tpm]" if tpm else "[storage, api]"
     auto = "true" if automatic else "false"
     config = tmp_path / "policy.yaml"
@@ -55,7 +63,12 @@ agent:
 
 
 def run(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    """``piccolod ARGS`` with the fake systemctl and the runtime directory of the config's directory."""
     base = {k: v for k, v in os.environ.items() if k != "NOTIFY_SOCKET"}
+    config = Path(args[args.index("--config") + 1]) if "--config" in args else None
+    if config is not None:
+        base["PATH"] = f"{config.parent / 'bin'}:{base['PATH']}"
+        base["RUNTIME_DIRECTORY"] = str(config.parent / "run")
     return subprocess.run(
         [*PICCOLOD, *args],
         capture_output=True,
@@ -72,8 +85,9 @@ def test_dry_run_on_a_healthy_update(tmp_path: Path, flatcar_disk: Path) -> None
     assert r.returncode == 0, r.stdout + r.stderr
     assert "* USR-B" in r.stdout and "unmarked" in r.stdout
     assert "decision: ready: required components passed" in r.stdout
-    assert "would: send READY=1 now" in r.stdout
-    assert not (tmp_path / "state" / "last-gate.json").exists()
+    assert "would: write the pass token and send READY=1 now" in r.stdout
+    assert not (tmp_path / "state" / journal.JOURNAL_NAME).exists()
+    assert not (tmp_path / "run" / "gate-passed").exists() and not (tmp_path / "systemctl").exists()
 
 
 def test_dry_run_on_a_failing_update_acts_on_nothing(tmp_path: Path, flatcar_disk: Path) -> None:
@@ -84,14 +98,14 @@ def test_dry_run_on_a_failing_update_acts_on_nothing(tmp_path: Path, flatcar_dis
     assert "then reboot into the previous slot" in r.stdout
     assert "FAIL tpm" in r.stdout
     assert not (tmp_path / "reboots").exists()
-    assert not (tmp_path / "state" / rec.RECORD_NAME).exists()
+    assert not (tmp_path / "state" / journal.JOURNAL_NAME).exists()
 
 
 def test_dry_run_on_a_marked_slot(tmp_path: Path, flatcar_disk: Path) -> None:
     config = setup(tmp_path, flatcar_disk, update=False, tpm=True)
     r = run("gate", "--dry-run", "--config", str(config))
     assert r.returncode == 0, r.stdout + r.stderr
-    assert "* USR-A" in r.stdout and "would: send READY=1 at once" in r.stdout
+    assert "* USR-A" in r.stdout and "would: write the pass token and send READY=1 at once" in r.stdout
 
 
 def test_dry_run_beside_a_running_serve(tmp_path: Path, flatcar_disk: Path) -> None:
@@ -158,7 +172,9 @@ def test_failed_gate_records_reboots_once_and_status_shows_it(tmp_path: Path, fl
     r, sent = gate_notified(tmp_path, config)
     assert r.returncode == 3, r.stdout + r.stderr
     assert "gate failed: critical_component_failure" in r.stderr
-    assert not any("READY=1" in s for s in sent) and any("EXTEND_TIMEOUT_USEC=" in s for s in sent)
+    assert any("EXTEND_TIMEOUT_USEC=" in s for s in sent)
+    assert any(s.startswith("READY=1\nSTATUS=gate failed (critical_component_failure)") for s in sent), sent
+    assert not (tmp_path / "run" / "gate-passed").exists() and not (tmp_path / "systemctl").exists()
     assert (tmp_path / "reboots").read_text() == "requested\n"
     again = run("gate", "--config", str(config))  # same boot: the verdict stands, no second reboot
     assert again.returncode == 3 and "already failed in this boot" in again.stderr
@@ -177,28 +193,20 @@ def test_failed_gate_records_reboots_once_and_status_shows_it(tmp_path: Path, fl
         ("USR-A", 1, 0, True),
         ("USR-B", 2, 0, False),
     ]
-    assert doc["last_gate"]["startup_health_check"] == "failed"
+    assert doc["last_gate"]["verdict"] == "failed" and doc["last_gate"]["reboot_requested"]
     assert doc["rollback_record"]["condition"] == "critical_component_failure"
     assert doc["update_status"] is None  # still on the failed slot, in the same boot
 
 
 def test_status_after_the_fallback_boot(tmp_path: Path, flatcar_disk: Path) -> None:
     config = setup(tmp_path, flatcar_disk, update=False)  # booted USR-A, marked
-    record = rec.RollbackRecord(
+    record = sample_record(
         boot_id="an-earlier-boot",
-        slot="USR-B",
-        partuuid=USR_B,
-        disk=str(flatcar_disk),
-        os_version="4081.2.0",
         condition="startup_timeout",
         reason="no assessment finished within 120s",
-        started_at=1.0,
-        failed_at=121.0,
-        deadline_seconds=120.0,
-        attempts=1,
-        reboot_requested=True,
+        components=(),
     )
-    rec.write(tmp_path / "state", record)
+    Store(tmp_path / "state").put(Journal(rollback=record))
     r = run("status", "--config", str(config))
     assert r.returncode == 0, r.stderr
     assert "* USR-A" in r.stdout
@@ -218,17 +226,17 @@ def test_bad_input_is_one_line(tmp_path: Path, flatcar_disk: Path, command: str)
 def test_status_with_a_corrupt_record(tmp_path: Path, flatcar_disk: Path) -> None:
     config = setup(tmp_path, flatcar_disk, update=False)
     (tmp_path / "state").mkdir()
-    (tmp_path / "state" / rec.RECORD_NAME).write_text("{half")
+    (tmp_path / "state" / journal.JOURNAL_NAME).write_text("{half")
     r = run("status", "--config", str(config))
     assert r.returncode == 3
-    assert r.stderr.strip().count("\n") == 0 and "rollback.json: not JSON" in r.stderr
+    assert r.stderr.strip().count("\n") == 0 and "journal.json: not JSON" in r.stderr
 
 
 def test_rollback_disabled_by_policy_fails_the_unit_loudly(tmp_path: Path, flatcar_disk: Path) -> None:
     config = setup(tmp_path, flatcar_disk, update=True, tpm=True, automatic=False)
     r, sent = gate_notified(tmp_path, config)
     assert r.returncode == 3, r.stdout + r.stderr
-    assert not any("READY=1" in s for s in sent)
+    assert not (tmp_path / "run" / "gate-passed").exists()
     assert any(s == f"STATUS=gate failed (critical_component_failure): {ROLLBACK_DISABLED}" for s in sent), (
         sent
     )
@@ -236,7 +244,7 @@ def test_rollback_disabled_by_policy_fails_the_unit_loudly(tmp_path: Path, flatc
     loud = [json.loads(ln) for ln in r.stderr.splitlines() if ln.startswith("{") and ROLLBACK_DISABLED in ln]
     assert [d["level"] for d in loud] == ["critical"], r.stderr
     assert not (tmp_path / "reboots").exists()
-    record = rec.read(tmp_path / "state")
+    record = journal.read(tmp_path / "state").rollback
     assert record is not None and record.reboot_requested is False
     again, sent = gate_notified(tmp_path, config)  # Upholds=/a manual restart in the same boot says it again
     assert again.returncode == 3 and ROLLBACK_DISABLED in again.stderr
@@ -263,7 +271,10 @@ def test_marked_slot_with_a_corrupt_primary_gpt_is_never_blocked(tmp_path: Path,
     corrupt(flatcar_disk, "primary-entries")
     r, sent = gate_notified(tmp_path, config)
     assert r.returncode == 0, r.stdout + r.stderr
-    assert any(s.startswith("READY=1") for s in sent) and not any("EXTEND_TIMEOUT_USEC" in s for s in sent)
+    assert any(s.startswith("READY=1") for s in sent)
+    assert not any("EXTEND_TIMEOUT_USEC" in s for s in sent)
+    assert (tmp_path / "run" / "gate-passed").read_text().strip() == read_boot_id()
+    assert not (tmp_path / "systemctl").exists()  # a marked slot: update-engine is not the agent's to start
 
 
 def test_both_gpt_copies_corrupt_fails_closed_without_a_reboot(tmp_path: Path, flatcar_disk: Path) -> None:
@@ -273,7 +284,7 @@ def test_both_gpt_copies_corrupt_fails_closed_without_a_reboot(tmp_path: Path, f
     r, sent = gate_notified(tmp_path, config)
     assert r.returncode == 3, r.stdout + r.stderr
     assert "no valid GPT: primary: GPT header CRC32 mismatch" in r.stderr
-    assert not any("READY=1" in s for s in sent)
+    assert not (tmp_path / "run" / "gate-passed").exists()
     assert any(NO_REBOOT_UNKNOWN_SLOT in s for s in sent) and NO_REBOOT_UNKNOWN_SLOT in r.stderr
     assert not (tmp_path / "reboots").exists()  # a reboot might land on the same slot: none
     status = run("status", "--config", str(config))
@@ -287,3 +298,5 @@ def test_both_gpt_copies_corrupt_but_healthy_opens_the_gate(tmp_path: Path, flat
     r, sent = gate_notified(tmp_path, config)
     assert r.returncode == 0, r.stdout + r.stderr
     assert any(s.startswith("READY=1") for s in sent)
+    assert (tmp_path / "run" / "gate-passed").read_text().strip() == read_boot_id()
+    assert (tmp_path / "systemctl").read_text() == "start --no-block update-engine.service\n"

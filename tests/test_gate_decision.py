@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import json
 import socket
 import stat
 import time
 from collections.abc import Iterator, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -14,10 +14,10 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from piccolod import gate
-from piccolod import record as rec
+from piccolod import gate, journal, manager
 from piccolod.assess import Assessment, verdict
 from piccolod.gate import Decision, decide, run_gate
+from piccolod.journal import GateVerdict, Store
 from piccolod.model import Source, build
 from piccolod.notify import notify
 from piccolod.policy import Component, FailureCondition, PolicyFile
@@ -38,7 +38,6 @@ times_st = st.floats(min_value=0, max_value=1000, allow_nan=False)
     deadline=st.floats(min_value=0.01, max_value=500),
     conditions=conditions_st,
     automatic=st.booleans(),
-    already=st.booleans(),
     dry_run=st.booleans(),
     api_for=times_st,
 )
@@ -49,7 +48,6 @@ def test_decision_properties(
     deadline: float,
     conditions: set[FailureCondition],
     automatic: bool,
-    already: bool,
     dry_run: bool,
     api_for: float,
 ) -> None:
@@ -60,7 +58,6 @@ def test_decision_properties(
         deadline=deadline,
         conditions=conditions,
         automatic=automatic,
-        already_rebooted=already,
         dry_run=dry_run,
         api_failing_for=api_for,
     )
@@ -70,14 +67,15 @@ def test_decision_properties(
     # Passing required components always open the gate.
     if failing == ():
         assert v.decision is Decision.READY
-    # A reboot only on a failed, unmarked (known) slot, when enabled, once, and never in dry-run.
+    # A reboot only on a failed, unmarked (known) slot, when enabled, and never in dry-run (the driver
+    # keeps it to one per boot).
     if v.reboot:
         assert v.decision is Decision.FAIL
-        assert slot is SlotState.UNMARKED and automatic and not already and not dry_run
+        assert slot is SlotState.UNMARKED and automatic and not dry_run
     # A failure always names an enabled condition; a failed gate on an unmarked slot reboots when allowed.
     if v.decision is Decision.FAIL:
         assert v.condition in conditions
-        assert v.reboot == (slot is SlotState.UNMARKED and automatic and not already and not dry_run)
+        assert v.reboot == (slot is SlotState.UNMARKED and automatic and not dry_run)
     # Before the deadline a failing slot waits (unless the API has been down for 300 s).
     api_down = api_for >= 300 and failing is not None and Component.API in failing
     if slot is not SlotState.MARKED and failing != () and elapsed < deadline and not api_down:
@@ -160,15 +158,21 @@ class Recorder:
 
 
 def drive(
-    p: PolicyFile, state: SlotState, results: Iterator[Assessment], *, dry_run: bool = False
+    p: PolicyFile,
+    state: SlotState,
+    results: Iterator[Assessment],
+    *,
+    dry_run: bool = False,
+    clock: Clock | None = None,
 ) -> tuple[gate.GateResult, Recorder, Clock]:
-    clock, r = Clock(), Recorder()
+    clock, r = clock or Clock(), Recorder()
     out = run_gate(
         p,
         slot_in(state),
         lambda: next(results),
         notify=r.notify,
         boot_id="boot-1",
+        store=Store.load(Path(p.agent.state_dir)),
         dry_run=dry_run,
         clock=clock,
         sleep=clock.sleep,
@@ -177,10 +181,16 @@ def drive(
     return out, r, clock
 
 
+def read(state_dir: Path) -> journal.Journal:
+    return journal.read(state_dir)
+
+
 def test_marked_slot_is_ready_at_once_without_assessing(tmp_path: Path) -> None:
     out, r, clock = drive(policy(tmp_path), SlotState.MARKED, iter(()))
     assert out.ready and out.startup_health_check == "skipped" and out.attempts == 0
-    assert r.sent[0] == "READY=1" and not r.reboots and clock.slept == []
+    assert not r.reboots and clock.slept == [] and not any("EXTEND" in s for s in r.sent)
+    gate_ = read(tmp_path).boot
+    assert gate_ is not None and gate_.verdict is GateVerdict.SKIPPED
 
 
 def test_unmarked_slot_retries_until_pass(tmp_path: Path) -> None:
@@ -189,8 +199,10 @@ def test_unmarked_slot_retries_until_pass(tmp_path: Path) -> None:
     assert out.ready and out.attempts == 4 and out.startup_health_check == "passed"
     assert sum(s.startswith("EXTEND_TIMEOUT_USEC=") for s in r.sent) == 4
     assert sum(s.startswith("STATUS=gate: checking USR-B") for s in r.sent) == 4
-    assert "READY=1" in r.sent and not r.reboots
-    assert rec.read(tmp_path) is None
+    assert not r.reboots  # READY=1 and the token are the hook's (tests/test_gatehook.py)
+    j = read(tmp_path)
+    assert j.rollback is None and j.boot is not None and j.boot.verdict is GateVerdict.PASSED
+    assert j.boot.attempts == 4
 
 
 def test_failure_writes_record_and_reboots_once(tmp_path: Path) -> None:
@@ -198,24 +210,100 @@ def test_failure_writes_record_and_reboots_once(tmp_path: Path) -> None:
     out, r, clock = drive(p, SlotState.UNMARKED, iter([assessment(tpm=False, storage=True)] * 100))
     assert not out.ready and out.startup_health_check == "failed"
     assert out.verdict.condition is FailureCondition.CRITICAL_COMPONENT_FAILURE
-    assert "READY=1" not in r.sent
     assert r.reboots == [("reboot-stand-in",)] and clock.slept[-1] == 2  # the grace
-    record = rec.read(tmp_path)
+    j = read(tmp_path)
+    record = j.rollback
     assert record is not None and record.slot == "USR-B" and record.boot_id == "boot-1"
     assert record.condition == "critical_component_failure" and record.reboot_requested
     assert [(c.component, c.healthy) for c in record.components] == [("tpm", False), ("storage", True)]
-    assert gate.reboot_marked(tmp_path, "boot-1")
-    # A restarted agent in the same boot fails again but never reboots a second time.
-    out2, r2, _ = drive(p, SlotState.UNMARKED, iter([assessment(tpm=False, storage=True)] * 100))
-    assert not out2.ready and not out2.verdict.reboot and r2.reboots == []
+    assert j.boot is not None and j.boot.verdict is GateVerdict.FAILED and j.boot.reboot_requested
+    # A restarted agent in the same boot repeats the verdict without assessing, and never reboots again.
+    out2, r2, _ = drive(p, SlotState.UNMARKED, iter(()))
+    assert not out2.ready and out2.earlier and out2.attempts == j.boot.attempts and r2.reboots == []
+    assert "STATUS=gate failed (critical_component_failure): reboot already requested in this boot" in r2.sent
+
+
+def test_a_crash_before_the_reboot_still_reboots_once_on_restart(tmp_path: Path) -> None:
+    """The verdict says reboot, the agent died in the grace: the restarted agent reboots, once."""
+    p = policy(tmp_path)
+
+    class Crash(Exception):
+        pass
+
+    clock = Clock()
+
+    def crash_in_the_grace(s: float) -> None:
+        if s == 2:  # the policy's reboot_grace_seconds
+            raise Crash
+        clock.sleep(s)
+
+    with pytest.raises(Crash):
+        run_gate(
+            p,
+            slot_in(SlotState.UNMARKED),
+            lambda: assessment(tpm=False, storage=True),
+            notify=lambda *a: True,
+            boot_id="boot-1",
+            store=Store.load(tmp_path),
+            clock=clock,
+            sleep=crash_in_the_grace,
+            reboot=lambda argv: None,
+        )
+    b = read(tmp_path).boot
+    assert b is not None and b.verdict is GateVerdict.FAILED and b.reboot_planned and not b.reboot_requested
+    out, r, _ = drive(p, SlotState.UNMARKED, iter(()))
+    assert out.earlier and r.reboots == [("reboot-stand-in",)]
+    out, r, _ = drive(p, SlotState.UNMARKED, iter(()))
+    assert r.reboots == []
+
+
+def test_a_resumed_gate_keeps_its_first_deadline(tmp_path: Path) -> None:
+    """A gate that began and has no verdict resumes with the deadline it began with: past it, the
+    verdict is startup_timeout at once, without another assessment (a crash loop cannot extend it)."""
+    p = policy(tmp_path)
+    clock = Clock()
+    calls: list[int] = []
+
+    def stop_midway(s: float) -> bool:
+        clock.now += s
+        return clock.now > 102  # the agent is stopped 2 s into the gate
+
+    def failing() -> Assessment:
+        calls.append(1)
+        return assessment(tpm=False, storage=True)
+
+    with pytest.raises(gate.Interrupted):
+        run_gate(
+            p,
+            slot_in(SlotState.UNMARKED),
+            failing,
+            notify=lambda *a: True,
+            boot_id="boot-1",
+            store=Store.load(tmp_path),
+            clock=clock,
+            sleep=stop_midway,
+        )
+    b = read(tmp_path).boot
+    assert b is not None and not b.finished and b.deadline_monotonic == 105.0
+    clock.now = 104.0  # restarted 1 s before the first deadline: resumes, and fails at 105
+    seen = len(calls)
+    out, r, _ = drive(p, SlotState.UNMARKED, iter([assessment(tpm=False, storage=True)] * 10), clock=clock)
+    assert out.resumed and not out.ready and clock.now <= 105.0 + 2 + 1e-9  # deadline + grace
+    assert seen >= 2 and out.attempts >= 1  # it assessed again before its first deadline
+    # a fresh boot id would start over; the same boot past the deadline assesses nothing
+    (tmp_path / journal.JOURNAL_NAME).write_text(journal.encode(journal.Journal(boot=replace(b, reason=""))))
+    clock.now = 200.0
+    out, r, _ = drive(p, SlotState.UNMARKED, iter(()), clock=clock)
+    assert out.attempts == 0 and out.verdict.condition is FailureCondition.STARTUP_TIMEOUT
+    assert r.reboots == [("reboot-stand-in",)]
 
 
 @pytest.mark.parametrize("where", ["under /dev/null", "full tmpfs"])
 def test_an_unwritable_state_dir_still_reboots_once(
     tmp_path: Path, where: str, caplog: pytest.LogCaptureFixture
 ) -> None:
-    """/var full or gone (exactly when storage fails): no record, no marker, but the reboot happens,
-    once: the in-process flag stands in for the marker."""
+    """/var full or gone (exactly when storage fails): no journal, but the reboot happens, once: the
+    store keeps the journal in memory for this process."""
     import subprocess
 
     if where == "full tmpfs":
@@ -230,28 +318,27 @@ def test_an_unwritable_state_dir_still_reboots_once(
                 f.write(b"x" * 1024 * 1024)
                 f.flush()
         p = policy(state)
-        caplog.set_level("CRITICAL", logger="piccolod.gate")
-        out, r, _ = drive(p, SlotState.UNMARKED, iter([assessment(tpm=False, storage=False)] * 100))
+        caplog.set_level("CRITICAL", logger="piccolod.journal")
+        store = Store.load(state)
+        r = Recorder()
+        clock = Clock()
+        args: dict[str, Any] = {"notify": r.notify, "boot_id": "boot-1", "store": store, "clock": clock,
+                                "sleep": clock.sleep, "reboot": r.reboot}  # fmt: skip
+        out = run_gate(p, slot_in(SlotState.UNMARKED), lambda: assessment(tpm=False, storage=False), **args)
         assert not out.ready and out.verdict.reboot and out.reboot_requested
         assert r.reboots == [("reboot-stand-in",)]
         assert "STATUS=gate failed (critical_component_failure): rebooting in 2s" in r.sent
         critical = [m.getMessage() for m in caplog.records if m.levelname == "CRITICAL"]
-        assert any("cannot write the rollback record" in m for m in critical), critical
-        assert any("cannot write the reboot marker" in m for m in critical), critical
-        assert not (state / gate.MARKER_NAME).exists()
-        assert gate.reboot_marked(state, "boot-1")  # the in-process flag
-        out2, r2, _ = drive(p, SlotState.UNMARKED, iter([assessment(tpm=False, storage=False)] * 100))
-        assert not out2.verdict.reboot and r2.reboots == []
-        # and a pass on such a disk does not crash moving the old record aside either
-        out3, _, _ = drive(p, SlotState.UNMARKED, iter([assessment(tpm=True, storage=True)]))
-        assert out3.ready
+        assert any("cannot write" in m for m in critical), critical
+        assert not (state / journal.JOURNAL_NAME).exists()
+        out2 = run_gate(p, slot_in(SlotState.UNMARKED), lambda: assessment(tpm=False, storage=False), **args)
+        assert out2.earlier and r.reboots == [("reboot-stand-in",)]  # this process remembers
     finally:
         if where == "full tmpfs":
             subprocess.run(["umount", str(state)], check=True)
 
 
 def test_no_reboot_when_automatic_rollback_is_off(tmp_path: Path) -> None:
-    data = policy(tmp_path)
     p = build(
         PolicyFile,
         {
@@ -259,12 +346,12 @@ def test_no_reboot_when_automatic_rollback_is_off(tmp_path: Path) -> None:
                 "startup": {"timeout_seconds": 2, "required_components": ["tpm"]},
                 "rollback": {"enable_automatic": False},
             },
-            "agent": {"state_dir": data.agent.state_dir},
+            "agent": {"state_dir": str(tmp_path)},
         },
         Source("t.yaml"),
     )
     out, r, _ = drive(p, SlotState.UNMARKED, iter([assessment(tpm=False)] * 100))
-    assert not out.ready and r.reboots == [] and rec.read(tmp_path) is not None
+    assert not out.ready and r.reboots == [] and read(tmp_path).rollback is not None
     assert f"STATUS=gate failed (critical_component_failure): {gate.ROLLBACK_DISABLED}" in r.sent
 
 
@@ -283,6 +370,7 @@ def test_hung_assessment_is_a_startup_timeout(tmp_path: Path) -> None:
         hang,
         notify=r.notify,
         boot_id="b",
+        store=Store.load(tmp_path),
         reboot=r.reboot,
         sleep=lambda s: None,
     )
@@ -296,15 +384,20 @@ def test_dry_run_acts_on_nothing(tmp_path: Path) -> None:
     )
     assert out.attempts == 1 and out.verdict.decision is Decision.FAIL and out.verdict.reboot  # would
     assert r.sent == [] and r.reboots == [] and clock.slept == []
-    assert rec.read(tmp_path) is None and not gate.reboot_marked(tmp_path, "boot-1")
+    assert not (tmp_path / journal.JOURNAL_NAME).exists()
 
 
 def test_pass_supersedes_an_old_record(tmp_path: Path) -> None:
     drive(policy(tmp_path), SlotState.UNMARKED, iter([assessment(tpm=False, storage=True)] * 100))
-    assert (tmp_path / rec.RECORD_NAME).exists()
-    out, _, _ = drive(policy(tmp_path), SlotState.UNMARKED, iter([assessment(tpm=True, storage=True)]))
-    assert out.ready and not (tmp_path / rec.RECORD_NAME).exists()
-    assert (tmp_path / rec.PREVIOUS_NAME).exists()
+    old = read(tmp_path).rollback
+    assert old is not None
+    other = Clock()
+    out = run_gate(
+        policy(tmp_path), slot_in(SlotState.UNMARKED), lambda: assessment(tpm=True, storage=True),
+        notify=lambda *a: True, boot_id="boot-2", store=Store.load(tmp_path), clock=other, sleep=other.sleep,
+    )  # fmt: skip
+    j = read(tmp_path)
+    assert out.ready and j.rollback is None and j.previous_rollback == old
 
 
 def test_real_reboot_command_and_real_notify_socket(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -328,7 +421,12 @@ def test_real_reboot_command_and_real_notify_socket(tmp_path: Path, monkeypatch:
         sock.settimeout(0.5)
         monkeypatch.setenv("NOTIFY_SOCKET", str(sock_path))
         out = run_gate(
-            p, slot_in(SlotState.UNMARKED), lambda: assessment(tpm=False), notify=notify, boot_id="b"
+            p,
+            slot_in(SlotState.UNMARKED),
+            lambda: assessment(tpm=False),
+            notify=notify,
+            boot_id="b",
+            store=Store.load(tmp_path / "state"),
         )
         got = []
         try:
@@ -340,11 +438,11 @@ def test_real_reboot_command_and_real_notify_socket(tmp_path: Path, monkeypatch:
     assert (tmp_path / "reboots").read_text() == "--now\n"
     joined = "\n".join(got)
     assert "EXTEND_TIMEOUT_USEC=" in joined and "READY=1" not in joined
-    assert "STATUS=gate failed (critical_component_failure)" in joined
-    marker = json.loads((tmp_path / "state" / gate.MARKER_NAME).read_text())
-    assert marker["boot_id"] == "b"
-    assert gate.run_reboot(["/nonexistent/reboot"]) is not None
-    assert "exited 1" in (gate.run_reboot(["sh", "-c", "exit 1"]) or "")
+    assert "STATUS=gate failed (critical_component_failure): reboot requested" in joined
+    b = read(tmp_path / "state").boot
+    assert b is not None and b.boot_id == "b" and b.reboot_requested
+    assert manager.run_reboot(["/nonexistent/reboot"]) is not None
+    assert "exited 1" in (manager.run_reboot(["sh", "-c", "exit 1"]) or "")
     # systemd stops this unit (and the command with it) once the shutdown begins: that is success.
-    assert gate.run_reboot(["sh", "-c", "kill -TERM $$"]) is None
-    assert "exited -9" in (gate.run_reboot(["sh", "-c", "kill -KILL $$"]) or "")
+    assert manager.run_reboot(["sh", "-c", "kill -TERM $$"]) is None
+    assert manager.run_reboot(["sh", "-c", "kill -KILL $$"]) is None

@@ -1,8 +1,9 @@
-"""The gate inside the real Daemon: API fields, metrics, the rollback report and the exit on failure."""
+"""The gate inside the real Daemon: API fields, metrics, the rollback report, the pass token, READY=1."""
 
 from __future__ import annotations
 
 import json
+import os
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -10,16 +11,18 @@ from typing import Any
 
 import pytest
 
-from piccolod import record as rec
+from piccolod import journal
 from piccolod.api import listen_socket
 from piccolod.assess import Assessor
 from piccolod.commands.serve import load_default_policy
 from piccolod.daemon import Daemon, GateHook
-from piccolod.gatehook import LAST_GATE_NAME, STARTS_NAME, GateClosed, first_boot_gate, own_unit, serve_hook
+from piccolod.gatehook import first_boot_gate
+from piccolod.journal import GateVerdict, Journal, Store
 from piccolod.model import Source, build
 from piccolod.policy import Component, PolicyFile
 from tests.agent_helpers import FACTS, Switch, get, wait_for
 from tests.fixtures.gptdisk import USR_A, USR_B, cmdline_for, gptprio_next, install_update
+from tests.test_journal import record
 
 
 def policy(tmp_path: Path, disk: Path, port: int, timeout: float = 0.6) -> PolicyFile:
@@ -69,16 +72,17 @@ class Running:
 def start(tmp_path: Path, flatcar_disk: Path) -> Iterator[Any]:
     started: list[Running] = []
 
-    def go(tpm: Switch, *, timeout: float = 0.6, gate: GateHook = serve_hook) -> Running:
+    def go(tpm: Switch, *, timeout: float = 0.6, gate: GateHook | None = None) -> Running:
+        (tmp_path / "run").mkdir(exist_ok=True)
         listener = listen_socket("127.0.0.1:0")
         port = listener.getsockname()[1]
         daemon = Daemon(
             policy(tmp_path, flatcar_disk, port, timeout),
             assessor=Assessor({Component.TPM: tpm}, lambda c, p: 1.0),
-            gate=gate,
+            gate=gate or kicked_gate([]),  # never the host's systemctl
             listener=listener,
             facts=FACTS,
-            env={},
+            env={"RUNTIME_DIRECTORY": str(tmp_path / "run")},
         )
         run = Running(daemon, port)
         run.thread.start()
@@ -92,14 +96,25 @@ def start(tmp_path: Path, flatcar_disk: Path) -> Iterator[Any]:
         assert not run.thread.is_alive()
 
 
+def kicked_gate(kicks: list[bool]) -> GateHook:
+    """The gate hook with update-engine's start recorded (and whether READY=1 came first)."""
+
+    def gate(d: Daemon) -> None:
+        first_boot_gate(d, start_update_engine=lambda: kicks.append(d.is_ready.is_set()))
+
+    return gate
+
+
+def token(tmp_path: Path) -> str | None:
+    path = tmp_path / "run" / "gate-passed"
+    return path.read_text().strip() if path.exists() else None
+
+
 def test_fallback_boot_reports_rolled_back(tmp_path: Path, flatcar_disk: Path, start: Any) -> None:
     (tmp_path / "cmdline").write_text(cmdline_for(gptprio_next(flatcar_disk)))  # USR-A, marked
-    earlier = rec.RollbackRecord(
-        "an-earlier-boot", "USR-B", USR_B, "/dev/vda", "1.2.3", "critical_component_failure",
-        "required components failing: tpm", 1.0, 2.0, 120.0, 3, True,
-    )  # fmt: skip
-    rec.write(tmp_path / "state", earlier)
-    run = start(Switch(False))
+    Store(tmp_path / "state").put(Journal(rollback=record(boot_id="an-earlier-boot")))
+    kicks: list[bool] = []
+    run = start(Switch(False), gate=kicked_gate(kicks))
     assert run.daemon.is_ready.wait(5)  # marked: ready at once, though the TPM fails
     doc = run.health()
     assert doc["update_status"] == "rolled_back"
@@ -107,23 +122,44 @@ def test_fallback_boot_reports_rolled_back(tmp_path: Path, flatcar_disk: Path, s
     assert doc["startup_health_check"] == "skipped"
     assert run.metric("piccolod_rollbacks_total ") == 1
     assert run.metric('piccolod_gate_outcomes_total{outcome="skipped"}') == 1
+    assert token(tmp_path) == FACTS.boot_id  # the guard may let update-engine go (it would anyway)
+    assert kicks == []  # a marked slot: the guard needs no help, and an admin's stop is respected
 
 
-def test_failed_gate_is_pending_then_failed_then_closed(
+def test_pass_writes_the_token_then_ready_then_asks_for_update_engine(
     tmp_path: Path, flatcar_disk: Path, start: Any
 ) -> None:
     install_update(flatcar_disk, USR_A)
     (tmp_path / "cmdline").write_text(cmdline_for(gptprio_next(flatcar_disk)))  # USR-B, unmarked
-    run = start(Switch(False), timeout=1.5)
+    kicks: list[bool] = []
+    run = start(Switch(True), gate=kicked_gate(kicks))
+    assert run.daemon.is_ready.wait(5)
+    wait_for(lambda: kicks == [True], what="update-engine asked for after READY=1")
+    assert token(tmp_path) == FACTS.boot_id
+    assert (tmp_path / "run" / "gate-passed").stat().st_mode & 0o777 == 0o600
+    assert run.health()["startup_health_check"] == "passed"
+    b = journal.read(tmp_path / "state").boot
+    assert b is not None and b.verdict is GateVerdict.PASSED and b.boot_id == FACTS.boot_id
+
+
+def test_failed_gate_is_pending_then_failed_and_the_agent_stays_up(
+    tmp_path: Path, flatcar_disk: Path, start: Any
+) -> None:
+    install_update(flatcar_disk, USR_A)
+    (tmp_path / "cmdline").write_text(cmdline_for(gptprio_next(flatcar_disk)))  # USR-B, unmarked
+    kicks: list[bool] = []
+    run = start(Switch(False), timeout=1.5, gate=kicked_gate(kicks))
     wait_for(lambda: run.daemon.server is not None, what="API")
     assert run.health()["startup_health_check"] == "pending"
     wait_for(lambda: run.health()["startup_health_check"] == "failed", timeout=5, what="failed verdict")
-    run.thread.join(10)
-    assert isinstance(run.error, GateClosed)
-    assert not run.daemon.is_ready.is_set()
+    assert run.daemon.is_ready.wait(5)  # READY=1 says "verdict given", not "healthy"
+    wait_for((tmp_path / "reboots").exists, what="the reboot")
+    assert run.thread.is_alive() and run.error is None  # up, serving the failure
     assert (tmp_path / "reboots").read_text() == "requested\n"
-    record = rec.read(tmp_path / "state")
-    assert record is not None and record.slot == "USR-B" and record.boot_id == FACTS.boot_id
+    assert token(tmp_path) is None and kicks == []
+    j = journal.read(tmp_path / "state")
+    assert j.rollback is not None and j.rollback.slot == "USR-B" and j.rollback.boot_id == FACTS.boot_id
+    assert j.boot is not None and j.boot.verdict is GateVerdict.FAILED and j.boot.reboot_requested
 
 
 def test_restart_in_the_same_boot_keeps_the_verdict(tmp_path: Path, flatcar_disk: Path, start: Any) -> None:
@@ -134,108 +170,77 @@ def test_restart_in_the_same_boot_keeps_the_verdict(tmp_path: Path, flatcar_disk
     assert first.health()["startup_health_check"] == "passed"
     first.daemon.stop()
     first.thread.join(10)
-    second = start(Switch(False))  # same boot id: no second gate, the pass stands
+    (tmp_path / "run" / "gate-passed").unlink()
+    kicks: list[bool] = []
+    second = start(Switch(False), gate=kicked_gate(kicks))  # same boot id: no second gate, the pass stands
     assert second.daemon.is_ready.wait(5)
     assert second.health()["startup_health_check"] == "passed"
+    assert token(tmp_path) == FACTS.boot_id and kicks == [True]  # token again; update-engine (a no-op)
     assert not (tmp_path / "reboots").exists()
 
 
-@pytest.mark.parametrize(
-    ("earlier_boot", "earlier", "kicked"),
-    [
-        (FACTS.boot_id, {"startup_health_check": "pending"}, True),  # crashed mid-gate
-        (FACTS.boot_id, {"startup_health_check": "passed", "ready_sent": False}, True),  # before READY=1
-        (FACTS.boot_id, {"startup_health_check": "passed", "ready_sent": True}, False),  # after it
-        ("another-boot", {"startup_health_check": "pending"}, False),
-    ],
-)
-def test_pass_after_an_unfinished_gate_starts_update_engine(
-    tmp_path: Path, flatcar_disk: Path, start: Any, earlier_boot: str, earlier: dict[str, Any], kicked: bool
+def test_a_failed_verdict_stands_for_every_restart_of_this_boot(
+    tmp_path: Path, flatcar_disk: Path, start: Any
 ) -> None:
     install_update(flatcar_disk, USR_A)
     (tmp_path / "cmdline").write_text(cmdline_for(gptprio_next(flatcar_disk)))
-    unfinished = {"boot_id": earlier_boot, "partuuid": USR_B, **earlier}
-    rec.write_json_atomic(tmp_path / "state" / LAST_GATE_NAME, unfinished)  # what the crashed agent left
-    kicks: list[bool] = []
-
-    def gate(d: Daemon) -> None:
-        first_boot_gate(d, after_interrupted_pass=lambda: kicks.append(d.is_ready.is_set()))
-
-    run = start(Switch(True), gate=gate)
-    assert run.daemon.is_ready.wait(5)
-    path = tmp_path / "state" / LAST_GATE_NAME
-    wait_for(
-        lambda: json.loads(path.read_text()).get("ready_sent") is True, what="ready_sent"
-    )  # the last step
-    assert kicks == ([True] if kicked else [])  # only after READY=1, only for this boot's attempt
-    last = json.loads(path.read_text())
-    assert last["startup_health_check"] == "passed" and last["boot_id"] == FACTS.boot_id
-    assert run.health()["startup_health_check"] == "passed"
+    first = start(Switch(False), timeout=0.3)
+    wait_for((tmp_path / "reboots").exists, what="the reboot")
+    first.daemon.stop()
+    first.thread.join(10)
+    for _ in range(3):  # Restart=, an administrator's systemctl start, ...
+        again = start(Switch(True))  # even a healthy machine now: the verdict of this boot is final
+        assert again.daemon.is_ready.wait(5)
+        assert again.health()["startup_health_check"] == "failed"
+        again.daemon.stop()
+        again.thread.join(10)
+    assert (tmp_path / "reboots").read_text() == "requested\n" and token(tmp_path) is None
 
 
-def test_a_gate_in_progress_says_pending_in_last_gate(tmp_path: Path, flatcar_disk: Path, start: Any) -> None:
+def test_a_gate_in_progress_is_in_the_journal_with_its_deadline(
+    tmp_path: Path, flatcar_disk: Path, start: Any
+) -> None:
     install_update(flatcar_disk, USR_A)
     (tmp_path / "cmdline").write_text(cmdline_for(gptprio_next(flatcar_disk)))
     run = start(Switch(False), timeout=30)
-    path = tmp_path / "state" / LAST_GATE_NAME
-    wait_for(path.exists, what="last-gate.json")
-    last = json.loads(path.read_text())
-    assert (last["startup_health_check"], last["boot_id"], last["partuuid"]) == (
-        "pending",
-        FACTS.boot_id,
-        USR_B,
-    )
+    path = tmp_path / "state" / journal.JOURNAL_NAME
+    wait_for(path.exists, what="the journal")
+    b = journal.read(tmp_path / "state").boot
+    assert b is not None and (b.boot_id, b.partuuid, b.verdict) == (FACTS.boot_id, USR_B, None)
+    assert b.deadline_monotonic - b.started_monotonic == 30
     run.daemon.stop()
 
 
-@pytest.mark.parametrize(
-    ("earlier", "kicked"),
-    [
-        ({"boot_id": FACTS.boot_id, "ready_sent": False}, True),  # crashed/killed before READY=1
-        ({"boot_id": FACTS.boot_id, "ready_sent": True}, False),  # a clean restart after READY=1
-        ({"boot_id": "another-boot", "ready_sent": False}, False),
-        (None, False),  # the first start of this boot
-    ],
-)
-def test_marked_slot_after_a_start_that_never_got_ready_starts_update_engine(
-    tmp_path: Path, flatcar_disk: Path, start: Any, earlier: dict[str, Any] | None, kicked: bool
+@pytest.mark.parametrize("bad", [b"\xff\xfe", b"[" * 100_000, "fifo"])
+def test_a_hostile_journal_never_blocks_a_marked_slot(
+    tmp_path: Path, flatcar_disk: Path, start: Any, bad: bytes | str
 ) -> None:
-    """Never block a marked slot: update-engine's start job failed with an earlier start of this boot."""
     (tmp_path / "cmdline").write_text(cmdline_for(USR_A))  # marked
-    if earlier is not None:
-        rec.write_json_atomic(tmp_path / "state" / STARTS_NAME, earlier)
-    kicks: list[bool] = []
-
-    def gate(d: Daemon) -> None:
-        first_boot_gate(d, after_interrupted_pass=lambda: kicks.append(d.is_ready.is_set()))
-
-    run = start(Switch(False), gate=gate)  # the TPM fails: a marked slot is ready anyway
+    state = tmp_path / "state"
+    state.mkdir()
+    if bad == "fifo":
+        os.mkfifo(state / journal.JOURNAL_NAME)
+    else:
+        assert isinstance(bad, bytes)
+        (state / journal.JOURNAL_NAME).write_bytes(bad)
+    run = start(Switch(False))
     assert run.daemon.is_ready.wait(5)
-    path = tmp_path / "state" / STARTS_NAME
-    wait_for(lambda: json.loads(path.read_text()).get("ready_sent") is True, what="ready_sent")
-    assert kicks == ([True] if kicked else [])
-    assert json.loads(path.read_text())["boot_id"] == FACTS.boot_id
+    assert run.health()["startup_health_check"] == "skipped" and token(tmp_path) == FACTS.boot_id
 
 
-def test_a_start_that_ends_before_ready_is_remembered(tmp_path: Path, flatcar_disk: Path, start: Any) -> None:
+def test_a_hostile_journal_fails_closed_on_an_unmarked_slot(
+    tmp_path: Path, flatcar_disk: Path, start: Any
+) -> None:
+    """The journal is unreadable: the agent gates as if no gate had begun (no pass without checks)."""
     install_update(flatcar_disk, USR_A)
-    (tmp_path / "cmdline").write_text(cmdline_for(gptprio_next(flatcar_disk)))  # USR-B, unmarked
-    run = start(Switch(False), timeout=30)
-    path = tmp_path / "state" / STARTS_NAME
-    wait_for(path.exists, what=STARTS_NAME)
-    run.daemon.stop()  # stopped mid-gate: no READY=1
-    run.thread.join(10)
-    data = json.loads(path.read_text())
-    assert (data["boot_id"], data["ready_sent"]) == (FACTS.boot_id, False)
-
-
-def test_own_unit_from_the_cgroup_file(tmp_path: Path) -> None:
-    cg = tmp_path / "cgroup"
-    cg.write_text("0::/system.slice/piccolod.service\n")
-    assert own_unit(cg) == "piccolod.service"
-    cg.write_text("0::/user.slice/user-0.slice/session-3.scope\n")
-    assert own_unit(cg) is None
-    assert own_unit(tmp_path / "absent") is None
+    (tmp_path / "cmdline").write_text(cmdline_for(gptprio_next(flatcar_disk)))
+    state = tmp_path / "state"
+    state.mkdir()
+    os.mkfifo(state / journal.JOURNAL_NAME)
+    run = start(Switch(False), timeout=0.5)
+    wait_for(lambda: run.health()["startup_health_check"] == "failed", timeout=5, what="failed verdict")
+    assert token(tmp_path) is None
+    assert journal.read(state).boot is not None  # the FIFO was replaced by a journal
 
 
 def test_a_bad_admin_policy_falls_back_to_the_vendor_one_and_says_so(tmp_path: Path) -> None:

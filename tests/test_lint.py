@@ -74,6 +74,31 @@ def test_only_run_module_spawns_processes() -> None:
     assert offenders == []
 
 
+def test_only_the_agents_run_module_spawns_processes() -> None:
+    """The agent's one process helper (piccolod/run.py): the TPM probe, the reboot command, systemctl."""
+    spawners = {"subprocess", "sh", "pty", "multiprocessing"}
+    offenders = [
+        f"{p.relative_to(ROOT)}: {sorted(_imports(p) & spawners)}"
+        for p in sorted((ROOT / "piccolod").rglob("*.py"))
+        if p.name != "run.py" and _imports(p) & spawners
+    ]
+    assert offenders == []
+    calls = [
+        f"{p.relative_to(ROOT)}: os.{node.func.attr}"
+        for p in sorted((ROOT / "piccolod").rglob("*.py"))
+        for node in ast.walk(ast.parse(p.read_text(encoding="utf-8")))
+        if isinstance(node, ast.Call)
+        and isinstance(node.func, ast.Attribute)
+        and isinstance(node.func.value, ast.Name)
+        and node.func.value.id == "os"
+        and (
+            node.func.attr.startswith(("exec", "spawn", "posix_spawn"))
+            or node.func.attr in {"fork", "system", "popen"}
+        )
+    ]
+    assert calls == []
+
+
 # Notes kept outside the repository by whoever wrote the first design; the project must stand alone.
 _OUTSIDE_NOTES = re.compile(r"\b(?:FLATCAR|AGENT|TESTING|STYLE|ARCHITECTURE)\.md\b|\.\./shared/(?!flatcar/)")
 

@@ -214,7 +214,36 @@ def test_unit_timeouts_follow_the_policy() -> None:
     unit = next(f for f in overlay_files(cfg) if f.path.name == "piccolod.service").content.decode()
     assert "\nTimeoutStartSec=210\n" in unit
     assert "\nType=notify\n" in unit
-    assert "\nRestartPreventExitStatus=3\n" in unit
+    assert "RestartPreventExitStatus=" not in unit  # a failed gate is no exit: the agent stays up
+    assert "\nRuntimeDirectory=piccolod\n" in unit and "\nRuntimeDirectoryPreserve=yes\n" in unit
+    # The guard waits past the agent's own start timeout; its unit's timeout past its own wait.
+    assert times.guard_wait > times.start_timeout and times.guard_timeout > times.guard_wait
+    guard = next(f for f in overlay_files(cfg) if f.path.name == "piccolod-guard.service").content.decode()
+    assert f"\nEnvironment=PICCOLOD_GUARD_WAIT_SECONDS={times.guard_wait}\n" in guard
+    assert f"\nTimeoutStartSec={times.guard_timeout}\n" in guard
+
+
+def test_the_ebuilds_install_what_the_layout_says() -> None:
+    """Every file of the install layout is in its package's files/ and installed by its ebuild."""
+    from piccolo_build import layout
+
+    cfg = load_config(DEFAULT_CONFIG)
+    files = {f.path: f.content for f in overlay_files(cfg)}
+    ebuilds = {
+        layout.Package.AGENT: files[next(p for p in files if p.name == "piccolod-0.1.0.ebuild")].decode(),
+        layout.Package.BASE: files[next(p for p in files if p.name == "piccolo-base-0.1.0.ebuild")].decode(),
+    }
+    for e in layout.LAYOUT:
+        lines = layout.install_lines(e.package)
+        assert all(f"\t{line}\n" in ebuilds[e.package] for line in lines)
+        if e.source is not None:
+            assert any(p.name == e.source and p.parent.name == "files" for p in files), e.source
+    base = ebuilds[layout.Package.BASE]
+    assert 'systemd_dounit "${FILESDIR}/piccolod-guard.service"' in base
+    assert "systemd_enable_service multi-user.target piccolod-start.service" in base
+    assert 'newexe "${FILESDIR}/piccolod-guard.sh" piccolod-guard' in base
+    assert "systemd_enable_service multi-user.target piccolod.service" in ebuilds[layout.Package.AGENT]
+    assert "Upholds" not in "".join(c.decode() for c in files.values() if c.isascii())
 
 
 def test_ebuilds_use_tabs_stable_keywords_and_no_systemctl() -> None:

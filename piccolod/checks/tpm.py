@@ -32,7 +32,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from piccolod.checks import child
+from piccolod import run as child
 from piccolod.checks.tpm_probe import TpmReading, parse_tcti, vendor_text
 from piccolod.policy import PolicyFile
 from piccolod.result import Outcome
@@ -59,7 +59,7 @@ def probe_argv(tcti: str, timeout: float) -> list[str]:
 
 def read_tpm(tcti: str, timeout: float) -> TpmReading:
     """Run the probe for ``tcti``; the reading, or :class:`ProbeError`/:class:`TimeoutError`/`OSError`."""
-    env = child.base_env(TSS2_LOG=TSS2_LOG_QUIET)
+    env = child.python_env(TSS2_LOG=TSS2_LOG_QUIET)
     try:
         done = child.run(probe_argv(tcti, timeout), timeout, env)
     except child.ChildTimeout as exc:

@@ -1,8 +1,9 @@
 """``piccolod gate [--dry-run]``: run the first-boot gate alone (what ``piccolod serve`` does at start).
 
 With ``--dry-run`` it prints the slot table and the decision it would take after one assessment, and
-sends nothing to systemd, writes no record and never reboots. Exit status: 0 when the gate opens (or
-would), 3 when it fails (or would).
+sends nothing to systemd, writes nothing and never reboots. Exit status: 0 when the gate opens (or
+would), 3 when it fails (or would), or when it was stopped before a verdict. Without ``--dry-run`` it is
+the gate of this boot, journaled like ``serve``'s: run again in the same boot it repeats the verdict.
 """
 
 from __future__ import annotations
@@ -16,18 +17,20 @@ from piccolod.api import listen_socket
 from piccolod.commands import EXIT_CANNOT_ASSESS, add_config_option, load
 from piccolod.daemon import Daemon
 from piccolod.gate import Decision, GateResult
-from piccolod.gatehook import EXIT_GATE_FAILED, GateClosed, detect_slot, first_boot_gate
+from piccolod.gatehook import detect_slot, first_boot_gate
 from piccolod.slot import SlotState, format_table
+
+EXIT_GATE_FAILED = 3
 
 
 def describe(result: GateResult) -> str:
     v = result.verdict
     if v.decision is Decision.READY:
         when = "at once" if result.slot.state is SlotState.MARKED else "now"
-        action = f"send READY=1 {when} (update_engine may mark the slot)"
+        action = f"write the pass token and send READY=1 {when} (update_engine may mark the slot)"
     else:
         after = "then reboot into the previous slot" if v.reboot else "and not reboot"
-        action = f"fail the gate ({v.condition}), write the rollback record, not send READY=1, {after}"
+        action = f"fail the gate ({v.condition}), write the rollback record, no pass token, {after}"
     lines = [f"decision: {v.decision}: {v.reason}", f"would: {action}"]
     if result.assessment is not None:
         for r in result.assessment.results:
@@ -56,18 +59,17 @@ def run(args: argparse.Namespace) -> int:
     try:
         if args.dry_run:
             print(format_table(detect_slot(policy)))
-        result = first_boot_gate(daemon, dry_run=args.dry_run)
-    except GateClosed as exc:
-        print(f"piccolod: {exc}", file=sys.stderr)
-        return EXIT_GATE_FAILED
+        outcome = first_boot_gate(daemon, dry_run=args.dry_run)
     finally:
         if daemon.server is not None:
             daemon.server.stop()
-    if result is None:
+    if outcome.message:
+        print(f"piccolod: {outcome.message}", file=sys.stderr)
+    if outcome.result is None:
         return EXIT_GATE_FAILED
     if args.dry_run:
-        print(describe(result))
-    return 0 if result.ready else EXIT_GATE_FAILED
+        print(describe(outcome.result))
+    return 0 if outcome.passed else EXIT_GATE_FAILED
 
 
 def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:

@@ -1,8 +1,10 @@
 """``piccolod serve``: run the agent (the systemd service's ExecStart).
 
-Exit status 3 (:data:`~piccolod.gatehook.EXIT_GATE_FAILED`, the unit's ``RestartPreventExitStatus=``)
-means one thing only: the first-boot gate failed. An agent that cannot start exits 1, which
-``Restart=on-failure`` retries. A bad default policy does not even stop it: a typo in the administrator's
+Exit status: 0 when stopped (SIGTERM), 1 when it cannot start, which ``Restart=on-failure`` retries. A
+failed gate is not an exit: the agent records it, reboots once when the verdict asks for it, sends
+``READY=1`` with a ``STATUS=`` saying why and stays up serving the failure, so nothing restarts it into a
+second gate (the journal would refuse one anyway; docs/boot.md). A bad default policy does not even
+stop it: a typo in the administrator's
 ``/etc/piccolod/health-policy.yaml`` must not block update-engine on a marked slot, so the agent logs the
 error loudly, falls back to the vendor policy alone (then to the built-in defaults) and reports the error
 as ``policy_error`` in the health document. Only an explicit ``--config`` that fails is fatal (exit 1).
@@ -17,13 +19,13 @@ from pathlib import Path
 from piccolod import logs
 from piccolod.commands import add_config_option, load
 from piccolod.daemon import Daemon, GateHook
-from piccolod.gatehook import EXIT_GATE_FAILED, GateClosed, serve_hook
+from piccolod.gatehook import serve_hook
 from piccolod.model import MissingFile
 from piccolod.policy import ADMIN_POLICY, VENDOR_POLICY, ModelError, PolicyFile, load_policy
 
 log = logging.getLogger("piccolod")
 
-EXIT_CANNOT_START = 1  # not the gate's 3: Restart=on-failure tries again
+EXIT_CANNOT_START = 1  # Restart=on-failure tries again
 
 
 def choose_gate(policy: PolicyFile) -> GateHook:
@@ -74,11 +76,7 @@ def run(args: argparse.Namespace) -> int:
     except OSError as exc:
         print(f"piccolod: cannot start: {exc}", flush=True)
         return EXIT_CANNOT_START
-    try:
-        return daemon.run()
-    except GateClosed as exc:  # no READY=1 was sent; the unit must not restart into a second gate
-        print(f"piccolod: {exc}", flush=True)
-        return EXIT_GATE_FAILED
+    return daemon.run()
 
 
 def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:

@@ -1,6 +1,8 @@
 """``piccolod status [--json]``: both /usr slots, which one is booted, the last gate and rollback record.
 
-Reads the GPT and the state directory only; it runs no check and needs no running agent.
+Reads the GPT and the journal in the state directory only; it runs no check and needs no running agent.
+A journal that cannot be used (not UTF-8, not JSON, nested too deep, too large, a FIFO, a symbolic link)
+is one line naming the file on stderr and exit status 3, after the slot table.
 """
 
 from __future__ import annotations
@@ -10,20 +12,13 @@ import json
 import sys
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any
 
+from piccolod import journal
 from piccolod import record as rec
 from piccolod.commands import EXIT_CANNOT_ASSESS, add_config_option, load
-from piccolod.gatehook import LAST_GATE_NAME, detect_slot
+from piccolod.gatehook import detect_slot
+from piccolod.model import to_plain
 from piccolod.slot import format_table
-
-
-def _last_gate(state_dir: Path) -> dict[str, Any] | None:
-    try:
-        data = json.loads((state_dir / LAST_GATE_NAME).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-    return data if isinstance(data, dict) else None
 
 
 def run(args: argparse.Namespace) -> int:
@@ -32,14 +27,15 @@ def run(args: argparse.Namespace) -> int:
         return EXIT_CANNOT_ASSESS
     state_dir = Path(policy.agent.state_dir)
     slot = detect_slot(policy)
+    error: str | None = None
     try:
-        record = rec.read(state_dir)
-    except rec.RecordError as exc:
-        print(f"piccolod: {exc}", file=sys.stderr)
-        return EXIT_CANNOT_ASSESS
+        found = journal.read(state_dir)
+    except journal.JournalError as exc:
+        error, found = str(exc), journal.Journal()
     boot_id = rec.read_boot_id()
+    record = found.rollback
     rolled = rec.update_status(record, slot, boot_id)
-    last = _last_gate(state_dir)
+    last = found.boot
     if args.json:
         doc = {
             "boot_id": boot_id,
@@ -53,22 +49,24 @@ def run(args: argparse.Namespace) -> int:
             "slots": [asdict(r) for r in slot.rows],
             "update_status": rolled[0] if rolled else None,
             "rollback_reason": rolled[1] if rolled else None,
-            "last_gate": last,
+            "last_gate": to_plain(last) if last else None,
             "rollback_record": record.to_json() if record else None,
+            "journal_error": error,
         }
         print(json.dumps(doc, indent=2, sort_keys=True))
-        return 0
-    print(format_table(slot))
-    if rolled:
-        print(f"update status: {rolled[0]}: {rolled[1]}")
-    if last:
-        print(
-            f"last gate: {last.get('startup_health_check')} on {last.get('slot')} "
-            f"(boot {last.get('boot_id')}): {last.get('reason')}"
-        )
     else:
-        print("last gate: none recorded")
-    print(rec.format_record(record))
+        print(format_table(slot))
+        if rolled:
+            print(f"update status: {rolled[0]}: {rolled[1]}")
+        if last:
+            verdict = last.verdict or "no verdict yet"
+            print(f"last gate: {verdict} on {last.slot} (boot {last.boot_id}): {last.reason or '-'}")
+        else:
+            print("last gate: none recorded")
+        print(rec.format_record(record))
+    if error:
+        print(f"piccolod: {error}", file=sys.stderr)
+        return EXIT_CANNOT_ASSESS
     return 0
 
 

@@ -4,19 +4,30 @@
 
 EAPI=8
 
-DESCRIPTION="Piccolo OS base: the piccolod gate on update-engine"
+inherit systemd
+
+DESCRIPTION="Piccolo OS base: holds update-engine until the piccolod gate passed"
 HOMEPAGE="https://piccolo.space/"
 S="${WORKDIR}"
 
 LICENSE="Apache-2.0"
 SLOT="0"
 KEYWORDS='amd64'
+# The guard runs sgdisk (sys-apps/gptfdisk), blkid and readlink: coreos-base/coreos RDEPENDs on all three.
 
 src_install() {
-	# update-engine may only start (and mark the booted /usr slot good) once piccolod is ready.
-	# Vendor configuration lives in /usr; /etc is for the administrator.
+	# From piccolo-build's install layout (piccolo_build/layout.py), like the staging tree the tests boot:
+	# the guard update-engine waits for, its drop-in, and the unit that starts piccolod from its sysext.
+	# Vendor configuration lives in /usr; /etc is for the administrator. POSIX sh only: no Python here.
 	insinto /usr/lib/systemd/system/update-engine.service.d
-	doins "${FILESDIR}/10-piccolod-dependency.conf"
+	newins "${FILESDIR}/10-piccolod-dependency.conf" 10-piccolod-dependency.conf
+	systemd_dounit "${FILESDIR}/piccolod-guard.service"
+	exeinto /usr/lib/piccolod
+	newexe "${FILESDIR}/piccolod-guard.sh" piccolod-guard
+	systemd_dounit "${FILESDIR}/piccolod-start.service"
+	systemd_enable_service multi-user.target piccolod-start.service
+	exeinto /usr/lib/piccolod
+	newexe "${FILESDIR}/piccolod-start.sh" piccolod-start
 
 	# No /usr/share/flatcar/update.conf here: build_image's set_lsb_release overwrites it after the
 	# packages are installed; piccolo-build sets that script's SERVER= to update.server instead.

@@ -30,17 +30,13 @@ RDEPEND="
 python_install_all() {
 	distutils-r1_python_install_all
 
+	# From piccolo-build's install layout (piccolo_build/layout.py), like the staging tree the tests boot.
+	# No command on the device enables anything: .wants/ links are made here, at build time.
 	systemd_dounit "${FILESDIR}/piccolod.service"
-	# The .wants/ link is made here, at build time, not by a command on the device.
 	systemd_enable_service multi-user.target piccolod.service
-	# Units inside a sysext are started through an Upholds= drop-in.
-	insinto /usr/lib/systemd/system/multi-user.target.d
-	doins "${FILESDIR}/10-piccolod.conf"
-
 	newtmpfiles "${FILESDIR}/piccolod.tmpfiles" piccolod.conf
-
 	insinto /usr/lib/piccolod
-	doins "${FILESDIR}/health-policy.yaml"
+	newins "${FILESDIR}/health-policy.yaml" health-policy.yaml
 }
 
 pkg_postinst() {

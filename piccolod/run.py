@@ -1,11 +1,11 @@
-"""Helper processes of the checks: started with an argv list, bounded by a deadline, killed, never leaked.
+"""The agent's one process helper: every process piccolod starts goes through :func:`run`.
 
-A check that must not run inside the agent (the TPM probe, see :mod:`piccolod.checks.tpm_probe`) runs
-as a child process through :func:`run`: the child gets a clean environment, no stdin, and its stdout
-and stderr are captured; at the deadline it is killed with SIGKILL and reaped, so a hung driver leaves
-neither a stuck thread nor a zombie behind. Every live child is remembered, so :func:`kill_all` (called
-when the agent stops) ends the ones still running. This is the only module of ``piccolod.checks`` that
-starts processes.
+That is the TPM probe of the checks (:mod:`piccolod.checks.tpm_probe`), the reboot command of a failed
+gate and ``systemctl`` (:mod:`piccolod.manager`). A child gets the environment it is given, no stdin,
+and its stdout and stderr are captured; at its deadline it is killed with SIGKILL and reaped, so a hung
+driver or a hung ``systemctl`` leaves neither a stuck thread nor a zombie behind. Every live child is
+remembered, so :func:`kill_all` (called when the agent stops) ends the ones still running.
+``tests/test_lint.py`` checks that no other module of the agent imports ``subprocess``.
 """
 
 from __future__ import annotations
@@ -103,4 +103,14 @@ def base_env(**extra: str) -> dict[str, str]:
     keep = ("PATH", "LANG", "LC_ALL", "PYTHONPATH", "PYTHONHOME", "TZ")
     env = {k: os.environ[k] for k in keep if k in os.environ}
     env.update(extra)
+    return env
+
+
+def python_env(**extra: str) -> dict[str, str]:
+    """:func:`base_env` for a child that runs the agent's own interpreter (the TPM probe): it also keeps
+    the agent's ``LD_LIBRARY_PATH``, which that interpreter may need. Other programs (``systemctl``) get
+    :func:`base_env`: the agent's library path is not theirs."""
+    env = base_env(**extra)
+    if "LD_LIBRARY_PATH" in os.environ:
+        env.setdefault("LD_LIBRARY_PATH", os.environ["LD_LIBRARY_PATH"])
     return env
