@@ -29,9 +29,10 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 from piccolo_build.config import BuildConfig
-from piccolo_build.overlay import BASE_CATEGORY, BASE_NAME, OVERLAY, UNIT, OverlayFile
+from piccolo_build.gentoo import OVERLAY, OverlayFile
+from piccolo_build.overlay import BASE_CATEGORY, BASE_NAME, UNIT
 from piccolo_build.render import read_tree, tree
-from piccolo_build.run import run, which
+from piccolo_build.run import run, tool
 from piccolo_build.scanrepo import build_scan_repo
 
 SHELLCHECK_EXCLUDES = ("SC2034", "SC2154")
@@ -206,7 +207,7 @@ def judge_pkgcheck(stdout: str, ours: list[str]) -> list[str]:
 def scan(cfg: BuildConfig, files: list[OverlayFile], work: Path) -> Step:
     repo = work / "repo"
     ours = build_scan_repo(cfg, files, repo)
-    pkgcheck = which("pkgcheck") or _venv_tool("pkgcheck")
+    pkgcheck = tool("pkgcheck")
     result = run(
         [pkgcheck, "scan", "--exit", "error", "-R", "JsonReporter", "--cache-dir", work / "cache", repo],
         cwd=repo,
@@ -219,12 +220,6 @@ def scan(cfg: BuildConfig, files: list[OverlayFile], work: Path) -> Step:
     elif result.returncode == 1 and not failures:
         failures.append(f"pkgcheck reported errors: {result.stdout.strip()}")
     return Step("pkgcheck scan", not failures, "\n".join(failures))
-
-
-def _venv_tool(name: str) -> str:
-    import sys
-
-    return str(Path(sys.executable).parent / name)
 
 
 def check_overlay(cfg: BuildConfig, files: list[OverlayFile], overlay: Path) -> Report:

@@ -32,7 +32,7 @@ from piccolo_build.atomic import replace_dir
 if TYPE_CHECKING:
     import jinja2
 
-    from piccolo_build.overlay import OverlayFile
+    from piccolo_build.gentoo import OverlayFile
 
 TEMPLATES = Path(__file__).resolve().parent.parent / "templates"
 DIR_MODE = 0o755

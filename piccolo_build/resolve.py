@@ -32,17 +32,15 @@ from typing import Any
 
 from piccolo_build.atomic import atomic_write
 from piccolo_build.errors import PiccoloError
+from piccolo_build.gentoo import atom_name, gentoo_version, normalise
 from piccolo_build.lock import (
     FILES_HOST,
     ROOT,
     Lock,
     LockedPackage,
-    atom_name,
     check_fetch_url,
     digests,
     download,
-    gentoo_version,
-    normalise,
 )
 
 log = logging.getLogger(__name__)
@@ -177,7 +175,10 @@ def atom(requirement: Any) -> str:
             best = (op, spec.version)
     if best is None:
         return pn
-    return f"{best[0]}{pn}-{gentoo_version(best[1])}"
+    try:
+        return f"{best[0]}{pn}-{gentoo_version(best[1])}"
+    except ValueError as exc:
+        raise PiccoloError(f"{requirement}: {exc}") from None
 
 
 def _vkey(version: str) -> Any:

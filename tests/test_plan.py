@@ -324,7 +324,7 @@ def test_the_sdk_version_is_read_from_version_txt_as_flatcar_writes_it(tmp_path:
             "FLATCAR_VERSION=1.2.3\nFLATCAR_SDK_VERSION=$(id)\n",
             r"version\.txt:2: FLATCAR_SDK_VERSION: '\$\(id\)'",
         ),
-        ("FLATCAR_SDK_VERSION=\n", r"version\.txt:1: FLATCAR_SDK_VERSION: '' is not an SDK version"),
+        ("FLATCAR_SDK_VERSION=\n", r"version\.txt:1: FLATCAR_SDK_VERSION: '' is not a version"),
     ],
 )
 def test_a_bad_version_txt_is_one_line_naming_file_and_line(tmp_path: Path, text: str, message: str) -> None:

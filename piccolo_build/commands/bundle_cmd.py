@@ -32,7 +32,8 @@ def register(app: typer.Typer) -> None:
         as_json: JsonOption = False,
     ) -> None:
         """Write the agent's reproducible source distribution and print its Manifest DIST line."""
-        from piccolo_build.bundle import build_sdist, manifest_line
+        from piccolo_build.bundle import build_sdist
+        from piccolo_build.gentoo import manifest_line
         from piccolo_build.lock import fetch_distfiles, load_lock
 
         cfg = load_for_cli(config_file, sets)
