@@ -82,10 +82,11 @@ def manifest_line(name: str, data: bytes) -> str:
 
 # PYTHON_COMPAT of every ebuild we render (the agent's and its dev-python dependencies'). Each entry must
 # be an implementation the tree's python-utils-r1 eclass knows (an unknown one dies "Invalid
-# implementation in PYTHON_COMPAT"), and it must be the one Flatcar builds: coreos-overlay's
-# profiles/coreos/base/make.defaults sets PYTHON_TARGETS to python3_12 alone and base/package.mask masks
-# every other dev-lang/python, at every tag from lts-4081 to alpha-4790. A second, masked target makes
-# pkgcheck find the dependencies unsolvable for it (NonsolvableDeps: dev-lang/python:3.13).
+# implementation in PYTHON_COMPAT"), and it must be the one Flatcar builds: from stable-4593 on,
+# coreos-overlay's profiles/coreos/base/make.defaults sets PYTHON_TARGETS to python3_12 alone and
+# base/package.mask masks every other dev-lang/python (lts-4081 and stable-4230 build python3_11 and
+# use.mask python3_12). A second, masked target makes pkgcheck find the dependencies unsolvable for it
+# (NonsolvableDeps: dev-lang/python:3.13 or :3.11), so the one value is the one of today's releases.
 PYTHON_COMPAT = "python3_12"
 
 

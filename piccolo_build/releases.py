@@ -42,7 +42,14 @@ SUPPORT: tuple[Support, ...] = (
         "portage-stable has no dev-python/cryptography, dev-python/cffi or dev-python/pycparser, "
         "which tpm2-pytss needs (cryptography is a Rust crate tree we do not vendor)",
     ),
-    Support("stable-4230", "stable-4230.2.3", True, "--base_sysexts entries are name:packages"),
+    Support(
+        "stable-4230",
+        "stable-4230.2.3",
+        False,
+        "Flatcar builds Python 3.11 there (coreos profile: python_targets_python3_12 use.masked); "
+        "our ebuilds target python3_12 (its --base_sysexts entries are name:packages, which the plan "
+        "follows)",
+    ),
     Support("stable-4593", "stable-4593.2.5", True, "image_to_vm.sh builds the OEM sysext itself"),
     Support("beta-4757", "beta-4757.1.0", True, "qemu_uefi needs build_image oem_sysext first"),
     Support("alpha-4790", "alpha-4790.0.0", True, "qemu_uefi needs build_image oem_sysext first"),
