@@ -51,7 +51,7 @@ class TreeCheck:
 
 def _flatten(data: Any, keys: tuple[str, ...] = ()) -> list[tuple[tuple[str, ...], str, str, str]]:
     """pkgcheck's JsonReporter nests category/package/version/_level/Class: message."""
-    out = []
+    out: list[tuple[tuple[str, ...], str, str, str]] = []
     for key, value in data.items():
         if key.startswith("_") and isinstance(value, dict):
             out.extend((keys, key[1:], cls, str(msg)) for cls, msg in value.items())
@@ -63,7 +63,7 @@ def _flatten(data: Any, keys: tuple[str, ...] = ()) -> list[tuple[tuple[str, ...
 def findings(stdout: str, ours: Iterable[str]) -> list[str]:
     """The lines that fail the check, from pkgcheck's JSON output."""
     mine = set(ours)
-    out = []
+    out: list[tuple[tuple[str, ...], str, str, str]] = []
     for line in stdout.splitlines():
         if not line.startswith("{"):
             continue
@@ -116,8 +116,9 @@ def check_tree(
         )
         (config / "make.profile").symlink_to(copy / "profiles" / profiles[0])
         cache_dir.mkdir(parents=True, exist_ok=True)
-        argv = [tool("pkgcheck"), "--config", config, "scan", "-r", copy, "-R", "JsonReporter"]
-        argv += ["--exit", "error", "--cache-dir", cache_dir, "-p", ",".join(profiles), *packages]
+        argv: list[str | Path] = [tool("pkgcheck"), "--config", config, "scan", "-r", copy]
+        argv += ["-R", "JsonReporter", "--exit", "error", "--cache-dir", cache_dir]
+        argv += ["-p", ",".join(profiles), *packages]
         result = run(argv, cwd=work, env={"HOME": str(work)}, check=False)
     found = findings(result.stdout, packages)
     if result.returncode not in (0, 1):

@@ -12,8 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from piccolo_build.coreos import EBUILD, add_rdepend, listed
+from piccolo_build.coreos import EBUILD, add_rdepend
 from piccolo_build.errors import PiccoloError
+from piccolo_build.gentoo import listed
 from tests.fixtures.fakesdk import COREOS_EBUILD
 
 ATOM = "coreos-base/piccolo-base"

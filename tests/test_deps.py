@@ -213,7 +213,7 @@ def test_scan_extras_cover_every_external_atom(lock: Lock) -> None:
 
 def test_agent_and_dependencies_share_one_python_compat(cfg: BuildConfig) -> None:
     """One PYTHON_COMPAT for every rendered ebuild that uses it, and it holds Flatcar's python3_12."""
-    from piccolo_build.overlay import PYTHON_COMPAT
+    from piccolo_build.gentoo import PYTHON_COMPAT
 
     lines = {
         str(f.path): line

@@ -76,6 +76,16 @@ def register(app: typer.Typer) -> None:
                 "already there that match the lock. `build.py test` fills the tests' cache this way.",
             ),
         ] = None,
+        tree: Annotated[
+            Path | None,
+            typer.Option(
+                "--tree",
+                metavar="DIR",
+                file_okay=False,
+                help="Change nothing: check that every atom of the lock's ebuilds resolves in the "
+                "flatcar/scripts checkout DIR with stable keywords under the board profiles.",
+            ),
+        ] = None,
         as_json: JsonOption = False,
     ) -> None:
         """Resolve the agent's dependencies on PyPI, download their sdists and rewrite the lock."""
@@ -84,6 +94,14 @@ def register(app: typer.Typer) -> None:
 
         target = lock_file or locking.LOCK_FILE
         index = index or resolve.PYPI_INDEX
+        if tree is not None:
+            from piccolo_build.commands.render_cmd import tree_check
+            from piccolo_build.config import Board, load_config
+            from piccolo_build.deps import dependency_files
+
+            rendered = dependency_files(load_config(), locking.load_lock(target))
+            tree_check(tree, rendered, [b.arch for b in Board], as_json=as_json)
+            return
         if fetch_only is not None:
             current = locking.load_lock(target)
             files = locking.fetch_distfiles(current, fetch_only / "distfiles", refetch_bad=True)
