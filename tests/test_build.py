@@ -35,6 +35,7 @@ from piccolo_build.context import BuildContext
 from piccolo_build.lock import FILES_HOST, load_lock
 from piccolo_build.plan import plan
 from piccolo_build.sdk import Executor, Options
+from piccolo_build.tree import TreeFacts
 from tests.builder_helpers import DEFAULT_CONFIG, cli
 from tests.fixtures.fakesdk import NEWEST_STABLE, FakeSdk, GpgKey, seed_distfiles
 
@@ -97,21 +98,41 @@ def _git(repo: Path, *args: str) -> str:
     return subprocess.run(["git", *args], cwd=repo, capture_output=True, text=True, check=True).stdout.strip()
 
 
+def base_sysexts(cfg: BuildConfig) -> str:
+    """--base_sysexts as the plan writes it for the real tree under the fake tags (stable-4593: '|')."""
+    from piccolo_build.plan import base_sysexts as value
+
+    return value(facts(cfg), _tree_facts())
+
+
+def _tree_facts() -> TreeFacts:
+    return TreeFacts(
+        flatcar_version="",
+        sdk_version="",
+        sysext_separator="|",
+        default_base_sysexts=(
+            "containerd-flatcar|app-containers/containerd",
+            "docker-flatcar|app-containers/docker&app-containers/docker-cli&app-containers/docker-buildx",
+        ),
+        default_image_types=("prod",),
+        generate_update_default=True,
+        qemu_uefi_oem_sysext="oem-qemu",
+        prebuilt_oem_sysext=False,
+        compression_flags=True,
+        board_profiles=("coreos/amd64/generic", "coreos/arm64/generic"),
+    )
+
+
 def expected_calls(board: str = "amd64-usr", group: str = "stable") -> list[list[str]]:
-    base = facts(_cfg()).base_sysexts
-    emerge = [
-        f"emerge-{board}",
-        "--verbose",
-        "app-admin/piccolod",
-        "coreos-base/piccolo-base",
-        "coreos-base/coreos",
-    ]
+    f = facts(_cfg())
     packages = ["./build_packages", f"--board={board}"]
+    emerge = [f"emerge-{board}", "--usepkg", "--getbinpkg", "--with-bdeps=y", "--buildpkg", "--verbose"]
+    emerge += list(f.sysext_packages)
     image = [
         "./build_image",
         f"--board={board}",
         f"--group={group}",
-        f"--base_sysexts={base}",
+        f"--base_sysexts={base_sysexts(_cfg())}",
         "--replace",
         "prod",
     ]
@@ -120,9 +141,10 @@ def expected_calls(board: str = "amd64-usr", group: str = "stable") -> list[list
         f"--from=/mnt/host/source/src/build/images/{board}/latest",
         f"--board={board}",
         "--format=qemu_uefi",
+        "--image_compression_formats=none",
     ]
     out = []
-    for cmd in (emerge, packages, image, vm):
+    for cmd in (packages, emerge, image, vm):
         out.append([*SDK, *cmd])
         out.append([cmd[0].removeprefix("./"), *cmd[1:]])
     return out
@@ -153,14 +175,14 @@ def test_full_build_runs_the_exact_sdk_commands_and_publishes_a_signed_release(p
 
     # The locked dependency sdists were verified in the cache and copied into DISTDIR, where the
     # (fake) emerge found each with the size and SHA512 of its dev-python Manifest.
-    emerge_log = (project.work / "logs" / "sdk-emerge-amd64-usr.log").read_text()
+    emerge_log = (project.work / "logs" / "sysext-packages-amd64-usr.log").read_text()
     for pkg in load_lock().packages:
         assert (project.scripts / DISTDIR / pkg.filename).read_bytes() == (
             project.cache / pkg.filename
         ).read_bytes()
         assert f">>> {pkg.filename}: checksums ok" in emerge_log
     assert (
-        "verified 5 files in build/distfiles against piccolo.lock.json"
+        "verified 4 files in build/distfiles against piccolo.lock.json"
         in (project.work / "logs" / "distfiles.log").read_text()
     )
 
@@ -202,7 +224,7 @@ def test_full_build_runs_the_exact_sdk_commands_and_publishes_a_signed_release(p
     assert manifest["agent_sdist"]["size"] == distfile.stat().st_size
     # The image really was built with our --base_sysexts, unmangled by the trip through the SDK scripts.
     image = (project.out / "amd64-usr" / "flatcar_production_image.bin").read_text()
-    assert f"base_sysexts={facts(cfg).base_sysexts}\n" in image
+    assert f"base_sysexts={base_sysexts(cfg)}\n" in image
     assert "group=stable" in image
     # build_image's set_lsb_release (which overwrites update.conf after the packages) wrote our server.
     assert "/usr/share/flatcar/update.conf: SERVER=https://updates.piccolo.space/v1/update/\n" in image
@@ -230,7 +252,7 @@ def test_full_build_runs_the_exact_sdk_commands_and_publishes_a_signed_release(p
     assert not [m for m in listing if "piccolo_build" in m]
 
     # Progress and logs.
-    assert "==> [12/16] build-image-amd64-usr" in err
+    assert "==> [13/17] build-image-amd64-usr" in err
     assert re.search(r"<== \[12/16\] build-image-amd64-usr ok in 0:00:\d\d", err)
     log = (project.work / "logs" / "build-image-amd64-usr.log").read_text()
     assert "$ ./run_sdk_container -a all -- ./build_image --board=amd64-usr" in log
@@ -247,9 +269,9 @@ def test_a_second_build_skips_what_is_done_and_repairs_the_overlay(project: Proj
     r = project.build()
     err = _ok(r)
     assert project.sdk_calls() == []
-    for step in ("sdk-emerge", "build-packages", "build-image", "image-to-vm"):
+    for step in ("build-packages", "sysext-packages", "build-image", "image-to-vm"):
         assert f"{step}-amd64-usr: done for the same inputs, skipped" in err
-    assert "build finished: 12 steps ran, 4 skipped" in r.stdout
+    assert "build finished: 13 steps ran, 4 skipped" in r.stdout
     assert not stale.exists()  # the overlay step replaces package directories whole
     assert (project.out / "SHA256SUMS.asc").is_file()
 
@@ -270,7 +292,7 @@ def test_from_reruns_a_step_and_everything_after_it(project: Project) -> None:
     assert project.sdk_calls() == expected_calls()[4:]
 
     project.fake.reset_calls()
-    _ok(project.build("--from", "sdk-emerge-amd64-usr", "--to", "build-packages-amd64-usr"))
+    _ok(project.build("--from", "build-packages-amd64-usr", "--to", "sysext-packages-amd64-usr"))
     assert project.sdk_calls() == expected_calls()[:4]
 
 
@@ -280,9 +302,9 @@ def test_a_failing_step_stops_the_build_and_resuming_finishes_it(project: Projec
     assert r.returncode == 3, r.stdout + r.stderr
     assert [c[0] for c in project.sdk_calls()] == [
         "run_sdk_container",
-        "emerge-amd64-usr",
-        "run_sdk_container",
         "build_packages",
+        "run_sdk_container",
+        "emerge-amd64-usr",
         "run_sdk_container",
         "build_image",
     ]
@@ -362,12 +384,12 @@ def test_dry_run_runs_nothing(project: Project) -> None:
     _ok(r)
     assert not project.work.exists() or not project.scripts.exists()
     assert project.sdk_calls() == []
-    assert "[12/16] build-image-amd64-usr: would run: ./run_sdk_container -a all -- ./build_image" in r.stderr
+    assert "[13/17] build-image-amd64-usr: would run: ./run_sdk_container -a all -- ./build_image" in r.stderr
 
     _ok(project.build())
     project.fake.reset_calls()
     r = project.build("--dry-run")
-    assert "[12/16] build-image-amd64-usr: would skip" in r.stderr
+    assert "[13/17] build-image-amd64-usr: would skip" in r.stderr
     assert project.sdk_calls() == []
 
 
@@ -403,7 +425,7 @@ def test_live_progress_shows_step_elapsed_time_and_log_tail(
         Options(from_step="build-packages-amd64-usr", to_step="build-packages-amd64-usr", tty=True)
     )
     drawn = tty.getvalue()
-    assert "\x1b[K... [11/15] build-packages-amd64-usr 0:00:0" in drawn
+    assert "\x1b[K... [11/16] build-packages-amd64-usr 0:00:0" in drawn
     assert re.search(r"\x1b\[K    build_packages: working, line \d+\n", drawn)
     assert "\x1b[4F\x1b[J" in drawn  # status line + 3 tail lines erased before the next draw
 
@@ -430,7 +452,7 @@ def test_ctrl_c_stops_the_running_step_and_records_nothing_for_it(project: Proje
     _, err = proc.communicate()
     assert b"interrupted" in err
     steps = json.loads((project.work / "state.json").read_text())["steps"]
-    assert "sdk-emerge-amd64-usr" in steps
+    assert "build-packages-amd64-usr" in steps
     assert "build-packages-amd64-usr" not in steps
     size = log.stat().st_size
     time.sleep(0.5)
@@ -475,12 +497,12 @@ def test_a_tampered_distfile_stops_the_build_before_any_sdk_step(
 def test_every_build_verifies_and_repairs_distdir_without_rebuilding(project: Project) -> None:
     _ok(project.build())
     project.fake.reset_calls()
-    in_sdk = project.scripts / DISTDIR / "docker-7.2.0.tar.gz"
+    in_sdk = project.scripts / DISTDIR / "asn1crypto-1.5.1.tar.gz"
     _tamper(in_sdk)
     r = project.build()
     _ok(r)
-    assert in_sdk.read_bytes() == (project.cache / "docker-7.2.0.tar.gz").read_bytes()
-    assert "placed docker-7.2.0.tar.gz in" in (project.work / "logs" / "distfiles.log").read_text()
+    assert in_sdk.read_bytes() == (project.cache / "asn1crypto-1.5.1.tar.gz").read_bytes()
+    assert "placed asn1crypto-1.5.1.tar.gz in" in (project.work / "logs" / "distfiles.log").read_text()
     assert project.sdk_calls() == []  # same lock, same files: nothing to rebuild
 
 
@@ -514,14 +536,14 @@ def mirror(tmp_path: Path, locked_distfiles: Path) -> Iterator[tuple[str, list[s
 def test_only_missing_distfiles_are_downloaded(project: Project, mirror: tuple[str, list[str]]) -> None:
     url, requests = mirror
     (project.cache / "pkgconfig-1.6.0.tar.gz").unlink()
-    _ok(project.build("--distfiles-mirror", url, "--to", "sdk-emerge-amd64-usr"))
+    _ok(project.build("--distfiles-mirror", url, "--to", "build-packages-amd64-usr"))
     assert [r.rsplit("/", 1)[1] for r in requests] == ["pkgconfig-1.6.0.tar.gz"]
     log = (project.work / "logs" / "distfiles.log").read_text()
     assert f"downloading 1 missing into build/distfiles from {url}: pkgconfig-1.6.0.tar.gz" in log
     assert (project.scripts / DISTDIR / "pkgconfig-1.6.0.tar.gz").is_file()
 
     requests.clear()
-    _ok(project.build("--distfiles-mirror", url, "--to", "sdk-emerge-amd64-usr"))
+    _ok(project.build("--distfiles-mirror", url, "--to", "build-packages-amd64-usr"))
     assert requests == []  # kept in the cache: verified, not downloaded again
 
 
@@ -535,7 +557,7 @@ def _image(project: Project, board: str = "amd64-usr") -> str:
 def test_a_changed_update_server_reaches_the_image(project: Project) -> None:
     _ok(project.build())
     script = project.scripts / "build_library" / "set_lsb_release"
-    assert "SERVER=https://updates.piccolo.space/v1/update/\nGROUP=$group\n" in script.read_text()
+    assert "SERVER=https://updates.piccolo.space/v1/update/\nGROUP=$FLAGS_group\n" in script.read_text()
     project.fake.reset_calls()
 
     new = "https://updates.example.test/v1/update/"
@@ -585,11 +607,11 @@ def test_from_after_a_config_change_reruns_the_cheap_steps_and_refuses_stale_sdk
     r = project.build(*changed, "--from", "build-image-amd64-usr")
     assert r.returncode == 2, r.stdout + r.stderr
     assert (
-        "error: cannot start at build-image-amd64-usr: step sdk-emerge-amd64-usr was done for other inputs"
+        "error: cannot start at build-image-amd64-usr: step build-packages-amd64-usr was done for other inputs"
         in r.stderr
     )
     hint = next(line for line in r.stderr.splitlines() if line.startswith("hint:"))
-    assert hint.endswith("--from sdk-emerge-amd64-usr")
+    assert hint.endswith("--from build-packages-amd64-usr")
     assert project.sdk_calls() == []
     assert json.loads((project.out / "manifest.json").read_text())["config_sha256"] == config_digest(
         _cfg(**{"release.signing_key": project.key.email})
@@ -597,7 +619,7 @@ def test_from_after_a_config_change_reruns_the_cheap_steps_and_refuses_stale_sdk
 
     # From the step the hint names: the overlay step runs again first, so the new policy is emerged,
     # and the manifest's config digest describes what was really built.
-    _ok(project.build(*changed, "--from", "sdk-emerge-amd64-usr"))
+    _ok(project.build(*changed, "--from", "build-packages-amd64-usr"))
     assert "failure_threshold: 7" in policy.read_text()
     assert project.sdk_calls() == expected_calls()
     manifest = json.loads((project.out / "manifest.json").read_text())
@@ -631,7 +653,7 @@ def test_a_newly_pinned_tag_is_fetched_into_an_existing_checkout(project: Projec
 def test_require_signature_fails_before_anything_when_no_key_is_set(project: Project) -> None:
     r = project.build("--require-signature", signed=False)
     assert r.returncode == 2, r.stdout + r.stderr
-    assert "<== [1/15] preflight FAILED (exit code 2)" in r.stderr
+    assert "<== [1/16] preflight FAILED (exit code 2)" in r.stderr
     errors = [line for line in r.stderr.splitlines() if line.startswith("error:")]
     assert errors == [
         "error: --require-signature: release.signing_key is not set, the release would be unsigned"
