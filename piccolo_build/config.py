@@ -133,7 +133,7 @@ def flatcar_release(value: str) -> str:
 
 
 def sdk_version(value: str | None) -> str | None:
-    return value if value is None else _full(_SDK, value, "SDK version (e.g. 4230.2.3)")
+    return value if value is None else _full(_SDK, value, "SDK version (e.g. 4593.0.0)")
 
 
 def update_url(value: str) -> str:

@@ -63,7 +63,7 @@ def _flatten(data: Any, keys: tuple[str, ...] = ()) -> list[tuple[tuple[str, ...
 def findings(stdout: str, ours: Iterable[str]) -> list[str]:
     """The lines that fail the check, from pkgcheck's JSON output."""
     mine = set(ours)
-    out: list[tuple[tuple[str, ...], str, str, str]] = []
+    out: list[str] = []
     for line in stdout.splitlines():
         if not line.startswith("{"):
             continue

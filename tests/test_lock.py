@@ -129,10 +129,10 @@ def test_committed_lock_is_canonical(committed: Lock) -> None:
 def test_lock_covers_what_portage_stable_lacks(committed: Lock) -> None:
     names = {p.name for p in committed.packages}
     # docs/flatcar.md: portage-stable lacks these, and the agent needs them at runtime.
-    assert {"pyyaml", "prometheus-client", "docker", "tpm2-pytss"} <= names
+    assert {"asn1crypto", "pyyaml", "tpm2-pytss"} <= names
     assert not names & resolve.PORTAGE_STABLE_PYTHON
     runtime = {p.name for p in committed.packages if p.runtime}
-    assert runtime == {"pyyaml", "prometheus-client", "docker", "tpm2-pytss"}
+    assert runtime == {"asn1crypto", "pyyaml", "tpm2-pytss"}
     # tpm2-pytss builds with the Python pkgconfig module, which portage-stable lacks too.
     assert "dev-python/pkgconfig" in committed.package("tpm2-pytss").bdepend
     assert not committed.package("pkgconfig").runtime
@@ -158,7 +158,7 @@ def test_verify_passes_for_the_real_files(committed: Lock, distdir: Path) -> Non
 def test_tampered_file_fails_verification(committed: Lock, distdir: Path, tmp_path: Path) -> None:
     bad = tmp_path / "bad"
     shutil.copytree(distdir, bad)
-    victim = committed.package("docker").filename
+    victim = committed.package("tpm2-pytss").filename
     data = bytearray((bad / victim).read_bytes())
     data[1000] ^= 0x01  # same size, one bit flipped
     (bad / victim).write_bytes(bytes(data))

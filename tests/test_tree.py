@@ -7,6 +7,7 @@ import json
 import shutil
 import subprocess
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -20,7 +21,10 @@ from piccolo_build.treecheck import check_tree
 from tests.builder_helpers import DEFAULT_CONFIG, ROOT, cli
 from tests.fixtures.flatcar import TAGS, FlatcarTrees
 
-PIPE = "containerd-flatcar|app-containers/containerd,docker-flatcar|app-containers/docker&app-containers/docker-cli&app-containers/docker-buildx"
+PIPE = (
+    "containerd-flatcar|app-containers/containerd,"
+    "docker-flatcar|app-containers/docker&app-containers/docker-cli&app-containers/docker-buildx"
+)
 COLON = PIPE.replace("|", ":")
 # tag -> (separator, default list, default image types, update payload by default, OEM sysext, prebuilt)
 EXPECTED = {
@@ -32,10 +36,11 @@ EXPECTED = {
 }
 
 
-def _plan(tree: Path, *extra: str) -> dict:
+def _plan(tree: Path, *extra: str) -> dict[str, Any]:
     r = cli("plan", "--config", DEFAULT_CONFIG, "--json", "--scripts-dir", tree, *extra)
     assert r.returncode == 0, r.stderr
-    return json.loads(r.stdout)
+    doc: dict[str, Any] = json.loads(r.stdout)
+    return doc
 
 
 @pytest.mark.parametrize("tag", TAGS)
@@ -54,10 +59,8 @@ def test_plan_json_shows_the_facts_of_each_tree_and_follows_them(flatcar: Flatca
     names = [s["name"] for s in doc["steps"]]
     image = steps["build-image-amd64-usr"]["argv"]
     base = next(a for a in image if a.startswith("--base_sysexts="))
-    assert (
-        base
-        == f"--base_sysexts={default},piccolod{sep}dev-lang/python&dev-python/asn1crypto&dev-python/pyyaml&dev-python/tpm2-pytss&app-admin/piccolod"
-    )
+    ours = "dev-lang/python&dev-python/asn1crypto&dev-python/pyyaml&dev-python/tpm2-pytss&app-admin/piccolod"
+    assert base == f"--base_sysexts={default},piccolod{sep}{ours}"
     assert ("oem_sysext" in image, "--oem_sysexts=qemu" in image) == (prebuilt, prebuilt)
     assert image[-2:] == (["prod", "oem_sysext"] if prebuilt else [image[-2], "prod"])
     assert ("--generate_update" in image) == (not update)
@@ -121,10 +124,10 @@ def test_the_in_tree_check_agrees_with_the_supported_releases_table(flatcar: Fla
         # The table names what fails: a missing package at lts-4081, the Python target at stable-4230.
         named = "dev-python/cffi" if "cffi" in row.reason else "python_targets_python3_12"
         assert any(named in f for f in result.findings), result.findings
-    assert (
-        subprocess.run(["git", "status", "--porcelain"], cwd=tree, capture_output=True, text=True).stdout
-        == ""
+    status = subprocess.run(
+        ["git", "status", "--porcelain"], cwd=tree, capture_output=True, text=True, check=True
     )
+    assert status.stdout == ""
 
 
 def test_check_tree_exits_0_on_the_newest_stable_and_names_the_atom_that_does_not_resolve(
@@ -143,10 +146,8 @@ def test_check_tree_exits_0_on_the_newest_stable_and_names_the_atom_that_does_no
     bad.write_text(json.dumps(lock))
     r = cli("lock", "--lock-file", bad, "--tree", tree, env=env)
     assert r.returncode == 1, r.stdout + r.stderr
-    assert (
-        "dev-python/tpm2-pytss-2.3.0: NonexistentDeps: RDEPEND: nonexistent package: >=dev-python/cryptography-47.0.0\n"
-        in r.stdout
-    )
+    finding = "NonexistentDeps: RDEPEND: nonexistent package: >=dev-python/cryptography-47.0.0"
+    assert f"dev-python/tpm2-pytss-2.3.0: {finding}\n" in r.stdout
     r = cli("lock", "--tree", tree, env=env)
     assert r.returncode == 0, r.stdout
 
@@ -158,7 +159,9 @@ def test_the_supported_releases_table_covers_every_tag_and_is_the_one_in_the_doc
     flatcar: FlatcarTrees,
 ) -> None:
     assert sorted(s.tested_tag for s in releases.SUPPORT) == sorted(TAGS)
-    tags = subprocess.run(["git", "tag"], cwd=flatcar.repo, capture_output=True, text=True).stdout.split()
+    tags = subprocess.run(
+        ["git", "tag"], cwd=flatcar.repo, capture_output=True, text=True, check=True
+    ).stdout.split()
     assert all(releases.support(t) is not None for t in tags)
     assert releases.table() in (ROOT / "docs" / "flatcar.md").read_text()
     assert releases.newest("stable", tags) == "stable-4593.2.5"

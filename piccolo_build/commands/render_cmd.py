@@ -68,7 +68,8 @@ def register(app: typer.Typer) -> None:
             typer.Option(
                 "--tree",
                 help="Instead: pkgcheck the rendered packages inside the real coreos-overlay of the "
-                "flatcar/scripts checkout DIR (portage-stable as master, board profiles; DIR stays untouched).",
+                "flatcar/scripts checkout DIR (portage-stable as master, board profiles; DIR stays "
+                "untouched).",
                 file_okay=False,
                 metavar="DIR",
             ),
