@@ -216,10 +216,10 @@ def _prepare_steps(cfg: BuildConfig, ctx: BuildContext, facts: Facts) -> list[St
             "tree-check",
             "pkgcheck our packages inside a copy of the checkout's coreos-overlay, portage-stable as master, "
             f"under {', '.join(f'coreos/{b.arch}/generic' for b in cfg.boards)} with stable keywords: "
-            "every dependency must resolve at this tag (piccolo-build check --tree)",
+            "every dependency must resolve at this tag (piccolo-build check --tree); done again when the "
+            "tag or the rendered overlay changes",
             Action.TREE_CHECK,
             inputs=(str(ctx.coreos_overlay),),
-            always=True,
         ),
         Step(
             "bundle",

@@ -254,7 +254,8 @@ def register(app: typer.Typer) -> None:
             require_signature=require_signature,
         )
         f = facts(cfg)
-        steps = _steps(cfg, ctx, f)
+        # A dry run checks nothing out: it judges the SDK steps by the checkout as it is (if any).
+        steps = _steps(cfg, ctx, f, checkout_facts(ctx) if dry_run else None)
 
         def replan(tree: TreeFacts) -> list[Step]:
             return _steps(cfg, ctx, f, tree)
