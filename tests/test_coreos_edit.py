@@ -80,7 +80,7 @@ def _snapshot(d: Path) -> dict[str, tuple[str, bytes]]:
     return out
 
 
-def _rdepend(ebuild: Path) -> list[str]:
+def rdepend_of(ebuild: Path) -> list[str]:
     """RDEPEND as bash sees it after sourcing the ebuild."""
     r = subprocess.run(
         ["bash", "-c", f'source "{ebuild}" && printf "%s\\n" $RDEPEND'],
@@ -102,10 +102,10 @@ def coreos(tmp_path: Path) -> Path:
 
 
 def test_adds_the_atom_and_bumps_the_revision(coreos: Path) -> None:
-    before = _rdepend(coreos / EBUILD)
+    before = rdepend_of(coreos / EBUILD)
     assert ATOM not in before
     assert add_rdepend(coreos, ATOM) is True
-    after = _rdepend(coreos / EBUILD)
+    after = rdepend_of(coreos / EBUILD)
     assert after == [*before, ATOM], "bash must see exactly one new dependency, at the end"
     names = sorted(p.name for p in coreos.iterdir())
     assert names == ["coreos-0.0.1-r321.ebuild", EBUILD, "metadata.xml"]
@@ -123,10 +123,10 @@ def test_the_real_ebuild_of_every_tag(flatcar: FlatcarTrees, tmp_path: Path, tag
     shutil.copytree(real, d, symlinks=True)
     (old,) = d.glob("coreos-0.0.1-r*.ebuild")
     number = int(old.name.removeprefix("coreos-0.0.1-r").removesuffix(".ebuild"))
-    before = _rdepend(d / EBUILD)
+    before = rdepend_of(d / EBUILD)
     assert len(before) > 20 and ATOM not in before
     assert add_rdepend(d, ATOM) is True
-    assert _rdepend(d / EBUILD) == [*before, ATOM]
+    assert rdepend_of(d / EBUILD) == [*before, ATOM]
     assert sorted(p.name for p in d.iterdir()) == [
         f"coreos-0.0.1-r{number + 1}.ebuild",
         EBUILD,
