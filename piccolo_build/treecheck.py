@@ -49,14 +49,19 @@ class TreeCheck:
         return not self.findings
 
 
-def _flatten(data: Any, keys: tuple[str, ...] = ()) -> list[tuple[tuple[str, ...], str, str, str]]:
-    """pkgcheck's JsonReporter nests category/package/version/_level/Class: message."""
-    out: list[tuple[tuple[str, ...], str, str, str]] = []
+# One pkgcheck result: (category, package, version) as far as given, level, check class, message.
+Result = tuple[tuple[str, ...], str, str, str]
+
+
+def pkgcheck_results(data: Any, keys: tuple[str, ...] = ()) -> list[Result]:
+    """One line of pkgcheck's JsonReporter output, flattened: it nests
+    category/package/version/_level/Class: message (shared with piccolo_build.check)."""
+    out: list[Result] = []
     for key, value in data.items():
         if key.startswith("_") and isinstance(value, dict):
             out.extend((keys, key[1:], cls, str(msg)) for cls, msg in value.items())
         elif isinstance(value, dict):
-            out.extend(_flatten(value, (*keys, key)))
+            out.extend(pkgcheck_results(value, (*keys, key)))
     return out
 
 
@@ -67,7 +72,7 @@ def findings(stdout: str, ours: Iterable[str]) -> list[str]:
     for line in stdout.splitlines():
         if not line.startswith("{"):
             continue
-        for keys, level, cls, msg in _flatten(json.loads(line)):
+        for keys, level, cls, msg in pkgcheck_results(json.loads(line)):
             if "/".join(keys[:2]) in mine and level in FAILING_LEVELS:
                 where = f"{keys[0]}/{keys[1]}-{keys[2]}" if len(keys) > 2 else "/".join(keys)
                 out.append(f"{where}: {cls}: {msg}")
