@@ -1,14 +1,16 @@
 """Benchmark of ``build`` around the SDK: executor overhead, artefact digests, signing.
 
-Run: ``.venv/bin/python bench/release.py [--size-mib 512] [--runs 3]``. Offline; uses the fake
-flatcar/scripts of the tests (the SDK steps are the fake's, so the figures are piccolo-build's own cost,
-not Flatcar's), the locked dependency sdists from the tests' download cache (``$PICCOLO_TEST_CACHE``,
-default ``.venv/test-cache``; verified, not downloaded), no SDK image check (no Docker needed) and a
-throwaway gpg key. Prints:
+Run: ``.venv/bin/python bench/release.py [--size-mib 512] [--runs 3]``. Offline; uses the real
+flatcar/scripts trees (``$PICCOLO_FLATCAR_SCRIPTS``, as the tests) with the tests' stand-ins for what
+runs inside the SDK container (so the figures are piccolo-build's own cost, including the checkout of a
+real tree and the in-tree pkgcheck, not Flatcar's), the locked dependency sdists from the tests'
+download cache (``$PICCOLO_TEST_CACHE``, default ``.venv/test-cache``; verified, not downloaded), no
+SDK image check (no Docker needed) and a throwaway gpg key. Prints:
 
-1. wall time of a full build against the fake SDK (clone to verified, signed release), median of runs;
-2. wall time of a rebuild where every SDK step is skipped (the cost of deciding what to skip, plus the
-   always-run steps: overlay, sdist, distfile verification, RDEPEND, collect, sign, verify);
+1. wall time of a full build with the SDK stand-ins (clone to verified, signed release), median of runs;
+2. wall time of a rebuild where every SDK step and the in-tree check are skipped (the cost of deciding
+   what to skip, plus the always-run steps: overlay, sdist, distfile verification, RDEPEND, collect,
+   sign, verify);
 3. artefact digest throughput (SHA-256 and SHA-512 in one read, as ``collect`` does) on a SIZE MiB file;
 4. the time to preflight the key (list + test signature) and to sign and verify one SHA256SUMS.
 """
@@ -35,8 +37,10 @@ from tests.fixtures.fakesdk import (  # noqa: E402
     kill_agent,
     make_fake_scripts,
     make_gnupghome,
+    make_stand_in_repository,
     seed_distfiles,
 )
+from tests.fixtures.flatcar import scripts_url  # noqa: E402
 
 CACHE = Path(os.environ.get("PICCOLO_TEST_CACHE") or ROOT / ".venv" / "test-cache") / "distfiles"
 
@@ -72,16 +76,15 @@ def main() -> None:
         with tempfile.TemporaryDirectory(prefix="bench-release-") as tmp:
             root = Path(tmp)
             full, noop = [], []
+            source = make_stand_in_repository(scripts_url(), root / "source.git")
             for i in range(args.runs):
-                fake = make_fake_scripts(root / f"fake{i}")
+                fake = make_fake_scripts(root / f"fake{i}", source)
                 project = root / f"project{i}"
                 project.mkdir()
                 seed_distfiles(CACHE, project / "build")
                 full.append(build(project, fake.upstream, email, home))
                 noop.append(build(project, fake.upstream, email, home))
-            print(
-                f"full build against the fake SDK: median {statistics.median(full):.2f} s ({args.runs} runs)"
-            )
+            print(f"full build, SDK stand-ins: median {statistics.median(full):.2f} s ({args.runs} runs)")
             print(f"rebuild, all SDK steps skipped:  median {statistics.median(noop):.2f} s")
 
             big = root / "image.bin"

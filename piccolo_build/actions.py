@@ -15,12 +15,12 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from piccolo_build import release
+from piccolo_build import release, releases
 from piccolo_build.atomic import atomic_write
 from piccolo_build.config import BuildConfig
 from piccolo_build.context import BuildContext
 from piccolo_build.errors import PiccoloError, StepFailed
-from piccolo_build.plan import Action, Facts, Step, newest_stable
+from piccolo_build.plan import Action, Facts, Step
 from piccolo_build.versionfile import read_sdk_version, sdk_version_or_none
 from piccolod.model import to_plain
 
@@ -75,6 +75,8 @@ def preflight(env: ActionEnv) -> str | None:
     for tool in ("git", *(("gpg",) if env.cfg.release.signing_key else ())):
         if which(tool) is None:
             raise PiccoloError(f"{tool} not found", hint=f"install {tool}", exit_code=127)
+    if not releases.is_channel(env.cfg.flatcar.release):
+        releases.refuse_unsupported(env.cfg.flatcar.release)
     if env.ctx.require_signature and not env.cfg.release.signing_key:
         raise PiccoloError(
             "--require-signature: release.signing_key is not set, the release would be unsigned",
@@ -119,13 +121,13 @@ def sdk_image(env: ActionEnv) -> str | None:
 
 
 def clone(env: ActionEnv) -> str | None:
-    """Clone, or fetch into an existing checkout: always for the floating ``stable`` (a newer tag may
-    exist), and for a pinned tag only when it is not there yet (a rebuild of a pinned release works
-    offline, a newly pinned one is fetched before checkout could call it missing)."""
+    """Clone, or fetch into an existing checkout: always for a channel (a newer tag may exist), and for
+    a pinned tag only when it is not there yet (a rebuild of a pinned release works offline, a newly
+    pinned one is fetched before checkout could call it missing)."""
     d = env.ctx.scripts_dir
     wanted = env.cfg.flatcar.release
     if (d / ".git").exists():
-        if wanted != "stable" and _git_out(env.ctx, "tag", "--list", wanted) == wanted:
+        if not releases.is_channel(wanted) and _git_out(env.ctx, "tag", "--list", wanted) == wanted:
             env.log(f"tag {wanted} is already in {d}: nothing to fetch")
             return None
         _git(env, "fetch", "--tags", "--prune", "--prune-tags", "--force", "origin", cwd=d)
@@ -136,17 +138,21 @@ def clone(env: ActionEnv) -> str | None:
 
 
 def checkout(env: ActionEnv) -> str | None:
-    tags = _git_out(env.ctx, "tag", "--list", "stable-*").splitlines()
-    if env.cfg.flatcar.release == "stable":
-        tag = newest_stable(tags)
+    wanted = env.cfg.flatcar.release
+    channel = releases.channel_of(wanted)
+    tags = _git_out(env.ctx, "tag", "--list", f"{channel}-*").splitlines()
+    if releases.is_channel(wanted):
+        tag = releases.newest(channel, tags)
         if tag is None:
-            raise PiccoloError(f"{env.ctx.scripts_url} has no stable-NNNN.N.N tag")
+            raise PiccoloError(f"{env.ctx.scripts_url} has no {channel}-NNNN.N.N tag")
+        releases.refuse_unsupported(tag)
     else:
-        tag = env.cfg.flatcar.release
+        tag = wanted
         if tag not in tags:
             raise PiccoloError(
                 f"flatcar.release: tag {tag} does not exist in {env.ctx.scripts_url}",
-                hint="pick one of: " + " ".join(sorted(tags)[-5:]),
+                hint="pick one of: "
+                + " ".join(sorted(tags, key=lambda t: releases.version(t) or (0, 0, 0))[-5:]),
             )
     commit = _git_out(env.ctx, "rev-parse", f"{tag}^{{commit}}")
     result = f"{tag} {commit}"
@@ -156,7 +162,8 @@ def checkout(env: ActionEnv) -> str | None:
     else:
         _git(env, "checkout", "--force", "--detach", tag, cwd=env.ctx.scripts_dir)
         # Our earlier edits (package directories, the bumped -rN symlink) are untracked files in the
-        # overlay; drop them so the following steps apply the edits afresh to this tag's files.
+        # overlay, and set_lsb_release is edited in place; drop them so the following steps apply the
+        # edits afresh to this tag's files.
         overlay = env.ctx.coreos_overlay.relative_to(env.ctx.scripts_dir)
         _git(env, "clean", "-d", "--force", "--quiet", "--", str(overlay), cwd=env.ctx.scripts_dir)
         env.log(f"checked out {tag} ({commit})")
@@ -208,19 +215,43 @@ def overlay(env: ActionEnv) -> str | None:
     return tree_digest(env.ctx.rendered_overlay)
 
 
+def tree_check(env: ActionEnv) -> str | None:
+    """pkgcheck our packages inside the checkout's real repositories (piccolo_build.treecheck)."""
+    from piccolo_build.overlay import overlay_files
+    from piccolo_build.treecheck import check_tree
+
+    arches = [b.arch for b in env.cfg.boards]
+    result = check_tree(env.ctx.scripts_dir, overlay_files(env.cfg), arches, env.ctx.pkgcheck_cache)
+    for line in result.findings:
+        env.log(line)
+    if not result.ok:
+        raise PiccoloError(
+            f"{len(result.findings)} pkgcheck finding(s) at this tag, first: {result.findings[0]}",
+            hint=f"see {env.ctx.log_file(env.step.name)}; docs/flatcar.md lists the supported releases",
+        )
+    env.log(f"pkgcheck: {', '.join(result.packages)} clean under {', '.join(result.profiles)}")
+    return None
+
+
 def bundle(env: ActionEnv) -> str | None:
-    """Build the sdist, put it into the SDK's DISTDIR, and write the agent package's Manifest."""
+    """Build the sdist and put it into the SDK's DISTDIR; the agent package's Manifest (rendered, copied
+    in by the overlay step) must name exactly this file."""
     from piccolo_build import bundle as agent_bundle
+    from piccolo_build.gentoo import manifest_line
 
     sdist = agent_bundle.build_sdist(env.cfg, env.ctx.dist_dir)
     data = sdist.read_bytes()
     env.ctx.distfiles_dir.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(sdist, env.ctx.distfiles_dir / sdist.name)
     env.log(f"placed {sdist.name} in {env.ctx.distfiles_dir}")
-    pkg = env.ctx.coreos_overlay / env.cfg.package.category / env.cfg.package.name
-    pkg.mkdir(parents=True, exist_ok=True)
-    (pkg / "Manifest").write_text(agent_bundle.manifest_line(sdist.name, data) + "\n", encoding="utf-8")
-    env.log(f"wrote {pkg / 'Manifest'}")
+    manifest = env.ctx.coreos_overlay / env.cfg.package.category / env.cfg.package.name / "Manifest"
+    line = manifest_line(sdist.name, data)
+    if not manifest.is_file() or line not in manifest.read_text(encoding="utf-8").splitlines():
+        raise PiccoloError(
+            f"{manifest}: does not carry the DIST line of {sdist.name} ({line.split()[2]} bytes)",
+            hint="run the build from the overlay step (the agent changed since the overlay was rendered)",
+        )
+    env.log(f"{manifest} names {sdist.name} with its size and digests")
     return f"{sdist.name} {hashlib.sha256(data).hexdigest()}"
 
 
@@ -317,6 +348,7 @@ ACTIONS: dict[Action, Callable[[ActionEnv], str | None]] = {
     Action.CHECKOUT: checkout,
     Action.SDK_IMAGE: sdk_image,
     Action.OVERLAY: overlay,
+    Action.TREE_CHECK: tree_check,
     Action.BUNDLE: bundle,
     Action.DISTFILES: distfiles,
     Action.RDEPEND: rdepend,

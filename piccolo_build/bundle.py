@@ -1,4 +1,4 @@
-"""The agent's reproducible source distribution, its Manifest line, and the ``--base_sysexts`` entry.
+"""The agent's reproducible source distribution, its Manifest line, and the packages of its sysext.
 
 ``piccolod-<PV>.tar.gz`` holds the ``piccolod`` package (``*.py`` and ``py.typed``, nothing else: no
 builder code, no caches) plus a generated ``pyproject.toml`` (setuptools recipe, the ``piccolod``
@@ -11,16 +11,16 @@ The mtime is ``SOURCE_DATE_EPOCH`` when set (reproducible-builds.org), else :dat
 (1980-01-01 00:00:00 UTC). Earlier times are raised to 1980: a wheel is a zip file, and zip cannot
 store timestamps before 1980, so a wheel built from an older sdist fails.
 
-``base_sysexts`` (docs/flatcar.md): Flatcar's default list plus ``piccolod|dev-lang/python&...``,
-which bakes the interpreter, the locked runtime dependencies and the agent into a sysext that ships
-with the image and its updates. ``build_sysext`` emerges each listed package (with its dependencies)
-in turn, so dependencies come before dependents.
+The sysext (docs/flatcar.md): ``build_image --base_sysexts`` gets Flatcar's default list plus our
+entry, ``piccolod`` with the interpreter, the locked runtime dependencies and the agent, which bakes
+them into a sysext that ships with the image and its updates (:func:`sysext_packages`; the plan writes
+the entry in the checkout's syntax). ``build_sysext`` emerges each listed package (with its
+dependencies) in turn, so dependencies come before dependents.
 """
 
 from __future__ import annotations
 
 import gzip
-import hashlib
 import io
 import os
 import re
@@ -32,18 +32,14 @@ import piccolod
 from piccolo_build.atomic import atomic_write
 from piccolo_build.config import BuildConfig
 from piccolo_build.errors import PiccoloError
-from piccolo_build.lock import LOCK_NAME, Lock, atom_key, load_lock
+from piccolo_build.gentoo import atom_key, manifest_line, pep440_version
+from piccolo_build.lock import LOCK_NAME, Lock, load_lock
 
 AGENT_PACKAGE = "piccolod"
 DEFAULT_EPOCH = 315532800  # 1980-01-01T00:00:00Z, the earliest time a zip (wheel) can hold
 FILE_MODE = 0o644
 DIR_MODE = 0o755
 SUMMARY = "Piccolo OS health agent: gates the first boot of an updated /usr slot"
-# build_image's default --base_sysexts (docs/flatcar.md): Flatcar's containerd and docker.
-FLATCAR_DEFAULT_SYSEXTS = (
-    "containerd-flatcar|app-containers/containerd,"
-    "docker-flatcar|app-containers/docker&app-containers/docker-cli&app-containers/docker-buildx"
-)
 SYSEXT_NAME = "piccolod"
 PYTHON_ATOM = "dev-lang/python"
 
@@ -54,14 +50,6 @@ PYTHON_ATOM = "dev-lang/python"
 def package_version(cfg: BuildConfig) -> str:
     """The ebuild's ``${PV}``: the configured version without a ``-rN`` revision."""
     return re.sub(r"-r\d+$", "", cfg.version)
-
-
-def python_version(gentoo: str) -> str:
-    """Gentoo PV -> PEP 440, as the ``pypi`` eclass does it (``_rc1`` -> ``rc1``, ``_p1`` -> ``.post1``)."""
-    out = gentoo
-    for suffix, pep in (("_alpha", "a"), ("_beta", "b"), ("_pre", ".dev"), ("_rc", "rc"), ("_p", ".post")):
-        out = out.replace(suffix, pep)
-    return out
 
 
 def sdist_name(cfg: BuildConfig) -> str:
@@ -116,7 +104,7 @@ build-backend = "setuptools.build_meta"
 
 [project]
 name = "{AGENT_PACKAGE}"
-version = "{python_version(package_version(cfg))}"
+version = "{pep440_version(package_version(cfg))}"
 description = "{SUMMARY}"
 requires-python = ">=3.11"
 license = {{ text = "{cfg.package.license}" }}
@@ -139,7 +127,7 @@ def pkg_info(cfg: BuildConfig, lock: Lock) -> bytes:
     lines = [
         "Metadata-Version: 2.1",
         f"Name: {AGENT_PACKAGE}",
-        f"Version: {python_version(package_version(cfg))}",
+        f"Version: {pep440_version(package_version(cfg))}",
         f"Summary: {SUMMARY}",
         f"License: {cfg.package.license}",
         "Requires-Python: >=3.11",
@@ -203,16 +191,6 @@ def build_sdist(cfg: BuildConfig, output_dir: Path, *, lock: Lock | None = None)
     return path
 
 
-def manifest_line(name: str, data: bytes) -> str:
-    """A thin-Manifest line: ``DIST <file> <size> BLAKE2B <hex> SHA512 <hex>`` (docs/flatcar.md)."""
-    if not name or "/" in name or any(c.isspace() for c in name):
-        raise ValueError(f"not a distfile name: {name!r}")
-    return (
-        f"DIST {name} {len(data)} BLAKE2B {hashlib.blake2b(data).hexdigest()} "
-        f"SHA512 {hashlib.sha512(data).hexdigest()}"
-    )
-
-
 def agent_manifest_line(cfg: BuildConfig) -> str:
     """The ``Manifest`` line of the agent package for the sdist this checkout builds now."""
     return manifest_line(sdist_name(cfg), sdist_bytes(cfg))
@@ -235,11 +213,7 @@ def runtime_order(lock: Lock) -> list[str]:
     return order
 
 
-def sysext_entry(lock: Lock, package: str = "app-admin/piccolod") -> str:
-    """``piccolod|dev-lang/python&dev-python/...&app-admin/piccolod``."""
-    return f"{SYSEXT_NAME}|" + "&".join([PYTHON_ATOM, *runtime_order(lock), package])
-
-
-def base_sysexts(lock: Lock, package: str = "app-admin/piccolod") -> str:
-    """The value of ``build_image --base_sysexts``: Flatcar's default list plus our entry."""
-    return f"{FLATCAR_DEFAULT_SYSEXTS},{sysext_entry(lock, package)}"
+def sysext_packages(lock: Lock, package: str = "app-admin/piccolod") -> tuple[str, ...]:
+    """What goes into the ``piccolod`` sysext, in the order build_sysext installs it: the interpreter,
+    the locked runtime dependencies (each after what it needs), the agent."""
+    return (PYTHON_ATOM, *runtime_order(lock), package)

@@ -33,11 +33,13 @@ from typing import Any
 
 from piccolo_build import layout
 from piccolo_build.config import BuildConfig
-from piccolo_build.overlay import UNIT, OverlayFile, package_dir
+from piccolo_build.gentoo import OverlayFile
+from piccolo_build.overlay import UNIT, package_dir
 from piccolo_build.render import read_tree, tree
-from piccolo_build.run import run, which
+from piccolo_build.run import run, tool
 from piccolo_build.scanrepo import build_scan_repo
 from piccolo_build.stage import lay_out
+from piccolo_build.treecheck import pkgcheck_results
 
 SHELLCHECK_EXCLUDES = ("SC2034", "SC2154")
 HOST_UNIT_DIRS = (Path("/usr/lib/systemd/system"), Path("/lib/systemd/system"))
@@ -192,27 +194,13 @@ def lint_shell(files: list[OverlayFile], work: Path) -> list[Step]:
 IGNORED_REPO_WARNINGS = frozenset({"ArchesWithoutProfiles"})
 
 
-Result = tuple[tuple[str, ...], str, str, str]
-
-
-def _flatten(data: Any, keys: tuple[str, ...] = ()) -> list[Result]:
-    """pkgcheck's JsonReporter nests category/package/version/_level/Class: message."""
-    out: list[Result] = []
-    for key, value in data.items():
-        if key.startswith("_") and isinstance(value, dict):
-            out.extend((keys, key[1:], cls, str(msg)) for cls, msg in value.items())
-        elif isinstance(value, dict):
-            out.extend(_flatten(value, (*keys, key)))
-    return out
-
-
 def judge_pkgcheck(stdout: str, ours: list[str]) -> list[str]:
     """The results that fail the check, as 'where: Level Class: message' lines."""
     failures = []
     for line in stdout.splitlines():
         if not line.strip().startswith("{"):
             continue
-        for keys, level, cls, msg in _flatten(json.loads(line)):
+        for keys, level, cls, msg in pkgcheck_results(json.loads(line)):
             where = "/".join(keys) or "<repository>"
             is_ours = "/".join(keys[:2]) in ours
             repo_warning = level == "warning" and not keys and cls not in IGNORED_REPO_WARNINGS
@@ -237,14 +225,6 @@ def scan(cfg: BuildConfig, files: list[OverlayFile], work: Path) -> Step:
     elif result.returncode == 1 and not failures:
         failures.append(f"pkgcheck reported errors: {result.stdout.strip()}")
     return Step("pkgcheck scan", not failures, "\n".join(failures))
-
-
-def tool(name: str) -> str:
-    """``name`` on PATH, else beside this interpreter: pkgcheck and shellcheck come with the ``check``
-    extra, so they are found in the environment piccolo-build runs from, activated or not."""
-    import sys
-
-    return which(name) or str(Path(sys.executable).parent / name)
 
 
 def check_overlay(cfg: BuildConfig, files: list[OverlayFile], overlay: Path) -> Report:

@@ -27,6 +27,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from piccolo_build import gentoo
+from piccolo_build.releases import RELEASE_RE
 from piccolod.model import (
     MAX_SCALAR,
     FieldError,
@@ -84,12 +86,7 @@ class Board(enum.StrEnum):
 
 # --- value checks (PMS = Gentoo Package Manager Specification) -----------------------------------
 
-_VERSION = re.compile(r"\d+(\.\d+)*[a-z]?((_alpha|_beta|_pre|_rc|_p)\d*)*(-r\d+)?")  # PMS 3.2
-_CATEGORY = re.compile(r"[A-Za-z0-9_][A-Za-z0-9+_.-]*")  # PMS 3.1.1
-_PACKAGE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9+_-]*")  # PMS 3.1.2
-_LICENSE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9+_.-]*")  # PMS 3.1.6
 _TOKEN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
-_RELEASE = re.compile(r"stable(-\d+\.\d+\.\d+)?")
 _SDK = re.compile(r"\d+\.\d+\.\d+([.+_-][A-Za-z0-9._+-]+)?")
 # A subset of RFC 3986 that is inert when unquoted in a shell assignment: Flatcar's update.conf is both
 # parsed by update_engine (no quoting) and sourced by shell scripts (motd), so no ; & ( ) ~ ? # ' " $ `.
@@ -107,22 +104,22 @@ def _full(pattern: re.Pattern[str], value: str, what: str) -> str:
 
 
 def gentoo_version(value: str) -> str:
-    return _full(_VERSION, value, "Gentoo version (e.g. 0.1.0 or 1.2.3_rc1)")
+    return _full(gentoo.VERSION_RE, value, "Gentoo version (e.g. 0.1.0 or 1.2.3_rc1)")
 
 
 def gentoo_category(value: str) -> str:
-    return _full(_CATEGORY, value, "Gentoo category name")
+    return _full(gentoo.CATEGORY_RE, value, "Gentoo category name")
 
 
 def gentoo_package(value: str) -> str:
-    _full(_PACKAGE, value, "Gentoo package name")
-    if re.search(r"-\d+(\.\d+)*[a-z]?((_alpha|_beta|_pre|_rc|_p)\d*)*(-r\d+)?$", value):
+    _full(gentoo.PACKAGE_RE, value, "Gentoo package name")
+    if gentoo.name_ends_in_version(value):
         raise ValueError(f"a package name must not end in something that looks like a version: {value!r}")
     return value
 
 
 def license_token(value: str) -> str:
-    return _full(_LICENSE, value, "licence name (one token, e.g. Apache-2.0)")
+    return _full(gentoo.LICENSE_RE, value, "licence name (one token, e.g. Apache-2.0)")
 
 
 def token(value: str) -> str:
@@ -130,11 +127,13 @@ def token(value: str) -> str:
 
 
 def flatcar_release(value: str) -> str:
-    return _full(_RELEASE, value, "Flatcar release ('stable' or 'stable-NNNN.N.N')")
+    return _full(
+        RELEASE_RE, value, "Flatcar release (lts, stable, beta, alpha, or a tag like stable-4593.2.5)"
+    )
 
 
 def sdk_version(value: str | None) -> str | None:
-    return value if value is None else _full(_SDK, value, "SDK version (e.g. 4230.2.3)")
+    return value if value is None else _full(_SDK, value, "SDK version (e.g. 4593.0.0)")
 
 
 def update_url(value: str) -> str:
@@ -179,7 +178,10 @@ class Flatcar:
 
     release: str = field(
         default="stable",
-        metadata=meta("'stable' (newest stable-* tag) or a pinned stable-NNNN.N.N", check=flatcar_release),
+        metadata=meta(
+            "a channel (lts, stable, beta, alpha: its newest tag) or a pinned <channel>-NNNN.N.N",
+            check=flatcar_release,
+        ),
     )
     sdk_version: str | None = field(
         default=None, metadata=meta("SDK container version; null uses the release's own", check=sdk_version)

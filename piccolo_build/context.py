@@ -85,6 +85,11 @@ class BuildContext:
         return self.work_dir / "distfiles"
 
     @property
+    def pkgcheck_cache(self) -> Path:
+        """pkgcheck's caches of the in-tree check, kept between builds."""
+        return self.work_dir / "pkgcheck-cache"
+
+    @property
     def staging_dir(self) -> Path:
         """Artefacts, checksums and signatures before they are verified and moved to the output dir."""
         return self.work_dir / "release-staging"

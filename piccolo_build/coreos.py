@@ -25,34 +25,21 @@ from pathlib import Path
 
 from piccolo_build.atomic import atomic_write
 from piccolo_build.errors import PiccoloError, read_text
+from piccolo_build.gentoo import KEY_RE, listed
 
 EBUILD = "coreos-0.0.1.ebuild"
 _REVISION = re.compile(r"coreos-0\.0\.1-r(\d+)\.ebuild")
 # RDEPEND= or RDEPEND+= at the start of a line, then a double-quoted value (may span lines; the
 # ebuild never has an escaped quote inside a dependency string).
 _ASSIGNMENT = re.compile(r'^RDEPEND\+?="(?P<value>[^"]*)"', re.MULTILINE)
-_VERSION = r"-\d+(?:\.\d+)*[a-z]?(?:_(?:alpha|beta|pre|rc|p)\d*)*(?:-r\d+)?\*?"  # PMS 3.2
-_ATOM = re.compile(
-    rf"!{{0,2}}(?:[<>]=?|~|=)?(?P<key>[A-Za-z0-9+_.-]+/[A-Za-z0-9+_-]+?)(?:{_VERSION})?(?:[:\[].*)?"
-)
-_KEY = re.compile(r"[A-Za-z0-9+_.-]+/[A-Za-z0-9+_-]+")
 MARKER = "# Piccolo OS: added by piccolo-build"
-
-
-def listed(value: str, key: str) -> bool:
-    """Whether the dependency string ``value`` names the package ``key`` (any version or slot)."""
-    for token in value.split():
-        m = _ATOM.fullmatch(token)
-        if m and m.group("key") == key:
-            return True
-    return False
 
 
 def add_rdepend(ebuild_dir: Path, atom: str) -> bool:
     """Add ``atom`` (``category/name``) to the RDEPEND of ``ebuild_dir/coreos-0.0.1.ebuild`` and bump
     the revision symlink. Returns whether anything changed; raises :class:`PiccoloError` when the
     ebuild has no RDEPEND assignment or the revision symlinks are not as Flatcar keeps them."""
-    if not _KEY.fullmatch(atom):
+    if not KEY_RE.fullmatch(atom):
         raise PiccoloError(f"{atom!r}: expected a package as category/name")
     ebuild = ebuild_dir / EBUILD
     text = read_text(ebuild)

@@ -18,8 +18,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from piccolo_build.config import Board, BuildConfig
-from piccolo_build.lock import Lock, LockedPackage, atom_key, load_lock
-from piccolo_build.overlay import OVERLAY, PYTHON_COMPAT, OverlayFile
+from piccolo_build.gentoo import OVERLAY, PYTHON_COMPAT, OverlayFile, atom_key
+from piccolo_build.lock import Lock, LockedPackage, load_lock
 from piccolo_build.render import render_template
 
 CATEGORY = "dev-python"
@@ -34,6 +34,7 @@ class Tweak:
     ext: bool = False  # builds a C extension (DISTUTILS_EXT=1)
     depend: tuple[str, ...] = ()  # libraries it links against: DEPEND and RDEPEND
     bdepend: tuple[str, ...] = ()  # build tools outside Python
+    python_bdepend: tuple[str, ...] = ()  # Python packages the build runs that its metadata omits
     compile_env: tuple[tuple[str, str], ...] = ()
 
 
@@ -43,10 +44,11 @@ TWEAKS = {
         compile_env=(("PYYAML_FORCE_LIBYAML", "0"),),
     ),
     "tpm2-pytss": Tweak(
-        note="cffi bindings to the image's TPM stack (libtss2-esys of app-crypt/tpm2-tss).",
+        note="cffi bindings to libtss2-esys (app-crypt/tpm2-tss); cffi runs on the build host too.",
         ext=True,
-        depend=("app-crypt/tpm2-tss",),
+        depend=("app-crypt/tpm2-tss:=",),
         bdepend=("virtual/pkgconfig",),
+        python_bdepend=("dev-python/cffi",),
     ),
 }
 # Build requirements that derive the version from version control; an sdist has none, so tell them.
@@ -103,7 +105,7 @@ def package_files(cfg: BuildConfig, pkg: LockedPackage) -> list[OverlayFile]:
         OverlayFile(
             base / f"{pkg.name}-{pkg.gentoo_version}.ebuild", render_template("dev-python/ebuild.j2", ctx)
         ),
-        OverlayFile(base / "Manifest", (pkg.manifest_line() + "\n").encode()),
+        OverlayFile(base / "Manifest", (pkg.dist_line() + "\n").encode()),
         OverlayFile(base / "metadata.xml", render_template("dev-python/metadata.xml.j2", ctx)),
     ]
 

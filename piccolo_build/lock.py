@@ -35,6 +35,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from piccolo_build import gentoo
 from piccolo_build.atomic import atomic_write
 from piccolo_build.errors import PiccoloError
 from piccolod.model import ModelError, build, load_file, meta, to_plain
@@ -47,7 +48,6 @@ SHIPPED_LOCK = PACKAGE_DIR / "data" / LOCK_NAME
 FILES_HOST = "https://files.pythonhosted.org/packages/"
 
 _HEX = re.compile(r"[0-9a-f]+")
-_PEP440_FINAL = re.compile(r"(\d+(?:\.\d+)*)(?:(a|b|rc)(\d+))?(?:\.post(\d+))?")
 _NAME = re.compile(r"[a-z0-9]+(-[a-z0-9]+)*")
 _ATOM = re.compile(r"(?:[<>]=?|~|=)?[a-z0-9+_-]+/[A-Za-z0-9+_-]+")
 
@@ -113,10 +113,11 @@ class LockedPackage:
 
     @property
     def gentoo_version(self) -> str:
-        return gentoo_version(self.version)
+        return gentoo.gentoo_version(self.version)
 
-    def manifest_line(self) -> str:
-        return f"DIST {self.filename} {self.size} BLAKE2B {self.blake2b} SHA512 {self.sha512}"
+    def dist_line(self) -> str:
+        """The package's Manifest line, from the lock's digests of the real sdist."""
+        return gentoo.dist_line(self.filename, self.size, self.blake2b, self.sha512)
 
 
 @dataclass(frozen=True)
@@ -131,27 +132,6 @@ class Lock:
             if pkg.name == name:
                 return pkg
         raise KeyError(name)
-
-
-# --- names and versions ------------------------------------------------------------------------
-
-
-def normalise(name: str) -> str:
-    """PEP 503 normalised name, which is also the Gentoo package name."""
-    return re.sub(r"[-_.]+", "-", name).lower()
-
-
-def gentoo_version(version: str) -> str:
-    """PEP 440 final/pre/post release -> Gentoo version (the inverse of the pypi eclass's translation)."""
-    m = _PEP440_FINAL.fullmatch(version)
-    if m is None:
-        raise PiccoloError(f"version {version!r} has no Gentoo equivalent")
-    out = m.group(1)
-    if m.group(2):
-        out += {"a": "_alpha", "b": "_beta", "rc": "_rc"}[m.group(2)] + m.group(3)
-    if m.group(4):
-        out += f"_p{m.group(4)}"
-    return out
 
 
 # --- reading and writing the lock --------------------------------------------------------------
@@ -332,15 +312,3 @@ def download(url: str, timeout: float = 60) -> bytes:
     except (urllib.error.URLError, TimeoutError, OSError) as exc:
         hint = "is the local index running?" if local else "is PyPI reachable?"
         raise PiccoloError(f"cannot fetch {url}: {exc}", hint=hint) from None
-
-
-def atom_name(atom_: str) -> str:
-    """``>=dev-python/requests-2.26.0`` -> ``requests``."""
-    pn = re.sub(r"^[<>=~]+", "", atom_).split("/", 1)[1]
-    return re.sub(r"-\d[^-]*(-r\d+)?$", "", pn) if re.match(r"^[<>=~]", atom_) else pn
-
-
-def atom_key(atom_: str) -> str:
-    """``>=dev-python/requests-2.26.0`` -> ``dev-python/requests``."""
-    category = re.sub(r"^[<>=~]+", "", atom_).split("/", 1)[0]
-    return f"{category}/{atom_name(atom_)}"

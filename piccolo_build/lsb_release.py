@@ -1,10 +1,13 @@
 """The second edit we make to Flatcar's checkout: our update server in ``build_library/set_lsb_release``.
 
-``build_image`` runs flatcar/scripts' ``build_library/set_lsb_release`` after every package is in the
-image's root file system. That script *overwrites* ``/usr/share/flatcar/update.conf`` from a heredoc
-whose ``SERVER=`` line names Flatcar's public update server (``GROUP=`` comes from ``--group``). A
-package cannot ship that file, so :func:`set_update_server` rewrites the heredoc's ``SERVER=`` line
-to our ``update.server``::
+``build_image`` runs flatcar/scripts' ``build_library/set_lsb_release`` in ``start_image``
+(``build_library/build_image_util.sh``), right after ``sys-apps/baselayout`` is installed into the image
+root and before the image's packages are. That script writes ``/usr/share/flatcar/update.conf`` from a
+heredoc whose ``SERVER=`` line names Flatcar's public update server (``GROUP=`` comes from ``--group``,
+and image_to_vm.sh reads the group back from that file). The file belongs to no package: it is the build
+script's. Rather than ship a second copy from a package (which would also pin the group), we keep the
+script's file and :func:`set_update_server` rewrites the heredoc's ``SERVER=`` line to our
+``update.server``::
 
     ... "${ROOT_FS_DIR}/usr/share/flatcar/update.conf" <<EOF
     SERVER=https://updates.piccolo.space/v1/update/

@@ -11,8 +11,10 @@ Two packages, whose installed files are one table (:mod:`piccolo_build.layout`; 
   ``/usr/share/flatcar/update.conf``: build_image's ``set_lsb_release`` overwrites it, so the build
   edits that script instead (:mod:`piccolo_build.lsb_release`).
 
-Plus ``licenses/<LICENSE>`` when the licence is not free. The package's ``Manifest`` is not part of the
-plan: its digest changes with every agent source edit (``check`` makes one for its scan).
+Plus ``licenses/<LICENSE>`` when the licence is not free. The agent package's ``Manifest`` is part of the
+plan: the agent sdist is reproducible (:mod:`piccolo_build.bundle`), so its ``DIST`` line is known at
+render time and the committed overlay scans clean (coreos-overlay has ``use-manifests = strict``). It
+changes with every edit of the agent's sources: render again after one.
 """
 
 from __future__ import annotations
@@ -25,12 +27,17 @@ from typing import Any
 import yaml
 
 from piccolo_build import layout
+from piccolo_build.bundle import agent_manifest_line
 from piccolo_build.config import Board, BuildConfig
+from piccolo_build.deps import dependency_files
+from piccolo_build.gentoo import OVERLAY, PYTHON_COMPAT, OverlayFile, normalise
+from piccolo_build.lock import load_lock
 from piccolo_build.quoting import unit_path
 from piccolo_build.render import render_template, template_bytes
 from piccolod.model import to_plain
 
-OVERLAY = PurePosixPath("coreos-overlay")
+__all__ = ["OVERLAY", "OverlayFile", "overlay_files"]
+
 BASE_CATEGORY = "coreos-base"
 BASE_NAME = "piccolo-base"
 UNIT = layout.AGENT_UNIT
@@ -48,28 +55,13 @@ GUARD_TIMEOUT_MARGIN_SECONDS = 30
 # gate that keeps failing or timing out ends in "failed" instead of looping.
 START_LIMIT_BURST = 3
 
-# PYTHON_COMPAT of every ebuild we render (the agent's and its dev-python dependencies'). Each entry must
-# be an implementation the SDK's python-utils-r1 eclass knows: an unknown one dies ("Invalid
-# implementation in PYTHON_COMPAT"), a retired one is ignored (fatal from EAPI 9). flatcar/scripts 2026-08:
-# lts-4081 knows python3_{10..13}, stable-4593 python3_{11..14}, beta-4757 python3_{11..15}, alpha-4790
-# and main python3_{12..15} (3.11 retired); every one builds python3_12 only (PYTHON_TARGETS in the
-# coreos profile). 3.12-3.13 is the range all of them accept, and it holds the interpreter they build.
-PYTHON_COMPAT = "python3_{12..13}"
 
-# Python packages the agent imports on the device (pyproject's ``agent`` extra), as Gentoo atoms.
-PYTHON_DEPENDENCIES = (
-    "dev-python/docker",
-    "dev-python/prometheus-client",
-    "dev-python/pyyaml",
-    "dev-python/tpm2-pytss",
-)
+def python_dependencies(agent_requirements: tuple[str, ...]) -> tuple[str, ...]:
+    """The Python packages the agent imports on the device (pyproject's ``agent`` extra, as recorded in
+    the lock) as Gentoo atoms."""
+    from packaging.requirements import Requirement
 
-
-@dataclass(frozen=True)
-class OverlayFile:
-    path: PurePosixPath
-    content: bytes
-    mode: int = 0o644
+    return tuple(f"dev-python/{normalise(Requirement(r).name)}" for r in agent_requirements)
 
 
 @dataclass(frozen=True)
@@ -138,7 +130,7 @@ def context(cfg: BuildConfig) -> dict[str, Any]:
         "runtime_dir": layout.RUNTIME_DIR.name,
         "agent_install": layout.install_lines(layout.Package.AGENT),
         "base_install": layout.install_lines(layout.Package.BASE),
-        "python_deps": PYTHON_DEPENDENCIES,
+        "python_deps": python_dependencies(load_lock().agent),
         "python_compat": PYTHON_COMPAT,
         "boards": [Board(b) for b in cfg.boards],
     }
@@ -178,12 +170,12 @@ def overlay_files(cfg: BuildConfig) -> list[OverlayFile]:
         if entry.source is not None:
             where = package_dir(cfg, entry.package) / "files" / entry.source
             files.append(OverlayFile(where, layout_content(cfg, entry, ctx)))
+    # The agent's sdist is reproducible: its Manifest line is known now (docs/flatcar.md).
+    files.append(OverlayFile(pkg / "Manifest", (agent_manifest_line(cfg) + "\n").encode()))
     if not cfg.package.license_is_free:
         files.append(
             OverlayFile(PurePosixPath("licenses") / cfg.package.license, render_template("license.j2", ctx))
         )
     # dev-python/* ebuilds for the agent's dependencies portage-stable lacks, from piccolo.lock.json.
-    from piccolo_build.deps import dependency_files
-
     files += dependency_files(cfg)
     return sorted(files, key=lambda f: f.path)

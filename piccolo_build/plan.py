@@ -6,21 +6,33 @@ kinds name their inputs and outputs, so ``plan`` shows the whole build. The exec
 (:mod:`piccolo_build.sdk`) runs exactly this list.
 
 The SDK commands follow flatcar/scripts (docs/flatcar.md; flag spellings from the usage texts of
-``run_sdk_container``, ``build_image`` and ``image_to_vm.sh``):
+``run_sdk_container``, ``build_packages``, ``build_image`` and ``image_to_vm.sh``). What differs from
+release to release is read from the checkout (:class:`~piccolo_build.tree.TreeFacts`): without a
+checkout the plan says what it will read, and the build plans again right after the checkout.
 
 - ``./run_sdk_container [-C IMAGE] [-V SDK_VERSION] -a all -- CMD`` runs CMD in the SDK container.
   Without ``flatcar.sdk_version`` there is no ``-V``: the script takes ``FLATCAR_SDK_VERSION`` from the
   checked-out tag's ``version.txt``, and so does the ``sdk-image`` check after the checkout.
   No ``-n``: the script then names the container after the SDK and OS versions of the checkout, so a
   new Flatcar tag never reuses a container set up for an older one, while the steps of one build share
-  it (the board roots built by ``build_packages`` live inside it). No ``-t``: output is piped into the
-  build log, and ``docker exec -t`` refuses to run without a terminal.
-- ``emerge-<board>`` builds the agent, the base-image package and ``coreos-base/coreos``;
-- ``./build_packages --board=<board>``;
-- ``./build_image --board=<board> --group=<update group> --base_sysexts=<list> --replace prod``
-  (``--replace`` so that a resumed build may overwrite the image directory of a failed attempt);
-- ``./image_to_vm.sh --from=<images dir in the container> --board=<board> --format=qemu_uefi``: a
-  disk image with A/B USR slots and update_engine (the ISO has ``/usr/.noupdate``, section 5).
+  it (the board roots and binary packages live inside it). No ``-t``: output is piped into the build
+  log, and ``docker exec -t`` refuses to run without a terminal.
+- ``./build_packages --board=<board>`` first: its defaults are ``--usepkg --getbinpkg``, so every package
+  Flatcar publishes is fetched as a binary; only what our overlay changes (``coreos-base/coreos`` with
+  its new revision, ``coreos-base/piccolo-base``) is built.
+- ``emerge-<board> --usepkg --getbinpkg --with-bdeps=y --buildpkg <sysext packages>`` next: build_image's
+  sysext builder installs the sysext's packages with ``--usepkgonly``, so a binary package of each (and
+  of every dependency) must exist; Flatcar's binhost has the interpreter, our packages are built here
+  once. After build_packages, whose closing ``eclean-<board> -d`` would delete binary packages of
+  anything not installed in the board root.
+- ``./build_image --board=<board> --group=<update group> --base_sysexts=<list> --replace [flags] prod
+  [oem_sysext]`` (``--replace`` so that a resumed build may overwrite the image directory of a failed
+  attempt; ``oem_sysext`` and ``--oem_sysexts=<name>`` when image_to_vm.sh wants the qemu OEM sysext
+  prebuilt; ``--generate_update`` where build_image does not make the update payload by default);
+- ``./image_to_vm.sh --from=<images dir in the container> --board=<board> --format=qemu_uefi
+  --image_compression_formats=none``: a disk image with A/B USR slots and update_engine (the ISO has
+  ``/usr/.noupdate``), left uncompressed for ``collect`` (release_util.sh deletes the originals after
+  compressing them otherwise).
 """
 
 from __future__ import annotations
@@ -32,11 +44,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from piccolo_build import releases
 from piccolo_build.config import BuildConfig
 from piccolo_build.context import DEFAULT_SDK_IMAGE, BuildContext
+from piccolo_build.tree import READS, TreeFacts
 
 _UNSAFE_IN_SDK = re.compile(r'["$`\\\n]')
-_STABLE_TAG = re.compile(r"stable-(\d+)\.(\d+)\.(\d+)")
 
 
 class Action(enum.StrEnum):
@@ -48,6 +61,7 @@ class Action(enum.StrEnum):
     CHECKOUT = "checkout"
     SDK_IMAGE = "sdk-image"
     OVERLAY = "overlay"
+    TREE_CHECK = "tree-check"
     BUNDLE = "bundle"
     DISTFILES = "distfiles"
     RDEPEND = "rdepend"
@@ -92,22 +106,20 @@ class Step:
 class Facts:
     """What the plan needs from the overlay and bundle modules (computed by the caller)."""
 
-    base_sysexts: str
+    sysext_name: str  # our entry in --base_sysexts
+    sysext_packages: tuple[str, ...]  # what goes into it, in install order
     rdepend_atom: str
     agent_atom: str
     distfiles: tuple[str, ...] = ()  # the locked dependency sdists (file names), in lock order
     lock_file: str = "piccolo.lock.json"
 
 
-def stable_version(tag: str) -> tuple[int, int, int] | None:
-    m = _STABLE_TAG.fullmatch(tag)
-    return (int(m[1]), int(m[2]), int(m[3])) if m else None
-
-
-def newest_stable(tags: Iterable[str]) -> str | None:
-    """The newest ``stable-NNNN.N.N`` tag by version (not string) order; None when there is none."""
-    versions = [(v, t) for t in tags if (v := stable_version(t)) is not None]
-    return max(versions)[1] if versions else None
+def base_sysexts(facts: Facts, tree: TreeFacts | None) -> str:
+    """``build_image --base_sysexts``: Flatcar's own list plus our entry, in the tree's syntax."""
+    packages = "&".join(facts.sysext_packages)
+    if tree is None:
+        return f"<build_image's default list>,{facts.sysext_name}<separator>{packages}"
+    return ",".join((*tree.default_base_sysexts, f"{facts.sysext_name}{tree.sysext_separator}{packages}"))
 
 
 def sdk_version_label(cfg: BuildConfig) -> str:
@@ -142,8 +154,8 @@ def sdk_command(cfg: BuildConfig, ctx: BuildContext, *command: str) -> tuple[str
 
 
 def _git_steps(cfg: BuildConfig, ctx: BuildContext) -> list[Step]:
-    floating = cfg.flatcar.release == "stable"
-    target = "the newest stable-* tag" if floating else cfg.flatcar.release
+    floating = releases.is_channel(cfg.flatcar.release)
+    target = f"the newest {cfg.flatcar.release}-* tag" if floating else cfg.flatcar.release
     return [
         Step(
             "clone",
@@ -159,7 +171,7 @@ def _git_steps(cfg: BuildConfig, ctx: BuildContext) -> list[Step]:
             f"check out {target} (when HEAD is elsewhere: git checkout --force --detach, then git clean of "
             "coreos-overlay, dropping the edits of an earlier build)",
             Action.CHECKOUT,
-            argv=("git", "checkout", "--force", "--detach", "<newest stable-* tag>" if floating else target),
+            argv=("git", "checkout", "--force", "--detach", f"<{target}>" if floating else target),
             cwd=ctx.scripts_dir,
             inputs=(cfg.flatcar.release,),
             always=True,
@@ -201,9 +213,18 @@ def _prepare_steps(cfg: BuildConfig, ctx: BuildContext, facts: Facts) -> list[St
             always=True,
         ),
         Step(
+            "tree-check",
+            "pkgcheck our packages inside a copy of the checkout's coreos-overlay, portage-stable as master, "
+            f"under {', '.join(f'coreos/{b.arch}/generic' for b in cfg.boards)} with stable keywords: "
+            "every dependency must resolve at this tag (piccolo-build check --tree); done again when the "
+            "tag or the rendered overlay changes",
+            Action.TREE_CHECK,
+            inputs=(str(ctx.coreos_overlay),),
+        ),
+        Step(
             "bundle",
-            "build the agent's sdist, put it into the SDK's DISTDIR and write the Manifest of "
-            + facts.agent_atom,
+            "build the agent's sdist, put it into the SDK's DISTDIR and check that the rendered Manifest of "
+            f"{facts.agent_atom} names it",
             Action.BUNDLE,
             outputs=(str(ctx.dist_dir), str(ctx.distfiles_dir)),
             always=True,
@@ -220,7 +241,7 @@ def _prepare_steps(cfg: BuildConfig, ctx: BuildContext, facts: Facts) -> list[St
         Step(
             "update-server",
             f"make build_image's set_lsb_release write SERVER={cfg.update.server} into "
-            "/usr/share/flatcar/update.conf (it overwrites that file with Flatcar's public server)",
+            "/usr/share/flatcar/update.conf (it writes that file with Flatcar's public server)",
             Action.UPDATE_SERVER,
             inputs=(cfg.update.server,),
             outputs=(str(ctx.lsb_release_script),),
@@ -243,38 +264,67 @@ def _distfiles_step(ctx: BuildContext, facts: Facts) -> Step:
     )
 
 
-def _board_steps(cfg: BuildConfig, ctx: BuildContext, facts: Facts, board: str) -> list[Step]:
+def _image_flags(tree: TreeFacts | None) -> tuple[tuple[str, ...], str]:
+    """build_image's flags and image types after --replace, and what the tree made us choose."""
+    if tree is None:
+        return ("<oem_sysext flags and image types read from the checkout>",), (
+            "plus the qemu OEM sysext when the checkout's image_to_vm.sh wants it prebuilt"
+        )
+    flags: list[str] = []
+    notes = []
+    if not tree.generate_update_default:
+        flags.append("--generate_update")
+        notes.append("--generate_update: this build_image does not make the update payload by default")
+    types = ["prod"]
+    if tree.prebuilt_oem_sysext and tree.qemu_uefi_oem_sysext:
+        flags.append(f"--oem_sysexts={tree.qemu_uefi_oem_sysext}")
+        types.append("oem_sysext")
+        notes.append(f"the OEM sysext {tree.qemu_uefi_oem_sysext} too: image_to_vm.sh installs it prebuilt")
+    return (*flags, *types), "; ".join(notes)
+
+
+def _board_steps(
+    cfg: BuildConfig, ctx: BuildContext, facts: Facts, board: str, tree: TreeFacts | None
+) -> list[Step]:
     sdk = ctx.scripts_dir
     images = ctx.images_dir(board)
+    image_args, image_note = _image_flags(tree)
+    compression = ("--image_compression_formats=none",) if tree is None or tree.compression_flags else ()
     return [
         Step(
-            f"sdk-emerge-{board}",
-            f"build the agent, the base-image package and coreos-base/coreos for {board}",
+            f"build-packages-{board}",
+            f"build the board's binary packages for {board}: Flatcar's own are fetched (build_packages "
+            f"defaults to --usepkg --getbinpkg), only coreos-base/coreos and {facts.rdepend_atom} are built",
             Action.COMMAND,
-            argv=sdk_command(
-                cfg,
-                ctx,
-                f"emerge-{board}",
-                "--verbose",
-                facts.agent_atom,
-                facts.rdepend_atom,
-                "coreos-base/coreos",
-            ),
+            argv=sdk_command(cfg, ctx, "./build_packages", f"--board={board}"),
             cwd=sdk,
             inputs=(str(ctx.coreos_overlay), str(ctx.distfiles_dir)),
             board=board,
         ),
         Step(
-            f"build-packages-{board}",
-            f"build all binary packages of the image for {board}",
+            f"sysext-packages-{board}",
+            f"binary packages of everything in the {facts.sysext_name} sysext for {board} (build_image's "
+            "sysext builder installs them with --usepkgonly): fetched where Flatcar publishes them, "
+            "built from our overlay otherwise",
             Action.COMMAND,
-            argv=sdk_command(cfg, ctx, "./build_packages", f"--board={board}"),
+            argv=sdk_command(
+                cfg,
+                ctx,
+                f"emerge-{board}",
+                "--usepkg",
+                "--getbinpkg",
+                "--with-bdeps=y",
+                "--buildpkg",
+                "--verbose",
+                *facts.sysext_packages,
+            ),
             cwd=sdk,
             board=board,
         ),
         Step(
             f"build-image-{board}",
-            f"build the production image and its update payload for {board}",
+            f"build the production image and its update payload for {board}, with the "
+            f"{facts.sysext_name} sysext in --base_sysexts" + (f" ({image_note})" if image_note else ""),
             Action.COMMAND,
             argv=sdk_command(
                 cfg,
@@ -282,9 +332,9 @@ def _board_steps(cfg: BuildConfig, ctx: BuildContext, facts: Facts, board: str) 
                 "./build_image",
                 f"--board={board}",
                 f"--group={cfg.update.group}",
-                f"--base_sysexts={facts.base_sysexts}",
+                f"--base_sysexts={base_sysexts(facts, tree)}",
                 "--replace",
-                "prod",
+                *image_args,
             ),
             cwd=sdk,
             outputs=(str(images),),
@@ -292,7 +342,8 @@ def _board_steps(cfg: BuildConfig, ctx: BuildContext, facts: Facts, board: str) 
         ),
         Step(
             f"image-to-vm-{board}",
-            f"convert the image into a qemu_uefi disk image (A/B USR slots, update_engine) for {board}",
+            f"convert the image into a qemu_uefi disk image (A/B USR slots, update_engine) for {board}, "
+            "uncompressed (collect copies the .img and firmware files)",
             Action.COMMAND,
             argv=sdk_command(
                 cfg,
@@ -301,6 +352,7 @@ def _board_steps(cfg: BuildConfig, ctx: BuildContext, facts: Facts, board: str) 
                 f"--from={ctx.container_images_dir(board)}",
                 f"--board={board}",
                 "--format=qemu_uefi",
+                *compression,
             ),
             cwd=sdk,
             inputs=(str(images),),
@@ -348,8 +400,8 @@ def _release_steps(cfg: BuildConfig, ctx: BuildContext) -> list[Step]:
     return steps
 
 
-def plan(cfg: BuildConfig, ctx: BuildContext, facts: Facts) -> list[Step]:
-    """Every step of a full build, in order."""
+def plan(cfg: BuildConfig, ctx: BuildContext, facts: Facts, tree: TreeFacts | None = None) -> list[Step]:
+    """Every step of a full build, in order; ``tree``: the facts of the checkout (None before it)."""
     image = f" and the SDK image {ctx.sdk_image(cfg.flatcar.sdk_version)}" if cfg.flatcar.sdk_version else ""
     preflight = Step(
         "preflight",
@@ -362,9 +414,16 @@ def plan(cfg: BuildConfig, ctx: BuildContext, facts: Facts) -> list[Step]:
     )
     steps = [preflight, *_git_steps(cfg, ctx), *_prepare_steps(cfg, ctx, facts)]
     for board in cfg.boards:
-        steps += _board_steps(cfg, ctx, facts, str(board))
+        steps += _board_steps(cfg, ctx, facts, str(board), tree)
     return steps + _release_steps(cfg, ctx)
 
 
 def names(steps: Iterable[Step]) -> list[str]:
     return [s.name for s in steps]
+
+
+def tree_summary(tree: TreeFacts | None) -> dict[str, Any]:
+    """What ``plan`` shows about the checkout: its facts, or what it will read once there is one."""
+    if tree is None:
+        return {"read_after_checkout": list(READS)}
+    return {"facts": tree.to_json()}

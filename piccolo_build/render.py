@@ -32,7 +32,7 @@ from piccolo_build.atomic import replace_dir
 if TYPE_CHECKING:
     import jinja2
 
-    from piccolo_build.overlay import OverlayFile
+    from piccolo_build.gentoo import OverlayFile
 
 DIR_MODE = 0o755
 FILE_MODE = 0o644

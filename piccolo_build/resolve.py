@@ -32,16 +32,14 @@ from typing import Any
 
 from piccolo_build.atomic import atomic_write
 from piccolo_build.errors import PiccoloError
+from piccolo_build.gentoo import atom_name, gentoo_version, normalise
 from piccolo_build.lock import (
     FILES_HOST,
     Lock,
     LockedPackage,
-    atom_name,
     check_fetch_url,
     digests,
     download,
-    gentoo_version,
-    normalise,
 )
 
 log = logging.getLogger(__name__)
@@ -177,7 +175,10 @@ def atom(requirement: Any) -> str:
             best = (op, spec.version)
     if best is None:
         return pn
-    return f"{best[0]}{pn}-{gentoo_version(best[1])}"
+    try:
+        return f"{best[0]}{pn}-{gentoo_version(best[1])}"
+    except ValueError as exc:
+        raise PiccoloError(f"{requirement}: {exc}") from None
 
 
 def _vkey(version: str) -> Any:
@@ -322,16 +323,40 @@ def read_sdist(data: bytes, filename: str) -> SdistMetadata:
 
         pkg_info = read("PKG-INFO")
         pyproject = read("pyproject.toml")
+        # Older sdists (tpm2-pytss 2.3.0) leave Requires-Dist out of PKG-INFO; setuptools' egg-info
+        # in the sdist still lists the requirements.
+        egg = next((n for n in members if n.endswith(".egg-info/requires.txt") and n.count("/") <= 3), None)
+        egg_requires = read(egg.split("/", 1)[1]) if egg else None
     if pkg_info is None:
         raise PiccoloError(f"{filename}: no PKG-INFO in the source distribution")
     headers = HeaderParser().parsestr(pkg_info)
     system = tomllib.loads(pyproject).get("build-system", {}) if pyproject else {}
+    requires = tuple(headers.get_all("Requires-Dist") or ()) or egg_info_requirements(egg_requires or "")
     return SdistMetadata(
         headers,
-        tuple(headers.get_all("Requires-Dist") or ()),
+        requires,
         tuple(system.get("requires", ("setuptools",))),
         system.get("build-backend"),
     )
+
+
+def egg_info_requirements(text: str) -> tuple[str, ...]:
+    """``*.egg-info/requires.txt`` as requirement strings: the lines before the first section, and
+    ``[:marker]`` sections as markers; ``[extra]`` sections are left out (no extras on the device)."""
+    out: list[str] = []
+    marker: str | None = ""
+    for raw in text.splitlines():
+        line = raw.strip()
+        if not line:
+            continue
+        if line.startswith("["):
+            section = line.strip("[]")
+            marker = section[1:] if section.startswith(":") else None
+        elif marker == "":
+            out.append(line)
+        elif marker is not None:
+            out.append(f"{line}; {marker}")
+    return tuple(out)
 
 
 def _license(name: str, headers: Mapping[str, Any]) -> str:

@@ -67,6 +67,14 @@ def which(program: str, env: Mapping[str, str] | None = None) -> str | None:
     return shutil.which(program, path=(env or base_env()).get("PATH"))
 
 
+def tool(program: str) -> str:
+    """A Python tool of this installation (pkgcheck): on PATH, else beside the running interpreter
+    (a virtual environment that is not activated)."""
+    import sys
+
+    return which(program) or str(Path(sys.executable).parent / program)
+
+
 def _resolve(args: tuple[str, ...], env: Mapping[str, str], cwd: Path | None = None) -> str:
     """The program to execute; a relative path such as ``./run_sdk_container`` is relative to ``cwd``."""
     exe = which(args[0], env) if "/" not in args[0] else args[0]

@@ -7,34 +7,24 @@ the functions and variables our ebuilds use, so the scan judges our ebuilds and 
 Python dependencies that the overlay does not carry get one-line stand-in packages so dependency
 checks resolve.
 
-The ``Manifest`` of the agent package is not rendered (its digest changes with every agent edit); the
-scan gets one from ``piccolo_build.bundle.agent_manifest_line(cfg)`` when the bundle module provides
-it, else a ``DIST`` line for an empty placeholder distfile (:func:`placeholder_dist_line`). Files the
-dependency ebuilds need come from ``piccolo_build.deps.scan_extras(ours)`` when present.
+Every package brings its own ``Manifest`` (the agent's is rendered from its reproducible sdist). Files
+the dependency ebuilds need come from :func:`piccolo_build.deps.scan_extras`. This scan judges our
+ebuilds alone; :mod:`piccolo_build.treecheck` scans them inside Flatcar's real repositories.
 """
 
 from __future__ import annotations
 
-import hashlib
-import importlib
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from pathlib import Path, PurePosixPath
 
 from piccolo_build.config import FREE_LICENSES, Board, BuildConfig
-from piccolo_build.overlay import OVERLAY, PYTHON_COMPAT, PYTHON_DEPENDENCIES, OverlayFile
-
-
-def _expand_compat(compat: str) -> tuple[str, ...]:
-    """``python3_{12..13}`` -> (python3_12, python3_13), as bash brace expansion would give."""
-    prefix, _, rng = compat.partition("{")
-    if not rng:
-        return (compat,)
-    lo, _, hi = rng.rstrip("}").partition("..")
-    return tuple(f"{prefix}{n}" for n in range(int(lo), int(hi) + 1))
-
+from piccolo_build.deps import scan_extras
+from piccolo_build.gentoo import OVERLAY, OverlayFile, python_targets
+from piccolo_build.lock import load_lock
+from piccolo_build.overlay import python_dependencies
 
 # The stand-in python-r1 targets are exactly what our ebuilds declare.
-PYTHON_TARGETS = _expand_compat(PYTHON_COMPAT)
+PYTHON_TARGETS = python_targets()
 
 _ECLASSES = {
     "systemd": """\
@@ -145,37 +135,6 @@ KEYWORDS="amd64 arm64"
 """
 
 
-def placeholder_dist_line(distfile: str) -> str:
-    """A thin-Manifest ``DIST`` line for an empty file (the scan never fetches it)."""
-    empty = b""
-    blake2b, sha512 = hashlib.blake2b(empty).hexdigest(), hashlib.sha512(empty).hexdigest()
-    return f"DIST {distfile} 0 BLAKE2B {blake2b} SHA512 {sha512}"
-
-
-def manifest_line(cfg: BuildConfig) -> str:
-    """The agent's ``DIST`` line: ``piccolo_build.bundle.agent_manifest_line(cfg)`` (the real sdist)
-    when the bundle module provides it, else a placeholder line."""
-    try:
-        bundle = importlib.import_module("piccolo_build.bundle")
-    except ImportError:
-        bundle = None
-    hook: Callable[[BuildConfig], str] | None = getattr(bundle, "agent_manifest_line", None)
-    if hook is not None:
-        return hook(cfg)
-    return placeholder_dist_line(f"piccolod-{cfg.version}.tar.gz")
-
-
-def extra_files(ours: list[str]) -> dict[str, bytes]:
-    """What the dependency ebuilds need in the scan repository, from ``piccolo_build.deps.scan_extras``
-    when that module provides it (eclass and package stand-ins, licences)."""
-    try:
-        deps = importlib.import_module("piccolo_build.deps")
-    except ImportError:
-        return {}
-    hook: Callable[[list[str]], dict[str, bytes]] | None = getattr(deps, "scan_extras", None)
-    return hook(ours) if hook is not None else {}
-
-
 def _write(root: Path, rel: str | PurePosixPath, text: str | bytes) -> None:
     path = root / str(rel)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -191,16 +150,14 @@ def build_scan_repo(cfg: BuildConfig, files: Iterable[OverlayFile], root: Path) 
     for f in overlay_files:
         _write(root, f.path.relative_to(OVERLAY), f.content)
     ours = sorted({"/".join(f.path.parts[1:3]) for f in overlay_files})
-    stand_ins = [dep for dep in PYTHON_DEPENDENCIES if dep not in ours]
+    stand_ins = [dep for dep in python_dependencies(load_lock().agent) if dep not in ours]
     for dep in stand_ins:
         name = dep.split("/")[1]
         _write(root, f"{dep}/{name}-1.ebuild", _STAND_IN_EBUILD)
     dependency_ebuilds = [key for key in ours if key.startswith("dev-python/")]
-    for rel, content in sorted((extra_files(ours) if dependency_ebuilds else {}).items()):
+    for rel, content in sorted((scan_extras(ours) if dependency_ebuilds else {}).items()):
         if not (root / rel).exists():
             _write(root, rel, content)
-    agent = f"{cfg.package.category}/{cfg.package.name}"
-    _write(root, f"{agent}/Manifest", manifest_line(cfg) + "\n")
     iuse = " ".join(f"python_targets_{t}" for t in PYTHON_TARGETS)
     usedep = ",".join(f"python_targets_{t}(-)?" for t in PYTHON_TARGETS)
     for name, text in _ECLASSES.items():

@@ -14,6 +14,9 @@ Rules:
   and edits); every other step before it must have been done for its current inputs, or the build is
   refused, naming the first such step to start from instead. ``--to STEP`` stops after it. The
   checks' results (a key fingerprint, an image id) do not count as inputs of later steps.
+- Right after the checkout the plan is made again from the checkout's facts
+  (:func:`piccolo_build.tree.read_tree_facts`): the SDK steps' flags depend on the tag. The step names
+  stay the same, so ``--from`` and ``--to`` mean the same steps before and after.
 - A failing step stops the build with the step's own exit code, the last lines of its log and the
   command that resumes from it. Its full output stays in ``build/logs/<step>.log``.
 """
@@ -25,7 +28,7 @@ import hashlib
 import json
 import os
 import shlex
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
@@ -36,6 +39,7 @@ from piccolo_build.context import BuildContext
 from piccolo_build.errors import PiccoloError, StepFailed
 from piccolo_build.plan import Action, Facts, Step
 from piccolo_build.progress import Progress, elapsed
+from piccolo_build.tree import TreeFacts
 
 FAILURE_TAIL = 20
 # Steps that only check (the signing key, the SDK image): run whenever a later step may, fail with their
@@ -121,9 +125,17 @@ def select(steps: Sequence[Step], from_step: str | None, to_step: str | None) ->
 
 class Executor:
     def __init__(
-        self, cfg: BuildConfig, ctx: BuildContext, facts: Facts, steps: Sequence[Step], out: TextIO
+        self,
+        cfg: BuildConfig,
+        ctx: BuildContext,
+        facts: Facts,
+        steps: Sequence[Step],
+        out: TextIO,
+        *,
+        replan: Callable[[TreeFacts], list[Step]] | None = None,
     ) -> None:
         self.cfg, self.ctx, self.facts, self.steps, self.out = cfg, ctx, facts, list(steps), out
+        self.replan = replan
         self.state = State(ctx.state_file)
         self.results: dict[str, str | None] = {s.name: self.state.result(s.name) for s in self.steps}
 
@@ -166,7 +178,20 @@ class Executor:
             )
             cascade = cascade or (changed and step.action not in CHECKS)
             self.state.record(step.name, digest, self.results[step.name])
+            if step.action is Action.CHECKOUT:
+                self._plan_again()
         return outcomes
+
+    def _plan_again(self) -> None:
+        """The steps after the checkout, planned with the facts of the checked-out tree."""
+        from piccolo_build.tree import read_tree_facts
+
+        if self.replan is None:
+            return
+        new = self.replan(read_tree_facts(self.ctx.scripts_dir))
+        if [s.name for s in new] != [s.name for s in self.steps]:
+            raise PiccoloError("internal error: the plan's steps changed with the checkout")
+        self.steps[:] = new
 
     def _check_done_before_from(self, step: Step, digest: str, options: Options) -> None:
         """A step skipped because of ``--from`` must have been done for the current inputs; otherwise

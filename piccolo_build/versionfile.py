@@ -22,12 +22,13 @@ from pathlib import Path
 from piccolo_build.errors import PiccoloError
 
 SDK_KEY = "FLATCAR_SDK_VERSION"
+VERSION_KEY = "FLATCAR_VERSION"
 _ASSIGNMENT = re.compile(r"\s*(?:export\s+)?([A-Za-z_][A-Za-z0-9_]*)=(.*)")
 _VERSION = re.compile(r"\d+\.\d+\.\d+(?:\+[A-Za-z0-9._-]+)?")
 
 
-def read_sdk_version(path: Path) -> str:
-    """``FLATCAR_SDK_VERSION`` from ``path``; a missing file, key or malformed value is a one-line
+def read_value(path: Path, key: str) -> str:
+    """The (unquoted) value of ``key`` in ``path``; a missing file, key or malformed value is a one-line
     :class:`PiccoloError` naming the file (and line)."""
     try:
         lines = path.read_text(encoding="utf-8").splitlines()
@@ -41,18 +42,23 @@ def read_sdk_version(path: Path) -> str:
     value: tuple[int, str] | None = None
     for number, line in enumerate(lines, 1):
         m = _ASSIGNMENT.fullmatch(line)
-        if m and m[1] == SDK_KEY:
+        if m and m[1] == key:
             value = (number, m[2].strip())  # the last assignment wins, as in the shell
     if value is None:
-        raise PiccoloError(f"{path}: {SDK_KEY}: not set", hint="or set flatcar.sdk_version")
+        raise PiccoloError(f"{path}: {key}: not set", hint="or set flatcar.sdk_version")
     number, text = value
     unquoted = text[1:-1] if len(text) >= 2 and text[0] == text[-1] and text[0] in "\"'" else text
     if not _VERSION.fullmatch(unquoted):
         raise PiccoloError(
-            f"{path}:{number}: {SDK_KEY}: {text!r} is not an SDK version (NNNN.N.N[+BUILD_ID])",
+            f"{path}:{number}: {key}: {text!r} is not a version (NNNN.N.N[+BUILD_ID])",
             hint="or set flatcar.sdk_version",
         )
     return unquoted
+
+
+def read_sdk_version(path: Path) -> str:
+    """``FLATCAR_SDK_VERSION`` from ``path`` (see :func:`read_value`)."""
+    return read_value(path, SDK_KEY)
 
 
 def sdk_version_or_none(path: Path) -> str | None:

@@ -10,6 +10,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_CONFIG = ROOT / "piccolo.yaml"
 GOLDEN = ROOT / "tests" / "golden"
+# What goes into the piccolod sysext for the committed lock, in install order (build_image --base_sysexts).
+SYSEXT_PACKAGES = (
+    "dev-lang/python&dev-python/asn1crypto&dev-python/pyyaml&dev-python/tpm2-pytss&app-admin/piccolod"
+)
 
 
 def cli(

@@ -13,7 +13,8 @@ pytest_plugins = [
     "tests.fixtures.gptdisk",  # GPT disk images made with sgdisk
     "tests.fixtures.nspawn",  # real systemd as PID 1 in systemd-nspawn
     "tests.fixtures.bootrig",  # Flatcar's boot order: staged base image files and a real sysext
-    "tests.fixtures.fakesdk",  # fake flatcar/scripts checkout with recording SDK scripts
+    "tests.fixtures.flatcar",  # the real flatcar/scripts trees, cloned once per session
+    "tests.fixtures.fakesdk",  # a checkout of a real tree with recording stand-ins for the SDK
 ]
 
 

@@ -1,6 +1,7 @@
-"""``piccolo-build build`` against a fake flatcar/scripts (real git, real gpg, real tar; SDK faked).
+"""``piccolo-build build`` on the real flatcar/scripts trees with stand-ins for the SDK container (real
+git, real gpg, real tar, the tags' own set_lsb_release and coreos-0.0.1.ebuild).
 
-The fake's scripts record their argv (tests/fixtures/fakesdk.py), so these tests assert the exact SDK
+The stand-ins record their argv (tests/fixtures/fakesdk.py), so these tests assert the exact SDK
 commands and their order, where the overlay and the sdist land, the RDEPEND edit, skipping, --from
 resumption, the failure path and the signed, verified release. The locked dependency sdists come
 from the tests' download cache (seeded into each build's ``build/distfiles``; nothing is downloaded).
@@ -17,6 +18,7 @@ import json
 import os
 import re
 import shlex
+import shutil
 import signal
 import subprocess
 import sys
@@ -35,8 +37,9 @@ from piccolo_build.context import BuildContext
 from piccolo_build.lock import FILES_HOST, load_lock
 from piccolo_build.plan import plan
 from piccolo_build.sdk import Executor, Options
-from tests.builder_helpers import DEFAULT_CONFIG, cli
-from tests.fixtures.fakesdk import NEWEST_STABLE, FakeSdk, GpgKey, seed_distfiles
+from tests.builder_helpers import DEFAULT_CONFIG, SYSEXT_PACKAGES, cli
+from tests.fixtures.fakesdk import VERSION_FILE, FakeSdk, GpgKey, seed_distfiles
+from tests.fixtures.flatcar import FLATCAR_SYSEXTS, NEWEST_STABLE
 
 OVERLAY = Path("sdk_container/src/third_party/coreos-overlay")
 DISTDIR = Path("sdk_container/.cache/distfiles")
@@ -77,11 +80,13 @@ class Project:
 
 
 @pytest.fixture
-def project(tmp_path: Path, fakesdk: FakeSdk, gpg_key: GpgKey, locked_distfiles: Path) -> Project:
+def project(tmp_path: Path, fakesdk: FakeSdk, gpg_key: GpgKey, locked_distfiles: Path) -> Iterator[Project]:
     root = tmp_path / "project"
     root.mkdir()
     seed_distfiles(locked_distfiles, root / "build")
-    return Project(root, fakesdk, gpg_key)
+    project = Project(root, fakesdk, gpg_key)
+    yield project
+    shutil.rmtree(project.scripts, ignore_errors=True)  # a checkout of a real tree: about 100 MB
 
 
 def _cfg(**overrides: str) -> BuildConfig:
@@ -97,32 +102,38 @@ def _git(repo: Path, *args: str) -> str:
     return subprocess.run(["git", *args], cwd=repo, capture_output=True, text=True, check=True).stdout.strip()
 
 
-def expected_calls(board: str = "amd64-usr", group: str = "stable") -> list[list[str]]:
-    base = facts(_cfg()).base_sysexts
-    emerge = [
-        f"emerge-{board}",
-        "--verbose",
-        "app-admin/piccolod",
-        "coreos-base/piccolo-base",
-        "coreos-base/coreos",
-    ]
+# The tags' own --base_sysexts list plus ours (stable-4593 and beta-4757 both split entries at '|').
+BASE_SYSEXTS = f"{FLATCAR_SYSEXTS},piccolod|{SYSEXT_PACKAGES}"
+# build_image's image arguments: beta-4757 on, image_to_vm.sh wants the qemu OEM sysext prebuilt.
+IMAGE_TYPES = {
+    NEWEST_STABLE: ["prod"],
+    "beta-4757.1.0": ["--oem_sysexts=qemu", "prod", "oem_sysext"],
+}
+
+
+def expected_calls(
+    board: str = "amd64-usr", group: str = "stable", tag: str = NEWEST_STABLE
+) -> list[list[str]]:
     packages = ["./build_packages", f"--board={board}"]
+    emerge = [f"emerge-{board}", "--usepkg", "--getbinpkg", "--with-bdeps=y", "--buildpkg", "--verbose"]
+    emerge += SYSEXT_PACKAGES.split("&")
     image = [
         "./build_image",
         f"--board={board}",
         f"--group={group}",
-        f"--base_sysexts={base}",
+        f"--base_sysexts={BASE_SYSEXTS}",
         "--replace",
-        "prod",
+        *IMAGE_TYPES[tag],
     ]
     vm = [
         "./image_to_vm.sh",
         f"--from=/mnt/host/source/src/build/images/{board}/latest",
         f"--board={board}",
         "--format=qemu_uefi",
+        "--image_compression_formats=none",
     ]
     out = []
-    for cmd in (emerge, packages, image, vm):
+    for cmd in (packages, emerge, image, vm):
         out.append([*SDK, *cmd])
         out.append([cmd[0].removeprefix("./"), *cmd[1:]])
     return out
@@ -134,8 +145,9 @@ def test_full_build_runs_the_exact_sdk_commands_and_publishes_a_signed_release(p
     # The SDK commands, in order, each through run_sdk_container (which records first).
     assert project.sdk_calls() == expected_calls()
 
-    # The newest stable tag by version order is checked out (not main, not stable-999.0.0).
+    # The newest stable tag is checked out (not the branch, which is at alpha-4790), with its real tree.
     assert _git(project.scripts, "rev-parse", "HEAD") == project.fake.tag_commit(NEWEST_STABLE)
+    assert (project.scripts / VERSION_FILE).read_text().startswith("FLATCAR_VERSION=4593.2.5\n")
 
     # The rendered overlay's packages sit where the SDK reads them.
     overlay = project.scripts / OVERLAY
@@ -152,24 +164,24 @@ def test_full_build_runs_the_exact_sdk_commands_and_publishes_a_signed_release(p
     assert manifest_line[:3] == ["DIST", "piccolod-0.1.0.tar.gz", str(distfile.stat().st_size)]
 
     # The locked dependency sdists were verified in the cache and copied into DISTDIR, where the
-    # (fake) emerge found each with the size and SHA512 of its dev-python Manifest.
-    emerge_log = (project.work / "logs" / "sdk-emerge-amd64-usr.log").read_text()
+    # (fake) emerge found each with the size and SHA512 of its dev-python Manifest: the sysext's
+    # packages and, through tpm2-pytss's BDEPEND, pkgconfig.
+    emerge_log = (project.work / "logs" / "sysext-packages-amd64-usr.log").read_text()
     for pkg in load_lock().packages:
         assert (project.scripts / DISTDIR / pkg.filename).read_bytes() == (
             project.cache / pkg.filename
         ).read_bytes()
         assert f">>> {pkg.filename}: checksums ok" in emerge_log
     assert (
-        "verified 5 files in build/distfiles against piccolo.lock.json"
+        "verified 4 files in build/distfiles against piccolo.lock.json"
         in (project.work / "logs" / "distfiles.log").read_text()
     )
 
-    # coreos-base/coreos pulls in the base-image package, and its revision symlink was bumped.
+    # The real coreos-base/coreos pulls in the base-image package, and its revision symlink was bumped.
     coreos = overlay / "coreos-base" / "coreos"
     assert re.search(r"^\s*coreos-base/piccolo-base\s*$", (coreos / "coreos-0.0.1.ebuild").read_text(), re.M)
-    revisions = sorted(p.name for p in coreos.glob("coreos-0.0.1-r*.ebuild"))
-    assert len(revisions) == 1 and revisions != ["coreos-0.0.1-r1.ebuild"]
-    assert (coreos / revisions[0]).is_symlink()
+    assert sorted(p.name for p in coreos.glob("coreos-0.0.1-r*.ebuild")) == ["coreos-0.0.1-r320.ebuild"]
+    assert (coreos / "coreos-0.0.1-r320.ebuild").readlink() == Path("coreos-0.0.1.ebuild")
 
     # The release: artefacts, sdist, checksums, manifest, signatures; verified before success.
     files = sorted(p.relative_to(project.out).as_posix() for p in project.out.rglob("*") if p.is_file())
@@ -180,8 +192,8 @@ def test_full_build_runs_the_exact_sdk_commands_and_publishes_a_signed_release(p
         "amd64-usr/flatcar_production_image.vmlinuz",
         "amd64-usr/flatcar_production_image_packages.txt",
         "amd64-usr/flatcar_production_qemu_uefi.sh",
-        "amd64-usr/flatcar_production_qemu_uefi_efi_code.fd",
-        "amd64-usr/flatcar_production_qemu_uefi_efi_vars.fd",
+        "amd64-usr/flatcar_production_qemu_uefi_efi_code.qcow2",
+        "amd64-usr/flatcar_production_qemu_uefi_efi_vars.qcow2",
         "amd64-usr/flatcar_production_qemu_uefi_image.img",
         "amd64-usr/flatcar_production_update.bin",
         "amd64-usr/flatcar_production_update.bin.asc",
@@ -196,15 +208,15 @@ def test_full_build_runs_the_exact_sdk_commands_and_publishes_a_signed_release(p
     assert manifest["piccolo_version"] == "0.1.0"
     assert manifest["flatcar_tag"] == NEWEST_STABLE
     assert manifest["flatcar_commit"] == project.fake.tag_commit(NEWEST_STABLE)
-    assert manifest["sdk_version"] == "4081.1.0"  # from the tag's version.txt: no sdk_version configured
+    assert manifest["sdk_version"] == "4593.0.0"  # from the tag's version.txt: no sdk_version configured
     assert manifest["boards"] == ["amd64-usr"]
     assert manifest["config_sha256"] == config_digest(cfg)
     assert manifest["agent_sdist"]["size"] == distfile.stat().st_size
     # The image really was built with our --base_sysexts, unmangled by the trip through the SDK scripts.
     image = (project.out / "amd64-usr" / "flatcar_production_image.bin").read_text()
-    assert f"base_sysexts={facts(cfg).base_sysexts}\n" in image
+    assert f"base_sysexts={BASE_SYSEXTS}\n" in image
     assert "group=stable" in image
-    # build_image's set_lsb_release (which overwrites update.conf after the packages) wrote our server.
+    # The tag's own set_lsb_release, run where build_image's start_image runs it, wrote our server.
     assert "/usr/share/flatcar/update.conf: SERVER=https://updates.piccolo.space/v1/update/\n" in image
     assert "/usr/share/flatcar/update.conf: GROUP=stable\n" in image
     assert "public.update.flatcar-linux.net" not in image
@@ -230,8 +242,8 @@ def test_full_build_runs_the_exact_sdk_commands_and_publishes_a_signed_release(p
     assert not [m for m in listing if "piccolo_build" in m]
 
     # Progress and logs.
-    assert "==> [12/16] build-image-amd64-usr" in err
-    assert re.search(r"<== \[12/16\] build-image-amd64-usr ok in 0:00:\d\d", err)
+    assert "==> [13/17] build-image-amd64-usr" in err
+    assert re.search(r"<== \[13/17\] build-image-amd64-usr ok in 0:00:\d\d", err)
     log = (project.work / "logs" / "build-image-amd64-usr.log").read_text()
     assert "$ ./run_sdk_container -a all -- ./build_image --board=amd64-usr" in log
     assert "Done. Image(s) created in" in log
@@ -247,9 +259,13 @@ def test_a_second_build_skips_what_is_done_and_repairs_the_overlay(project: Proj
     r = project.build()
     err = _ok(r)
     assert project.sdk_calls() == []
-    for step in ("sdk-emerge", "build-packages", "build-image", "image-to-vm"):
-        assert f"{step}-amd64-usr: done for the same inputs, skipped" in err
-    assert "build finished: 12 steps ran, 4 skipped" in r.stdout
+    for step in (
+        "tree-check",
+        *(f"{s}-amd64-usr" for s in ("build-packages", "sysext-packages", "build-image")),
+    ):
+        assert f"{step}: done for the same inputs, skipped" in err
+    assert "image-to-vm-amd64-usr: done for the same inputs, skipped" in err
+    assert "build finished: 12 steps ran, 5 skipped" in r.stdout
     assert not stale.exists()  # the overlay step replaces package directories whole
     assert (project.out / "SHA256SUMS.asc").is_file()
 
@@ -270,7 +286,7 @@ def test_from_reruns_a_step_and_everything_after_it(project: Project) -> None:
     assert project.sdk_calls() == expected_calls()[4:]
 
     project.fake.reset_calls()
-    _ok(project.build("--from", "sdk-emerge-amd64-usr", "--to", "build-packages-amd64-usr"))
+    _ok(project.build("--from", "build-packages-amd64-usr", "--to", "sysext-packages-amd64-usr"))
     assert project.sdk_calls() == expected_calls()[:4]
 
 
@@ -280,9 +296,9 @@ def test_a_failing_step_stops_the_build_and_resuming_finishes_it(project: Projec
     assert r.returncode == 3, r.stdout + r.stderr
     assert [c[0] for c in project.sdk_calls()] == [
         "run_sdk_container",
-        "emerge-amd64-usr",
-        "run_sdk_container",
         "build_packages",
+        "run_sdk_container",
+        "emerge-amd64-usr",
         "run_sdk_container",
         "build_image",
     ]
@@ -319,21 +335,26 @@ def test_after_a_failure_a_plain_rebuild_skips_the_finished_steps(project: Proje
 
 def test_a_new_stable_tag_rebuilds_everything(project: Project) -> None:
     _ok(project.build())
-    project.fake.add_tag("stable-4081.2.11", "4081.1.0")
+    project.fake.add_tag("stable-4593.2.6", "4593.0.0")
     project.fake.reset_calls()
     _ok(project.build())
     assert project.sdk_calls() == expected_calls()
     manifest = json.loads((project.out / "manifest.json").read_text())
-    assert manifest["flatcar_tag"] == "stable-4081.2.11"
+    assert manifest["flatcar_tag"] == "stable-4593.2.6"
 
 
-def test_a_pinned_release_and_an_unknown_one(project: Project) -> None:
-    _ok(project.build("--set", "flatcar.release=stable-3510.2.8"))
-    assert _git(project.scripts, "rev-parse", "HEAD") == project.fake.tag_commit("stable-3510.2.8")
+def test_a_pinned_beta_builds_the_oem_sysext_before_image_to_vm(project: Project) -> None:
+    _ok(project.build("--set", "flatcar.release=beta-4757.1.0"))
+    assert _git(project.scripts, "rev-parse", "HEAD") == project.fake.tag_commit("beta-4757.1.0")
+    # The stand-in image_to_vm.sh, reading the tag's vm_image_util.sh, insists on oem-qemu.raw.
+    assert project.sdk_calls() == expected_calls(tag="beta-4757.1.0")
     manifest = json.loads((project.out / "manifest.json").read_text())
-    assert (manifest["flatcar_tag"], manifest["sdk_version"]) == ("stable-3510.2.8", "3510.1.0")
+    assert (manifest["flatcar_tag"], manifest["sdk_version"]) == ("beta-4757.1.0", "4757.0.0")
+    images = project.scripts / "__build__" / "images" / "images" / "amd64-usr" / "latest"
+    assert (images / "oem-qemu.raw").is_file()
 
-    project.fake.reset_calls()
+
+def test_an_unknown_pinned_tag_stops_at_the_checkout(project: Project) -> None:
     r = project.build("--set", "flatcar.release=stable-1.2.3")
     assert r.returncode == 2
     assert "tag stable-1.2.3 does not exist" in r.stderr
@@ -362,12 +383,12 @@ def test_dry_run_runs_nothing(project: Project) -> None:
     _ok(r)
     assert not project.work.exists() or not project.scripts.exists()
     assert project.sdk_calls() == []
-    assert "[12/16] build-image-amd64-usr: would run: ./run_sdk_container -a all -- ./build_image" in r.stderr
+    assert "[13/17] build-image-amd64-usr: would run: ./run_sdk_container -a all -- ./build_image" in r.stderr
 
     _ok(project.build())
     project.fake.reset_calls()
     r = project.build("--dry-run")
-    assert "[12/16] build-image-amd64-usr: would skip" in r.stderr
+    assert "[13/17] build-image-amd64-usr: would skip" in r.stderr
     assert project.sdk_calls() == []
 
 
@@ -392,7 +413,7 @@ def test_live_progress_shows_step_elapsed_time_and_log_tail(
     )
     text = out.getvalue()
     assert re.search(
-        r"^\.\.\. \[11/15\] build-packages-amd64-usr 0:00:0\d \| build_packages: working, line \d+$",
+        r"^\.\.\. \[11/16\] build-packages-amd64-usr 0:00:0\d \| build_packages: working, line \d+$",
         text,
         re.M,
     )
@@ -403,7 +424,7 @@ def test_live_progress_shows_step_elapsed_time_and_log_tail(
         Options(from_step="build-packages-amd64-usr", to_step="build-packages-amd64-usr", tty=True)
     )
     drawn = tty.getvalue()
-    assert "\x1b[K... [11/15] build-packages-amd64-usr 0:00:0" in drawn
+    assert "\x1b[K... [11/16] build-packages-amd64-usr 0:00:0" in drawn
     assert re.search(r"\x1b\[K    build_packages: working, line \d+\n", drawn)
     assert "\x1b[4F\x1b[J" in drawn  # status line + 3 tail lines erased before the next draw
 
@@ -430,7 +451,7 @@ def test_ctrl_c_stops_the_running_step_and_records_nothing_for_it(project: Proje
     _, err = proc.communicate()
     assert b"interrupted" in err
     steps = json.loads((project.work / "state.json").read_text())["steps"]
-    assert "sdk-emerge-amd64-usr" in steps
+    assert "update-server" in steps
     assert "build-packages-amd64-usr" not in steps
     size = log.stat().st_size
     time.sleep(0.5)
@@ -475,12 +496,12 @@ def test_a_tampered_distfile_stops_the_build_before_any_sdk_step(
 def test_every_build_verifies_and_repairs_distdir_without_rebuilding(project: Project) -> None:
     _ok(project.build())
     project.fake.reset_calls()
-    in_sdk = project.scripts / DISTDIR / "docker-7.2.0.tar.gz"
+    in_sdk = project.scripts / DISTDIR / "asn1crypto-1.5.1.tar.gz"
     _tamper(in_sdk)
     r = project.build()
     _ok(r)
-    assert in_sdk.read_bytes() == (project.cache / "docker-7.2.0.tar.gz").read_bytes()
-    assert "placed docker-7.2.0.tar.gz in" in (project.work / "logs" / "distfiles.log").read_text()
+    assert in_sdk.read_bytes() == (project.cache / "asn1crypto-1.5.1.tar.gz").read_bytes()
+    assert "placed asn1crypto-1.5.1.tar.gz in" in (project.work / "logs" / "distfiles.log").read_text()
     assert project.sdk_calls() == []  # same lock, same files: nothing to rebuild
 
 
@@ -514,14 +535,14 @@ def mirror(tmp_path: Path, locked_distfiles: Path) -> Iterator[tuple[str, list[s
 def test_only_missing_distfiles_are_downloaded(project: Project, mirror: tuple[str, list[str]]) -> None:
     url, requests = mirror
     (project.cache / "pkgconfig-1.6.0.tar.gz").unlink()
-    _ok(project.build("--distfiles-mirror", url, "--to", "sdk-emerge-amd64-usr"))
+    _ok(project.build("--distfiles-mirror", url, "--to", "build-packages-amd64-usr"))
     assert [r.rsplit("/", 1)[1] for r in requests] == ["pkgconfig-1.6.0.tar.gz"]
     log = (project.work / "logs" / "distfiles.log").read_text()
     assert f"downloading 1 missing into build/distfiles from {url}: pkgconfig-1.6.0.tar.gz" in log
     assert (project.scripts / DISTDIR / "pkgconfig-1.6.0.tar.gz").is_file()
 
     requests.clear()
-    _ok(project.build("--distfiles-mirror", url, "--to", "sdk-emerge-amd64-usr"))
+    _ok(project.build("--distfiles-mirror", url, "--to", "build-packages-amd64-usr"))
     assert requests == []  # kept in the cache: verified, not downloaded again
 
 
@@ -535,7 +556,7 @@ def _image(project: Project, board: str = "amd64-usr") -> str:
 def test_a_changed_update_server_reaches_the_image(project: Project) -> None:
     _ok(project.build())
     script = project.scripts / "build_library" / "set_lsb_release"
-    assert "SERVER=https://updates.piccolo.space/v1/update/\nGROUP=$group\n" in script.read_text()
+    assert "SERVER=https://updates.piccolo.space/v1/update/\nGROUP=$FLAGS_group\n" in script.read_text()
     project.fake.reset_calls()
 
     new = "https://updates.example.test/v1/update/"
@@ -554,12 +575,11 @@ def test_a_changed_update_server_reaches_the_image(project: Project) -> None:
 
 def test_a_set_lsb_release_without_the_update_conf_heredoc_stops_the_build(project: Project) -> None:
     # A flatcar/scripts that writes update.conf differently: fail loudly, never build with Flatcar's server.
-    script = project.fake.upstream / "build_library" / "set_lsb_release"
-    script.write_text(
-        script.read_text().replace("/usr/share/flatcar/update.conf", "/usr/share/flatcar/upd.conf")
+    path = "build_library/set_lsb_release"
+    script = project.fake.show(NEWEST_STABLE, path)
+    project.fake.release(
+        "stable-4593.2.6", {path: script.replace(b"flatcar/update.conf", b"flatcar/upd.conf")}
     )
-    _git(project.fake.upstream, "-c", "user.name=t", "-c", "user.email=t@t.invalid", "commit", "-qam", "x")
-    _git(project.fake.upstream, "tag", "stable-4081.2.12")
     r = project.build()
     assert r.returncode == 2, r.stdout + r.stderr
     errors = [line for line in r.stderr.splitlines() if line.startswith("error:")]
@@ -580,16 +600,16 @@ def test_from_after_a_config_change_reruns_the_cheap_steps_and_refuses_stale_sdk
     policy = project.scripts / OVERLAY / "app-admin" / "piccolod" / "files" / "health-policy.yaml"
     assert "failure_threshold: 7" not in policy.read_text()
 
-    # sdk-emerge was done for the old overlay: starting after it would build with a stale one.
+    # The SDK steps were done for the old overlay: starting after them would build with a stale one.
     project.fake.reset_calls()
     r = project.build(*changed, "--from", "build-image-amd64-usr")
     assert r.returncode == 2, r.stdout + r.stderr
+    # The first step done for the old overlay: the in-tree check of the packages that changed.
     assert (
-        "error: cannot start at build-image-amd64-usr: step sdk-emerge-amd64-usr was done for other inputs"
-        in r.stderr
+        "error: cannot start at build-image-amd64-usr: step tree-check was done for other inputs" in r.stderr
     )
     hint = next(line for line in r.stderr.splitlines() if line.startswith("hint:"))
-    assert hint.endswith("--from sdk-emerge-amd64-usr")
+    assert hint.endswith("--from tree-check")
     assert project.sdk_calls() == []
     assert json.loads((project.out / "manifest.json").read_text())["config_sha256"] == config_digest(
         _cfg(**{"release.signing_key": project.key.email})
@@ -597,7 +617,7 @@ def test_from_after_a_config_change_reruns_the_cheap_steps_and_refuses_stale_sdk
 
     # From the step the hint names: the overlay step runs again first, so the new policy is emerged,
     # and the manifest's config digest describes what was really built.
-    _ok(project.build(*changed, "--from", "sdk-emerge-amd64-usr"))
+    _ok(project.build(*changed, "--from", "tree-check"))
     assert "failure_threshold: 7" in policy.read_text()
     assert project.sdk_calls() == expected_calls()
     manifest = json.loads((project.out / "manifest.json").read_text())
@@ -611,19 +631,19 @@ def test_from_after_a_config_change_reruns_the_cheap_steps_and_refuses_stale_sdk
 
 
 def test_a_newly_pinned_tag_is_fetched_into_an_existing_checkout(project: Project) -> None:
-    _ok(project.build("--set", "flatcar.release=stable-3510.2.8"))
-    project.fake.add_tag("stable-4081.2.11", "4081.1.0")
-    r = project.build("--set", "flatcar.release=stable-4081.2.11")
+    _ok(project.build("--set", f"flatcar.release={NEWEST_STABLE}"))
+    project.fake.add_tag("stable-4593.2.6", "4593.0.0")
+    r = project.build("--set", "flatcar.release=stable-4593.2.6")
     _ok(r)
-    assert _git(project.scripts, "rev-parse", "HEAD") == project.fake.tag_commit("stable-4081.2.11")
+    assert _git(project.scripts, "rev-parse", "HEAD") == project.fake.tag_commit("stable-4593.2.6")
     assert "git fetch --tags" in (project.work / "logs" / "clone.log").read_text()
 
     # Rebuilding a pinned tag that is already there fetches nothing (works without the remote).
     gone = project.fake.upstream.with_name("upstream-gone")
     project.fake.upstream.rename(gone)
     try:
-        _ok(project.build("--set", "flatcar.release=stable-4081.2.11"))
-        assert "tag stable-4081.2.11 is already in" in (project.work / "logs" / "clone.log").read_text()
+        _ok(project.build("--set", "flatcar.release=stable-4593.2.6"))
+        assert "tag stable-4593.2.6 is already in" in (project.work / "logs" / "clone.log").read_text()
     finally:
         gone.rename(project.fake.upstream)
 
@@ -631,7 +651,7 @@ def test_a_newly_pinned_tag_is_fetched_into_an_existing_checkout(project: Projec
 def test_require_signature_fails_before_anything_when_no_key_is_set(project: Project) -> None:
     r = project.build("--require-signature", signed=False)
     assert r.returncode == 2, r.stdout + r.stderr
-    assert "<== [1/15] preflight FAILED (exit code 2)" in r.stderr
+    assert "<== [1/16] preflight FAILED (exit code 2)" in r.stderr
     errors = [line for line in r.stderr.splitlines() if line.startswith("error:")]
     assert errors == [
         "error: --require-signature: release.signing_key is not set, the release would be unsigned"

@@ -158,8 +158,10 @@ def test_bad_versions(value: str) -> None:
         (c.license_token, "MIT GPL-2"),
         (c.license_token, "MIT;id"),
         (c.token, "-stable"),
-        (c.flatcar_release, "beta"),
+        (c.flatcar_release, "nightly"),
         (c.flatcar_release, "stable-4230"),
+        (c.flatcar_release, "Stable"),
+        (c.flatcar_release, "beta-4757.1.0-rc1"),
         (c.update_url, "ftp://x/"),
         (c.update_url, "https:///path"),
         (c.update_url, "https://x/?a=1"),
@@ -173,6 +175,13 @@ def test_checks_reject(check: object, value: str) -> None:
     assert callable(check)
     with pytest.raises(ValueError):
         check(value)
+
+
+@pytest.mark.parametrize(
+    "value", ["lts", "stable", "beta", "alpha", "lts-4081.3.10", "stable-4593.2.5", "alpha-4790.0.0"]
+)
+def test_every_channel_and_pinned_tag_is_a_release(value: str) -> None:
+    assert c.flatcar_release(value) == value
 
 
 def test_licence_freedom() -> None:

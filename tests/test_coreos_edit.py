@@ -1,24 +1,76 @@
 """The coreos-base/coreos RDEPEND edit: adds once, bumps the revision symlink, refuses a file it cannot edit.
 
-The stand-in ebuild has the shape of Flatcar's real coreos-0.0.1.ebuild (several RDEPEND assignments:
-a plain one, ``RDEPEND="${RDEPEND} ..."`` blocks with USE conditionals, ``RDEPEND+=``, comments between),
-written for this test.
+It is tried on the real coreos-0.0.1.ebuild of every tag of the real trees, and, for the corner cases,
+on a stand-in with the real file's shape (several RDEPEND assignments: a plain one,
+``RDEPEND="${RDEPEND} ..."`` blocks with USE conditionals, ``RDEPEND+=``, comments between, and a
+commented-out assignment), written for this test.
 """
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 from pathlib import Path
 
 import pytest
 
-from piccolo_build.coreos import EBUILD, add_rdepend, listed
+from piccolo_build.coreos import EBUILD, add_rdepend
 from piccolo_build.errors import PiccoloError
-from tests.fixtures.fakesdk import COREOS_EBUILD
+from piccolo_build.gentoo import COREOS_OVERLAY, listed
+from tests.fixtures.flatcar import TAGS, FlatcarTrees
 
 ATOM = "coreos-base/piccolo-base"
 
-STAND_IN = COREOS_EBUILD
+# A stand-in for coreos-base/coreos/coreos-0.0.1.ebuild with the real file's shape (written for the
+# tests): a plain RDEPEND, ``RDEPEND="${RDEPEND} ..."`` blocks with USE conditionals, ``RDEPEND+=``,
+# comments between, and a commented-out assignment that must not count.
+STAND_IN = """\
+# Test stand-in, shaped like Flatcar's coreos-base/coreos meta-package.
+
+EAPI=7
+
+DESCRIPTION="Meta package for the test"
+HOMEPAGE="https://example.invalid"
+
+LICENSE="GPL-2"
+SLOT="0"
+KEYWORDS="amd64 arm64"
+IUSE="selinux"
+
+# A commented-out assignment does not count:
+# RDEPEND="coreos-base/piccolo-base"
+
+RDEPEND=">=sys-apps/baselayout-3.0.0"
+
+RDEPEND="${RDEPEND}
+\tsys-apps/dbus[selinux?]
+\tsys-apps/systemd[selinux?]
+\t"
+
+RDEPEND="${RDEPEND}
+\tamd64? (
+\t\tapp-emulation/xenstore
+\t)"
+
+# Tools for the image.
+RDEPEND="${RDEPEND}
+\tapp-admin/sudo
+\tapp-arch/zstd
+\tsys-libs/glibc
+"
+
+RDEPEND+="
+\tamd64? (
+\t\tsys-auth/google-oslogin
+\t)
+"
+
+RDEPEND="${RDEPEND}
+\tacct-group/man
+
+\tacct-user/man
+"
+"""
 
 
 def _snapshot(d: Path) -> dict[str, tuple[str, bytes]]:
@@ -28,7 +80,7 @@ def _snapshot(d: Path) -> dict[str, tuple[str, bytes]]:
     return out
 
 
-def _rdepend(ebuild: Path) -> list[str]:
+def rdepend_of(ebuild: Path) -> list[str]:
     """RDEPEND as bash sees it after sourcing the ebuild."""
     r = subprocess.run(
         ["bash", "-c", f'source "{ebuild}" && printf "%s\\n" $RDEPEND'],
@@ -50,10 +102,10 @@ def coreos(tmp_path: Path) -> Path:
 
 
 def test_adds_the_atom_and_bumps_the_revision(coreos: Path) -> None:
-    before = _rdepend(coreos / EBUILD)
+    before = rdepend_of(coreos / EBUILD)
     assert ATOM not in before
     assert add_rdepend(coreos, ATOM) is True
-    after = _rdepend(coreos / EBUILD)
+    after = rdepend_of(coreos / EBUILD)
     assert after == [*before, ATOM], "bash must see exactly one new dependency, at the end"
     names = sorted(p.name for p in coreos.iterdir())
     assert names == ["coreos-0.0.1-r321.ebuild", EBUILD, "metadata.xml"]
@@ -62,6 +114,27 @@ def test_adds_the_atom_and_bumps_the_revision(coreos: Path) -> None:
     assert text.startswith(STAND_IN.rstrip("\n"))
     assert text.endswith(f'\n\n# Piccolo OS: added by piccolo-build\nRDEPEND+="\n\t{ATOM}\n"\n')
     assert subprocess.run(["bash", "-n", str(coreos / EBUILD)], check=False).returncode == 0
+
+
+@pytest.mark.parametrize("tag", TAGS)
+def test_the_real_ebuild_of_every_tag(flatcar: FlatcarTrees, tmp_path: Path, tag: str) -> None:
+    real = flatcar.tree(tag) / COREOS_OVERLAY / "coreos-base" / "coreos"
+    d = tmp_path / "coreos"
+    shutil.copytree(real, d, symlinks=True)
+    (old,) = d.glob("coreos-0.0.1-r*.ebuild")
+    number = int(old.name.removeprefix("coreos-0.0.1-r").removesuffix(".ebuild"))
+    before = rdepend_of(d / EBUILD)
+    assert len(before) > 20 and ATOM not in before
+    assert add_rdepend(d, ATOM) is True
+    assert rdepend_of(d / EBUILD) == [*before, ATOM]
+    assert sorted(p.name for p in d.iterdir()) == [
+        f"coreos-0.0.1-r{number + 1}.ebuild",
+        EBUILD,
+        "metadata.xml",
+    ]
+    assert (d / f"coreos-0.0.1-r{number + 1}.ebuild").readlink() == Path(EBUILD)
+    assert (d / EBUILD).read_text().startswith((real / EBUILD).read_text().rstrip("\n"))
+    assert add_rdepend(d, ATOM) is False
 
 
 def test_second_run_changes_nothing(coreos: Path) -> None:

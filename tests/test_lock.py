@@ -22,8 +22,8 @@ from pathlib import Path
 import pytest
 from packaging.requirements import Requirement
 
+from piccolo_build import gentoo, resolve
 from piccolo_build import lock as locking
-from piccolo_build import resolve
 from piccolo_build.errors import PiccoloError
 from piccolo_build.lock import Lock, load_lock, verify_distfiles
 
@@ -129,23 +129,23 @@ def test_committed_lock_is_canonical(committed: Lock) -> None:
 def test_lock_covers_what_portage_stable_lacks(committed: Lock) -> None:
     names = {p.name for p in committed.packages}
     # docs/flatcar.md: portage-stable lacks these, and the agent needs them at runtime.
-    assert {"pyyaml", "prometheus-client", "docker", "tpm2-pytss"} <= names
+    assert {"asn1crypto", "pyyaml", "tpm2-pytss"} <= names
     assert not names & resolve.PORTAGE_STABLE_PYTHON
     runtime = {p.name for p in committed.packages if p.runtime}
-    assert runtime == {"pyyaml", "prometheus-client", "docker", "tpm2-pytss"}
+    assert runtime == {"asn1crypto", "pyyaml", "tpm2-pytss"}
     # tpm2-pytss builds with the Python pkgconfig module, which portage-stable lacks too.
     assert "dev-python/pkgconfig" in committed.package("tpm2-pytss").bdepend
     assert not committed.package("pkgconfig").runtime
     for pkg in committed.packages:
         for atom in (*pkg.rdepend, *pkg.bdepend):
-            name = locking.atom_name(atom)
+            name = gentoo.atom_name(atom)
             assert name in names or name in resolve.PORTAGE_STABLE_PYTHON, f"{pkg.name}: {atom} unresolved"
 
 
 def test_every_agent_requirement_is_satisfied(committed: Lock) -> None:
     for text in committed.agent:
         req = Requirement(text)
-        pkg = committed.package(locking.normalise(req.name))
+        pkg = committed.package(gentoo.normalise(req.name))
         assert req.specifier.contains(pkg.version), f"{pkg.name} {pkg.version} does not satisfy {text}"
 
 
@@ -158,7 +158,7 @@ def test_verify_passes_for_the_real_files(committed: Lock, distdir: Path) -> Non
 def test_tampered_file_fails_verification(committed: Lock, distdir: Path, tmp_path: Path) -> None:
     bad = tmp_path / "bad"
     shutil.copytree(distdir, bad)
-    victim = committed.package("docker").filename
+    victim = committed.package("tpm2-pytss").filename
     data = bytearray((bad / victim).read_bytes())
     data[1000] ^= 0x01  # same size, one bit flipped
     (bad / victim).write_bytes(bytes(data))
@@ -189,7 +189,7 @@ def test_refresh_with_the_locked_pins_reproduces_the_lock(
     new lock must equal the committed one (same files, digests, metadata-derived atoms and licences,
     and the canonical PyPI URLs, not the mirror's)."""
     pins = [
-        f"{Requirement(r).name}=={committed.package(locking.normalise(Requirement(r).name)).version}"
+        f"{Requirement(r).name}=={committed.package(gentoo.normalise(Requirement(r).name)).version}"
         for r in committed.agent
     ]
     pyproject = tmp_path / "pyproject.toml"
@@ -372,19 +372,19 @@ def test_unsorted_lock_is_rejected(committed: Lock, tmp_path: Path) -> None:
 
 
 def test_versions_and_atoms() -> None:
-    assert locking.gentoo_version("6.0.4") == "6.0.4"
-    assert locking.gentoo_version("1.0rc2") == "1.0_rc2"
-    assert locking.gentoo_version("2.1.post3") == "2.1_p3"
-    assert locking.gentoo_version("3.0b1") == "3.0_beta1"
-    with pytest.raises(PiccoloError):
-        locking.gentoo_version("1.0.dev1")
+    assert gentoo.gentoo_version("6.0.4") == "6.0.4"
+    assert gentoo.gentoo_version("1.0rc2") == "1.0_rc2"
+    assert gentoo.gentoo_version("2.1.post3") == "2.1_p3"
+    assert gentoo.gentoo_version("3.0b1") == "3.0_beta1"
+    with pytest.raises(ValueError, match="no Gentoo equivalent"):
+        gentoo.gentoo_version("1.0.dev1")
     assert resolve.atom(Requirement("requests>=2.26.0")) == ">=dev-python/requests-2.26.0"
     assert resolve.atom(Requirement("black~=24.0")) == ">=dev-python/black-24.0"
     assert resolve.atom(Requirement("Foo_Bar<3,>=1.2")) == ">=dev-python/foo-bar-1.2"
     assert resolve.atom(Requirement("packaging")) == "dev-python/packaging"
     assert resolve.atom(Requirement("x==1.0")) == "~dev-python/x-1.0"
-    assert locking.atom_name(">=dev-python/setuptools-scm-3.4.3") == "setuptools-scm"
-    assert locking.atom_key("app-crypt/tpm2-tss") == "app-crypt/tpm2-tss"
+    assert gentoo.atom_name(">=dev-python/setuptools-scm-3.4.3") == "setuptools-scm"
+    assert gentoo.atom_key("app-crypt/tpm2-tss") == "app-crypt/tpm2-tss"
 
 
 def test_canonical_url_accepts_relative_and_proxied_forms() -> None:

@@ -13,13 +13,15 @@ from hypothesis import strategies as st
 from piccolo_build.config import BuildConfig, load_config
 from piccolo_build.context import BuildContext
 from piccolo_build.errors import PiccoloError
-from piccolo_build.plan import Action, Facts, newest_stable, plan, sdk_command, stable_version
+from piccolo_build.plan import Action, Facts, plan, sdk_command
+from piccolo_build.releases import newest, version
 from piccolo_build.versionfile import read_sdk_version
 from tests.builder_helpers import cli
 
 ROOT = Path(__file__).resolve().parent.parent
 FACTS = Facts(
-    base_sysexts="containerd-flatcar|app-containers/containerd,piccolod|dev-lang/python&app-admin/piccolod",
+    sysext_name="piccolod",
+    sysext_packages=("dev-lang/python", "app-admin/piccolod"),
     rdepend_atom="coreos-base/piccolo-base",
     agent_atom="app-admin/piccolod",
     distfiles=("pyyaml-6.0.4.tar.gz", "docker-7.2.0.tar.gz"),
@@ -38,12 +40,13 @@ def test_default_plan_order_and_commands() -> None:
         "checkout",
         "sdk-image",  # after the checkout: the tag's version.txt names the SDK
         "overlay",
+        "tree-check",  # pkgcheck inside the checkout's real repositories, before any SDK step
         "bundle",
         "distfiles",
         "coreos-rdepend",
         "update-server",  # build_image's set_lsb_release writes our SERVER= into update.conf
-        "sdk-emerge-amd64-usr",
         "build-packages-amd64-usr",
+        "sysext-packages-amd64-usr",
         "build-image-amd64-usr",
         "image-to-vm-amd64-usr",
         "collect",
@@ -51,13 +54,16 @@ def test_default_plan_order_and_commands() -> None:
     ]
     by = {s.name: s for s in steps}
     sdk = ("./run_sdk_container", "-a", "all", "--")
-    assert by["sdk-emerge-amd64-usr"].argv == (
+    assert by["sysext-packages-amd64-usr"].argv == (
         *sdk,
         "emerge-amd64-usr",
+        "--usepkg",
+        "--getbinpkg",
+        "--with-bdeps=y",
+        "--buildpkg",
         "--verbose",
+        "dev-lang/python",
         "app-admin/piccolod",
-        "coreos-base/piccolo-base",
-        "coreos-base/coreos",
     )
     assert by["build-packages-amd64-usr"].argv == (*sdk, "./build_packages", "--board=amd64-usr")
     assert by["build-image-amd64-usr"].argv == (
@@ -65,9 +71,9 @@ def test_default_plan_order_and_commands() -> None:
         "./build_image",
         "--board=amd64-usr",
         "--group=stable",
-        f"--base_sysexts={FACTS.base_sysexts}",
+        "--base_sysexts=<build_image's default list>,piccolod<separator>dev-lang/python&app-admin/piccolod",
         "--replace",
-        "prod",
+        "<oem_sysext flags and image types read from the checkout>",
     )
     assert by["image-to-vm-amd64-usr"].argv == (
         *sdk,
@@ -75,6 +81,7 @@ def test_default_plan_order_and_commands() -> None:
         "--from=/mnt/host/source/src/build/images/amd64-usr/latest",
         "--board=amd64-usr",
         "--format=qemu_uefi",
+        "--image_compression_formats=none",
     )
     for s in steps:
         if s.action is Action.COMMAND:
@@ -93,10 +100,10 @@ def test_boards_sdk_version_group_and_signing_change_the_plan() -> None:
     )
     steps = plan(cfg, BuildContext(work_dir=Path("/w")), FACTS)
     names = [s.name for s in steps]
-    assert names[9:17] == [
+    assert names[10:18] == [
         f"{kind}-{board}"
         for board in ("amd64-usr", "arm64-usr")
-        for kind in ("sdk-emerge", "build-packages", "build-image", "image-to-vm")
+        for kind in ("build-packages", "sysext-packages", "build-image", "image-to-vm")
     ]
     assert names[-3:] == ["collect", "sign", "verify"]
     image = next(s for s in steps if s.name == "build-image-arm64-usr")
@@ -137,7 +144,7 @@ def test_the_distfiles_step_lists_every_locked_file_in_cache_and_distdir() -> No
         "build/scripts/sdk_container/.cache/distfiles/docker-7.2.0.tar.gz",
     )
     names = [s.name for s in plan(_cfg(), BuildContext(), FACTS)]
-    assert names.index("distfiles") < names.index("sdk-emerge-amd64-usr")
+    assert names.index("distfiles") < names.index("build-packages-amd64-usr")
 
 
 def test_a_custom_sdk_image_without_a_version_is_refused() -> None:
@@ -187,18 +194,19 @@ def test_the_update_server_step_carries_the_configured_server() -> None:
     assert step.always
 
 
-def test_newest_stable_uses_version_order_not_string_order() -> None:
+def test_newest_uses_version_order_not_string_order() -> None:
     tags = ["stable-999.0.0", "stable-4081.2.9", "stable-4081.2.10", "beta-9999.0.0", "stable-4081.2.10-rc1"]
-    assert newest_stable(tags) == "stable-4081.2.10"
-    assert newest_stable(["alpha-1.2.3", "main"]) is None
+    assert newest("stable", tags) == "stable-4081.2.10"
+    assert newest("beta", tags) == "beta-9999.0.0"
+    assert newest("stable", ["alpha-1.2.3", "main"]) is None
 
 
 @given(st.lists(st.tuples(st.integers(0, 9999), st.integers(0, 99), st.integers(0, 99)), min_size=1))
-def test_newest_stable_is_the_maximum_version(versions: list[tuple[int, int, int]]) -> None:
+def test_newest_is_the_maximum_version(versions: list[tuple[int, int, int]]) -> None:
     tags = [f"stable-{a}.{b}.{c}" for a, b, c in versions] + ["beta-99999.0.0", "lts-99999.1.1"]
-    newest = newest_stable(tags)
-    assert newest is not None
-    assert stable_version(newest) == max(versions)
+    found = newest("stable", tags)
+    assert found is not None
+    assert version(found) == max(versions)
 
 
 def test_step_json_is_complete_and_serialisable() -> None:
@@ -230,12 +238,13 @@ def test_plan_command_prints_the_full_default_build_and_runs_nothing(tmp_path: P
     code, out = _cli("plan", "--config", str(ROOT / "piccolo.yaml"), cwd=tmp_path)
     assert code == 0, out
     numbered = re.findall(r"^\s*(\d+)\. (\S+) ", out, flags=re.M)
-    assert [int(i) for i, _ in numbered] == list(range(1, 16))
+    assert [int(i) for i, _ in numbered] == list(range(1, 17))
     assert [n for _, n in numbered] == [s.name for s in plan(_cfg(), BuildContext(), FACTS)]
     assert "$ ./run_sdk_container -a all -- ./build_image --board=amd64-usr --group=stable" in out
-    assert "piccolod|" in out  # our sysext entry is part of --base_sysexts
+    assert "piccolod<separator>dev-lang/python&" in out  # our sysext entry, in the tree's syntax
     assert "--format=qemu_uefi" in out
     assert list(tmp_path.iterdir()) == []  # nothing cloned, rendered or written
+    assert "read from the checkout once there is one:" in out
     assert out.startswith(
         "SDK version: from checkout (build/scripts/sdk_container/.repo/manifests/version.txt); "
         "image ghcr.io/flatcar/flatcar-sdk-all:<FLATCAR_SDK_VERSION of the checkout>\n"
@@ -282,21 +291,21 @@ def test_plan_json_matches_the_library(tmp_path: Path) -> None:
     }
     steps = doc["steps"]
     assert [s["name"] for s in steps if s["board"]] == [
-        "sdk-emerge-arm64-usr",
         "build-packages-arm64-usr",
+        "sysext-packages-arm64-usr",
         "build-image-arm64-usr",
         "image-to-vm-arm64-usr",
     ]
-    assert steps[9]["name"] == "sdk-emerge-arm64-usr"
-    assert steps[9]["argv"][0] == "./run_sdk_container"
-    assert steps[9]["cwd"] == "build/scripts"
+    assert steps[10]["name"] == "build-packages-arm64-usr"
+    assert steps[10]["argv"][0] == "./run_sdk_container"
+    assert steps[10]["cwd"] == "build/scripts"
     distfiles = next(s for s in steps if s["name"] == "distfiles")
     assert "build/distfiles/pyyaml-6.0.4.tar.gz" in distfiles["inputs"]
 
 
 def test_plan_with_a_bad_config_value_names_file_line_and_key(tmp_path: Path) -> None:
     cfg = tmp_path / "p.yaml"
-    cfg.write_text("version: 0.1.0\nflatcar:\n  release: beta\n")
+    cfg.write_text("version: 0.1.0\nflatcar:\n  release: nightly\n")
     code, out = _cli("plan", "--config", str(cfg))
     assert code != 0
     assert f"{cfg}:3: flatcar.release" in out
@@ -324,7 +333,7 @@ def test_the_sdk_version_is_read_from_version_txt_as_flatcar_writes_it(tmp_path:
             "FLATCAR_VERSION=1.2.3\nFLATCAR_SDK_VERSION=$(id)\n",
             r"version\.txt:2: FLATCAR_SDK_VERSION: '\$\(id\)'",
         ),
-        ("FLATCAR_SDK_VERSION=\n", r"version\.txt:1: FLATCAR_SDK_VERSION: '' is not an SDK version"),
+        ("FLATCAR_SDK_VERSION=\n", r"version\.txt:1: FLATCAR_SDK_VERSION: '' is not a version"),
     ],
 )
 def test_a_bad_version_txt_is_one_line_naming_file_and_line(tmp_path: Path, text: str, message: str) -> None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import shutil
 import socket
 import subprocess
 import uuid
@@ -32,7 +33,7 @@ SDK_REPO = "ghcr.io/flatcar/flatcar-sdk-all"
 
 
 def _unique_version() -> str:
-    return f"4081.1.{uuid.uuid4().int % 100000}+test"
+    return f"4593.1.{uuid.uuid4().int % 100000}+test"
 
 
 @contextlib.contextmanager
@@ -93,10 +94,11 @@ def test_no_daemon_is_one_clear_error(tmp_path: Path) -> None:
 
 
 @pytest.fixture
-def root(tmp_path: Path, locked_distfiles: Path) -> Path:
+def root(tmp_path: Path, locked_distfiles: Path) -> Iterator[Path]:
     """A project directory whose build/distfiles holds the locked sdists (nothing is downloaded)."""
     seed_distfiles(locked_distfiles, tmp_path / "build")
-    return tmp_path
+    yield tmp_path
+    shutil.rmtree(tmp_path / "build" / "scripts", ignore_errors=True)  # a real tree: about 100 MB
 
 
 def _build(root: Path, fake: FakeSdk, dockerd: Dockerd, *extra: str) -> subprocess.CompletedProcess[str]:
@@ -121,13 +123,13 @@ def test_build_checks_the_sdk_image_first_and_passes_the_version(
     log = (root / "build" / "logs" / "preflight.log").read_text()
     assert f"SDK image {image} present: sha256:" in log
     check = (root / "build" / "logs" / "sdk-image.log").read_text()
-    assert f"the checkout pins SDK 4081.1.0; building with flatcar.sdk_version {sdk_version}" in check
+    assert f"the checkout pins SDK 4593.0.0; building with flatcar.sdk_version {sdk_version}" in check
     assert f"SDK image {image} present: sha256:" in check
     sdk_calls = [c for c in fakesdk.calls() if c[0] == "run_sdk_container"]
     assert len(sdk_calls) == 4
     assert all(c[1:5] == ["-V", sdk_version, "-a", "all"] for c in sdk_calls)
-    emerge = (root / "build" / "logs" / "sdk-emerge-amd64-usr.log").read_text()
-    assert f"fake run_sdk_container: SDK {sdk_version}, image {image}\n" in emerge
+    packages = (root / "build" / "logs" / "build-packages-amd64-usr.log").read_text()
+    assert f"fake run_sdk_container: SDK {sdk_version}, image {image}\n" in packages
 
 
 def test_build_with_a_custom_sdk_image_uses_dash_c(
@@ -146,7 +148,7 @@ def test_build_with_a_custom_sdk_image_uses_dash_c(
             "--sdk-image",
             "registry.piccolo.test/sdk",
             "--to",
-            "sdk-emerge-amd64-usr",
+            "build-packages-amd64-usr",
         )
     finally:
         client.images.remove(f"registry.piccolo.test/sdk:{tag}")
@@ -169,7 +171,7 @@ def test_a_missing_sdk_image_fails_the_build_before_any_long_step(
 def test_without_a_configured_version_the_checkout_names_the_sdk_image(
     root: Path, fakesdk: FakeSdk, dockerd: Dockerd, sdk_version: str
 ) -> None:
-    fakesdk.add_tag("stable-9999.1.0", sdk_version)  # the newest stable tag pins this SDK
+    fakesdk.add_tag("stable-4593.2.6", sdk_version)  # the newest stable tag pins this SDK
     r = _build(root, fakesdk, dockerd)
     assert r.returncode == 0, r.stdout + r.stderr
     image = f"{SDK_REPO}:{sdk_version.replace('+', '-')}"
@@ -185,10 +187,10 @@ def test_without_a_configured_version_the_checkout_names_the_sdk_image(
     assert all(c[1:4] == ["-a", "all", "--"] for c in sdk_calls)
     assert (
         f"fake run_sdk_container: SDK {sdk_version}, image {image}\n"
-        in (logs / "sdk-emerge-amd64-usr.log").read_text()
+        in (logs / "build-packages-amd64-usr.log").read_text()
     )
     manifest = json.loads((root / "release" / "manifest.json").read_text())
-    assert (manifest["flatcar_tag"], manifest["sdk_version"]) == ("stable-9999.1.0", sdk_version)
+    assert (manifest["flatcar_tag"], manifest["sdk_version"]) == ("stable-4593.2.6", sdk_version)
 
 
 def test_an_sdk_image_missing_for_the_checkouts_version_fails_before_any_sdk_step(
@@ -196,7 +198,7 @@ def test_an_sdk_image_missing_for_the_checkouts_version_fails_before_any_sdk_ste
 ) -> None:
     version = _unique_version()
     tag = version.replace("+", "-")
-    fakesdk.add_tag("stable-9999.1.0", version)
+    fakesdk.add_tag("stable-4593.2.6", version)
     r = _build(root, fakesdk, dockerd)
     assert r.returncode == 2, r.stdout + r.stderr
     assert f"error: the SDK image {SDK_REPO}:{tag} is not present locally" in r.stderr
@@ -205,14 +207,14 @@ def test_an_sdk_image_missing_for_the_checkouts_version_fails_before_any_sdk_ste
     head = subprocess.run(
         ["git", "rev-parse", "HEAD"], cwd=scripts, capture_output=True, text=True, check=True
     )
-    assert head.stdout.strip() == fakesdk.tag_commit("stable-9999.1.0")  # checked out, then stopped
+    assert head.stdout.strip() == fakesdk.tag_commit("stable-4593.2.6")  # checked out, then stopped
     assert not (scripts / "sdk_container/src/third_party/coreos-overlay/app-admin/piccolod").exists()
     assert fakesdk.calls() == []
 
 
 def test_resuming_checks_the_sdk_image_again(root: Path, fakesdk: FakeSdk, dockerd: Dockerd) -> None:
     version = _unique_version()
-    fakesdk.add_tag("stable-9999.1.0", version)
+    fakesdk.add_tag("stable-4593.2.6", version)
     with sdk_image(dockerd, version) as image:
         r = _build(root, fakesdk, dockerd)
         assert r.returncode == 0, r.stdout + r.stderr

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from piccolo_build.lock import gentoo_version
+from piccolo_build.gentoo import gentoo_version
 from piccolo_build.render import read_tree
 from tests.builder_helpers import ROOT
 

@@ -18,6 +18,7 @@ if TYPE_CHECKING:
     from piccolo_build.config import BuildConfig
     from piccolo_build.context import BuildContext
     from piccolo_build.plan import Facts, Step
+    from piccolo_build.tree import TreeFacts
 
 WorkDirOption = Annotated[
     Path, typer.Option("--work-dir", "-w", help="Build directory: checkout, logs, state.", file_okay=False)
@@ -59,7 +60,8 @@ def facts(cfg: BuildConfig) -> Facts:
     agent = f"{cfg.package.category}/{cfg.package.name}"
     locked = lock.load_lock()
     return Facts(
-        base_sysexts=bundle.base_sysexts(locked, agent),
+        sysext_name=bundle.SYSEXT_NAME,
+        sysext_packages=bundle.sysext_packages(locked, agent),
         rdepend_atom=f"{BASE_CATEGORY}/{BASE_NAME}",
         agent_atom=agent,
         distfiles=tuple(p.filename for p in locked.packages),
@@ -81,14 +83,21 @@ def _context(
     )
 
 
-def _steps(cfg: BuildConfig, ctx: BuildContext, f: Facts) -> list[Step]:
+def _steps(cfg: BuildConfig, ctx: BuildContext, f: Facts, tree: TreeFacts | None = None) -> list[Step]:
     from piccolo_build.errors import PiccoloError
     from piccolo_build.plan import plan
 
     try:
-        return plan(cfg, ctx, f)
+        return plan(cfg, ctx, f, tree)
     except ValueError as exc:
         raise PiccoloError(f"cannot plan the build: {exc}") from None
+
+
+def checkout_facts(ctx: BuildContext) -> TreeFacts | None:
+    """The facts of the checkout at ``--scripts-dir`` when there is one (its files, as they are now)."""
+    from piccolo_build.tree import BUILD_IMAGE, read_tree_facts
+
+    return read_tree_facts(ctx.scripts_dir) if (ctx.scripts_dir / BUILD_IMAGE).is_file() else None
 
 
 def environment() -> dict[str, Any]:
@@ -109,12 +118,19 @@ def sdk_summary(cfg: BuildConfig, ctx: BuildContext) -> dict[str, Any]:
     }
 
 
-def render_plan(steps: list[Step], sdk: dict[str, Any] | None = None) -> str:
+def render_plan(
+    steps: list[Step], sdk: dict[str, Any] | None = None, tree: dict[str, Any] | None = None
+) -> str:
     from piccolo_build.run import PASSTHROUGH
 
     out = []
     if sdk is not None:
         out.append(f"SDK version: {sdk['version']} ({sdk['source']}); image {sdk['image']}")
+    if tree is not None and "facts" in tree:
+        out.append("read from the checkout: " + ", ".join(f"{k}={v}" for k, v in tree["facts"].items()))
+    elif tree is not None:
+        out.append("read from the checkout once there is one:")
+        out.extend(f"  {line}" for line in tree["read_after_checkout"])
     out.append(
         f"environment of every step: only {' '.join(PASSTHROUGH)} are passed through (when set), "
         "LC_ALL defaults to C.UTF-8, plus the step's own env lines below"
@@ -180,13 +196,22 @@ def register(app: typer.Typer) -> None:
         ctx = dataclasses.replace(
             _context(config, work_dir, scripts_dir, scripts_url, sdk_image), distfiles_mirror=distfiles_mirror
         )
-        steps = _steps(cfg, ctx, facts(cfg))
+        from piccolo_build.plan import tree_summary
+
+        tree = checkout_facts(ctx)
+        steps = _steps(cfg, ctx, facts(cfg), tree)
         sdk = sdk_summary(cfg, ctx)
+        summary = tree_summary(tree)
         if as_json:
-            doc = {"environment": environment(), "sdk": sdk, "steps": [s.to_json() for s in steps]}
+            doc = {
+                "environment": environment(),
+                "sdk": sdk,
+                "tree": summary,
+                "steps": [s.to_json() for s in steps],
+            }
             typer.echo(json.dumps(doc, indent=2, sort_keys=True))
         else:
-            typer.echo(render_plan(steps, sdk), nl=False)
+            typer.echo(render_plan(steps, sdk, summary), nl=False)
 
     @app.command("build")
     def build_cmd(
@@ -229,14 +254,19 @@ def register(app: typer.Typer) -> None:
             require_signature=require_signature,
         )
         f = facts(cfg)
-        steps = _steps(cfg, ctx, f)
+        # A dry run checks nothing out: it judges the SDK steps by the checkout as it is (if any).
+        steps = _steps(cfg, ctx, f, checkout_facts(ctx) if dry_run else None)
+
+        def replan(tree: TreeFacts) -> list[Step]:
+            return _steps(cfg, ctx, f, tree)
+
         options = Options(
             from_step=from_step,
             to_step=to_step,
             dry_run=dry_run,
             resume=_resume(ctx, config, sets),
         )
-        outcomes = Executor(cfg, ctx, f, steps, sys.stderr).execute(options)
+        outcomes = Executor(cfg, ctx, f, steps, sys.stderr, replan=replan).execute(options)
         ran = sum(o.status == "ran" for o in outcomes)
         skipped = sum(o.status == "skipped" for o in outcomes)
         if not dry_run:

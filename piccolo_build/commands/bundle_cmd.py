@@ -32,7 +32,8 @@ def register(app: typer.Typer) -> None:
         as_json: JsonOption = False,
     ) -> None:
         """Write the agent's reproducible source distribution and print its Manifest DIST line."""
-        from piccolo_build.bundle import build_sdist, manifest_line
+        from piccolo_build.bundle import build_sdist
+        from piccolo_build.gentoo import manifest_line
         from piccolo_build.lock import fetch_distfiles, load_lock
 
         cfg = load_for_cli(config_file, sets)
@@ -80,6 +81,16 @@ def register(app: typer.Typer) -> None:
                 "already there that match the lock. `build.py test` fills the tests' cache this way.",
             ),
         ] = None,
+        tree: Annotated[
+            Path | None,
+            typer.Option(
+                "--tree",
+                metavar="DIR",
+                file_okay=False,
+                help="Change nothing: check that every atom of the lock's ebuilds resolves in the "
+                "flatcar/scripts checkout DIR with stable keywords under the board profiles.",
+            ),
+        ] = None,
         as_json: JsonOption = False,
     ) -> None:
         """Resolve the agent's dependencies on PyPI, download their sdists and rewrite the lock."""
@@ -87,6 +98,14 @@ def register(app: typer.Typer) -> None:
         from piccolo_build import resolve
 
         index = index or resolve.PYPI_INDEX
+        if tree is not None:
+            from piccolo_build.commands.render_cmd import tree_check
+            from piccolo_build.config import Board, load_config
+            from piccolo_build.deps import dependency_files
+
+            rendered = dependency_files(load_config(), locking.load_lock(lock_file))
+            tree_check(tree, rendered, [b.arch for b in Board], as_json=as_json)
+            return
         if fetch_only is not None:
             current = locking.load_lock(lock_file)
             files = locking.fetch_distfiles(current, fetch_only / "distfiles", refetch_bad=True)

@@ -32,7 +32,7 @@ ConfigOption = Annotated[
 SetOption = Annotated[
     list[str] | None,
     typer.Option(
-        "--set", "-s", help="Override one key, e.g. --set flatcar.release=stable-4230.2.3 (repeatable)."
+        "--set", "-s", help="Override one key, e.g. --set flatcar.release=stable-4593.2.5 (repeatable)."
     ),
 ]
 JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON.")]

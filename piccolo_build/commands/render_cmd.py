@@ -63,12 +63,26 @@ def register(app: typer.Typer) -> None:
         overlay: Annotated[
             Path, typer.Option("--overlay", help="Committed overlay to compare against.")
         ] = DEFAULT_OUTPUT,
+        tree: Annotated[
+            Path | None,
+            typer.Option(
+                "--tree",
+                help="Instead: pkgcheck the rendered packages inside the real coreos-overlay of the "
+                "flatcar/scripts checkout DIR (portage-stable as master, board profiles; DIR stays "
+                "untouched).",
+                file_okay=False,
+                metavar="DIR",
+            ),
+        ] = None,
         as_json: JsonOption = False,
     ) -> None:
         """Fail if OVERLAY differs from a fresh render; verify units and lint ebuilds."""
         from piccolo_build.check import check_overlay
 
         cfg = load_for_cli(config_file, sets)
+        if tree is not None:
+            tree_check(tree, plan(cfg), [b.arch for b in cfg.boards], as_json=as_json)
+            return
         report = check_overlay(cfg, plan(cfg), overlay)
         if as_json:
             typer.echo(json.dumps(report.to_json(), indent=2))
@@ -85,3 +99,45 @@ def register(app: typer.Typer) -> None:
                 hint="run `piccolo-build render` if the diff is intended",
                 exit_code=1,
             )
+
+
+def tree_check(tree: Path, files: list[OverlayFile], arches: list[str], *, as_json: bool) -> None:
+    """``check --tree`` (and ``lock --tree``): one line per pkgcheck finding, exit 1 when there is any."""
+    import time
+
+    from piccolo_build.treecheck import check_tree
+
+    if not tree.is_dir():
+        raise PiccoloError(f"--tree {tree}: no such directory")
+    started = time.monotonic()
+    result = check_tree(tree, files, arches, pkgcheck_cache())
+    seconds = time.monotonic() - started
+    if as_json:
+        typer.echo(
+            json.dumps(
+                {
+                    "ok": result.ok,
+                    "findings": list(result.findings),
+                    "packages": list(result.packages),
+                    "profiles": list(result.profiles),
+                    "seconds": round(seconds, 1),
+                }
+            )
+        )
+    else:
+        for line in result.findings:
+            typer.echo(line)
+        typer.echo(
+            f"{'ok' if result.ok else 'FAIL'}: {len(result.packages)} packages in {tree} under "
+            f"{', '.join(result.profiles)}: {len(result.findings)} findings ({seconds:.1f} s)"
+        )
+    if not result.ok:
+        raise typer.Exit(1)
+
+
+def pkgcheck_cache() -> Path:
+    """pkgcheck's cache for checks outside a build: under $XDG_CACHE_HOME (or ~/.cache)."""
+    import os
+
+    base = os.environ.get("XDG_CACHE_HOME")
+    return (Path(base) if base else Path("~/.cache").expanduser()) / "piccolo-build" / "pkgcheck"

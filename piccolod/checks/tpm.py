@@ -20,8 +20,10 @@ Why a child process per check, not a call inside the agent:
 
 The price is starting a Python interpreter per check (about 0.1 s of CPU, see ``bench/agent.py``),
 which a check every ``check_interval_seconds`` can afford. The child runs with ``TSS2_LOG=all+NONE`` so
-the TSS does not print its own ERROR lines (a missing TPM is reported once, as this check's reason);
-what it writes to stderr anyway ends up in the reason when it fails.
+the TSS does not print its own ERROR lines (a missing TPM is reported once, as this check's reason), and
+with ``PYTHONWARNINGS=ignore`` so that library warnings do not either (tpm2-pytss 2.3 imports Camellia
+and CFB from where recent cryptography releases deprecate them); what it writes to stderr anyway ends
+up in the reason when it fails.
 """
 
 from __future__ import annotations
@@ -59,7 +61,7 @@ def probe_argv(tcti: str, timeout: float) -> list[str]:
 
 def read_tpm(tcti: str, timeout: float) -> TpmReading:
     """Run the probe for ``tcti``; the reading, or :class:`ProbeError`/:class:`TimeoutError`/`OSError`."""
-    env = child.python_env(TSS2_LOG=TSS2_LOG_QUIET)
+    env = child.python_env(TSS2_LOG=TSS2_LOG_QUIET, PYTHONWARNINGS="ignore")
     try:
         done = child.run(probe_argv(tcti, timeout), timeout, env)
     except child.ChildTimeout as exc:

@@ -6,7 +6,7 @@
 EAPI=8
 
 DISTUTILS_USE_PEP517=setuptools
-PYTHON_COMPAT=( python3_{12..13} )
+PYTHON_COMPAT=( python3_12 )
 
 inherit distutils-r1 pypi
 

@@ -5,7 +5,7 @@
 EAPI=8
 
 DISTUTILS_USE_PEP517=setuptools
-PYTHON_COMPAT=( python3_{12..13} )
+PYTHON_COMPAT=( python3_12 )
 
 inherit distutils-r1 systemd tmpfiles
 
@@ -21,8 +21,6 @@ KEYWORDS='arm64'
 RESTRICT="mirror"
 
 RDEPEND="
-	dev-python/docker[${PYTHON_USEDEP}]
-	dev-python/prometheus-client[${PYTHON_USEDEP}]
 	dev-python/pyyaml[${PYTHON_USEDEP}]
 	dev-python/tpm2-pytss[${PYTHON_USEDEP}]
 "

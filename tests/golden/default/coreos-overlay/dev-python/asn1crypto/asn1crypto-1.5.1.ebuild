@@ -6,17 +6,17 @@
 EAPI=8
 
 DISTUTILS_USE_PEP517=setuptools
-PYTHON_COMPAT=( python3_{12..13} )
+PYTHON_COMPAT=( python3_12 )
 
 inherit distutils-r1 pypi
 
-DESCRIPTION="Python client for the Prometheus monitoring system"
+DESCRIPTION="Fast ASN.1 parser and serializer with definitions for private keys, public..."
 HOMEPAGE="
-	https://pypi.org/project/prometheus-client/
-	https://github.com/prometheus/client_python
+	https://pypi.org/project/asn1crypto/
+	https://github.com/wbond/asn1crypto
 "
 
-LICENSE='Apache-2.0 BSD-2'
+LICENSE='MIT'
 SLOT="0"
 KEYWORDS='amd64 arm64'
 # Upstream's tests need test-only packages Flatcar does not carry (and some need the network);

@@ -7,7 +7,9 @@ EAPI=8
 
 DISTUTILS_USE_PEP517=setuptools
 DISTUTILS_EXT=1
-PYTHON_COMPAT=( python3_{12..13} )
+PYTHON_COMPAT=( python3_12 )
+PYPI_NO_NORMALIZE=1
+PYPI_PN="tpm2-pytss"
 
 inherit distutils-r1 pypi
 
@@ -24,24 +26,27 @@ KEYWORDS='amd64 arm64'
 # piccolod's own tests exercise this library against the real thing.
 RESTRICT="test"
 
-# cffi bindings to the image's TPM stack (libtss2-esys of app-crypt/tpm2-tss).
+# cffi bindings to libtss2-esys (app-crypt/tpm2-tss); cffi runs on the build host too.
 DEPEND="
-	app-crypt/tpm2-tss
+	app-crypt/tpm2-tss:=
 "
 RDEPEND="
 	${DEPEND}
 	>=dev-python/cffi-1.0.0[${PYTHON_USEDEP}]
-	>=dev-python/cryptography-47.0.0[${PYTHON_USEDEP}]
+	>=dev-python/cryptography-3.0[${PYTHON_USEDEP}]
+	dev-python/asn1crypto[${PYTHON_USEDEP}]
 	dev-python/packaging[${PYTHON_USEDEP}]
+	dev-python/pyyaml[${PYTHON_USEDEP}]
 "
 BDEPEND="
 	>=dev-python/setuptools-scm-3.4.3[${PYTHON_USEDEP}]
 	dev-python/pkgconfig[${PYTHON_USEDEP}]
 	dev-python/pycparser[${PYTHON_USEDEP}]
+	dev-python/cffi[${PYTHON_USEDEP}]
 	virtual/pkgconfig
 "
 
 python_compile() {
-	local -x SETUPTOOLS_SCM_PRETEND_VERSION="3.0.0"
+	local -x SETUPTOOLS_SCM_PRETEND_VERSION="2.3.0"
 	distutils-r1_python_compile
 }

@@ -1,0 +1,155 @@
+"""Gentoo knowledge in one place: versions, atoms, Manifest lines, PYTHON_COMPAT, overlay paths.
+
+A leaf module (it imports nothing of the project), so every other module can use it:
+
+- the version grammar of the Package Manager Specification (PMS 3.2) and the names of PMS 3.1;
+- dependency atoms: the ``category/name`` an atom names, and whether a dependency string lists one;
+- thin-Manifest ``DIST`` lines (``metadata/layout.conf`` of Flatcar's repositories says
+  ``thin-manifests = true``: a Manifest lists only distfiles, ``DIST <file> <size> BLAKE2B <hex>
+  SHA512 <hex>``; coreos-overlay adds ``use-manifests = strict``, so a package with a distfile and no
+  Manifest line is an error);
+- ``PYTHON_COMPAT`` of every ebuild we render, and the PEP 440 <-> Gentoo version mapping of the
+  ``pypi`` eclass;
+- where the two repositories live in a flatcar/scripts checkout, and :class:`OverlayFile`, one file of
+  the overlay we render.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from dataclasses import dataclass
+from pathlib import PurePosixPath
+
+# --- PMS names and versions ----------------------------------------------------------------------
+
+VERSION = r"\d+(?:\.\d+)*[a-z]?(?:_(?:alpha|beta|pre|rc|p)\d*)*(?:-r\d+)?"  # PMS 3.2
+VERSION_RE = re.compile(VERSION)
+CATEGORY_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9+_.-]*")  # PMS 3.1.1
+PACKAGE_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9+_-]*")  # PMS 3.1.2
+LICENSE_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9+_.-]*")  # PMS 3.1.6
+# A package name must not end in something that is a valid version (PMS 3.1.2).
+_NAME_ENDS_IN_VERSION = re.compile(rf"-{VERSION}$")
+# An atom: blockers, an operator, category/name, a version (with the '=...*' glob), slot and USE deps.
+_ATOM = re.compile(
+    rf"!{{0,2}}(?:[<>]=?|~|=)?(?P<key>[A-Za-z0-9+_.-]+/[A-Za-z0-9+_-]+?)(?:-{VERSION}\*?)?(?:[:\[].*)?"
+)
+KEY_RE = re.compile(r"[A-Za-z0-9+_.-]+/[A-Za-z0-9+_-]+")
+
+
+def name_ends_in_version(name: str) -> bool:
+    return _NAME_ENDS_IN_VERSION.search(name) is not None
+
+
+def atom_key(atom: str) -> str:
+    """``>=dev-python/requests-2.26.0:0[ssl]`` -> ``dev-python/requests``."""
+    m = _ATOM.fullmatch(atom.strip())
+    if m is None:
+        raise ValueError(f"not a dependency atom: {atom!r}")
+    return m.group("key")
+
+
+def atom_name(atom: str) -> str:
+    """``>=dev-python/requests-2.26.0`` -> ``requests``."""
+    return atom_key(atom).split("/", 1)[1]
+
+
+def listed(depstring: str, key: str) -> bool:
+    """Whether the dependency string names the package ``key`` (any version, slot or condition)."""
+    for token in depstring.split():
+        m = _ATOM.fullmatch(token)
+        if m and m.group("key") == key:
+            return True
+    return False
+
+
+# --- Manifest ------------------------------------------------------------------------------------
+
+
+def dist_line(name: str, size: int, blake2b: str, sha512: str) -> str:
+    """A thin-Manifest line: ``DIST <file> <size> BLAKE2B <hex> SHA512 <hex>``."""
+    if not name or "/" in name or any(c.isspace() for c in name):
+        raise ValueError(f"not a distfile name: {name!r}")
+    return f"DIST {name} {size} BLAKE2B {blake2b} SHA512 {sha512}"
+
+
+def manifest_line(name: str, data: bytes) -> str:
+    """The ``DIST`` line of the distfile ``name`` whose bytes are ``data``."""
+    return dist_line(name, len(data), hashlib.blake2b(data).hexdigest(), hashlib.sha512(data).hexdigest())
+
+
+# --- Python --------------------------------------------------------------------------------------
+
+# PYTHON_COMPAT of every ebuild we render (the agent's and its dev-python dependencies'). Each entry must
+# be an implementation the tree's python-utils-r1 eclass knows (an unknown one dies "Invalid
+# implementation in PYTHON_COMPAT"), and it must be the one Flatcar builds: from stable-4593 on,
+# coreos-overlay's profiles/coreos/base/make.defaults sets PYTHON_TARGETS to python3_12 alone and
+# base/package.mask masks every other dev-lang/python (lts-4081 and stable-4230 build python3_11 and
+# use.mask python3_12). A second, masked target makes pkgcheck find the dependencies unsolvable for it
+# (NonsolvableDeps: dev-lang/python:3.13 or :3.11), so the one value is the one of today's releases.
+PYTHON_COMPAT = "python3_12"
+
+
+def python_targets(compat: str = PYTHON_COMPAT) -> tuple[str, ...]:
+    """``python3_{12..13}`` -> (python3_12, python3_13), as bash brace expansion gives it."""
+    prefix, _, rng = compat.partition("{")
+    if not rng:
+        return (compat,)
+    lo, _, hi = rng.rstrip("}").partition("..")
+    return tuple(f"{prefix}{n}" for n in range(int(lo), int(hi) + 1))
+
+
+def normalise(name: str) -> str:
+    """PEP 503 normalised project name, which is also the Gentoo package name."""
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+_PEP440_FINAL = re.compile(r"(\d+(?:\.\d+)*)(?:(a|b|rc)(\d+))?(?:\.post(\d+))?")
+_PEP440_SUFFIX = {"a": "_alpha", "b": "_beta", "rc": "_rc"}
+
+
+def gentoo_version(pep440: str) -> str:
+    """PEP 440 final/pre/post release -> Gentoo version (the inverse of the pypi eclass's translation).
+    Raises ``ValueError`` for what has no Gentoo equivalent (dev releases, local versions)."""
+    m = _PEP440_FINAL.fullmatch(pep440)
+    if m is None:
+        raise ValueError(f"version {pep440!r} has no Gentoo equivalent")
+    out = m.group(1)
+    if m.group(2):
+        out += _PEP440_SUFFIX[m.group(2)] + m.group(3)
+    if m.group(4):
+        out += f"_p{m.group(4)}"
+    return out
+
+
+def pep440_version(gentoo: str) -> str:
+    """Gentoo PV -> PEP 440, as the ``pypi`` eclass does it (``_rc1`` -> ``rc1``, ``_p1`` -> ``.post1``)."""
+    out = gentoo
+    for suffix, pep in (("_alpha", "a"), ("_beta", "b"), ("_pre", ".dev"), ("_rc", "rc"), ("_p", ".post")):
+        out = out.replace(suffix, pep)
+    return out
+
+
+# --- repositories and the overlay we render --------------------------------------------------------
+
+# In a flatcar/scripts checkout (run_sdk_container mounts sdk_container/ at /mnt/host/source).
+THIRD_PARTY = PurePosixPath("sdk_container/src/third_party")
+COREOS_OVERLAY = THIRD_PARTY / "coreos-overlay"
+PORTAGE_STABLE = THIRD_PARTY / "portage-stable"
+# The top directory of our rendered packages (``render``'s output holds ``coreos-overlay/<cat>/<pkg>``).
+OVERLAY = PurePosixPath("coreos-overlay")
+
+
+@dataclass(frozen=True)
+class OverlayFile:
+    """One file of the rendered overlay: its path under the render's output, bytes and mode."""
+
+    path: PurePosixPath
+    content: bytes
+    mode: int = 0o644
+
+
+def package_key(file: OverlayFile) -> str | None:
+    """``category/name`` of the package a rendered file belongs to (None outside ``coreos-overlay``)."""
+    parts = file.path.parts
+    return f"{parts[1]}/{parts[2]}" if len(parts) > 3 and parts[0] == OVERLAY.name else None
