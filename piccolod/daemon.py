@@ -32,7 +32,6 @@ from piccolod import document, logs, notify
 from piccolod.api import ApiServer, Response, listen_socket
 from piccolod.assess import Assessment, Assessor, Cancelled
 from piccolod.checks import child
-from piccolod.checks import docker as docker_checks
 from piccolod.hysteresis import Hysteresis
 from piccolod.metrics import CONTENT_TYPE, GateOutcome, Metrics
 from piccolod.policy import PolicyFile
@@ -211,7 +210,6 @@ class Daemon:
             killed = child.kill_all()
             if killed:
                 log.info("killed %d check helper process(es) still running", killed)
-            docker_checks.close_clients()
             if self.server is not None:
                 self.server.stop()
             log.info("stopped")
