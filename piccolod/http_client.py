@@ -43,7 +43,9 @@ class Endpoint:
 
     @property
     def host_header(self) -> str:
-        return "localhost" if self.unix_path is not None else f"{self.host}:{self.port}"
+        if self.unix_path is not None:
+            return "localhost"
+        return f"[{self.host}]:{self.port}" if ":" in str(self.host) else f"{self.host}:{self.port}"
 
 
 def endpoint(url: str) -> Endpoint:
