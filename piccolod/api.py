@@ -22,9 +22,10 @@ can make the server use memory or descriptors without bound, or hold other clien
   request, an idle keep-alive one (longest idle first); one being answered goes last. A client is read
   as soon as it is accepted and connections accepted in the same turn are never the ones closed, so a
   client that sends its request promptly is answered whatever the others do.
-- **Bounded accepting.** At most :data:`ACCEPT_PER_TURN` connections are accepted per turn, after the
-  turn's reads and answers, so a flood of connections cannot starve the clients already in. When the
-  process runs out of descriptors, accepting pauses for a moment instead of spinning.
+- **Bounded accepting.** At most :data:`ACCEPT_PER_TURN` connections (and half of ``max_connections``)
+  are accepted per turn, after the turn's reads and answers, so a flood of connections cannot starve the
+  clients already in. When the process runs out of descriptors, accepting pauses for a moment instead of
+  spinning.
 
 **The private probe channel.** :meth:`ApiServer.probe` asks the loop for a path over a socket pair that
 only this process holds: no other process can connect to it, fill its slot or delay it beyond one turn
@@ -389,7 +390,8 @@ class ApiServer:
         if time.monotonic() < self._accept_paused_until:
             return
         victims: list[_Conn] | None = None
-        for _ in range(ACCEPT_PER_TURN):
+        # Newcomers of this turn are never evicted in it, so they may fill at most half of the table.
+        for _ in range(max(1, min(ACCEPT_PER_TURN, self.max_connections // 2))):
             try:
                 sock, _ = self._listener.accept()
             except (BlockingIOError, InterruptedError):
