@@ -17,9 +17,11 @@ can make the server use memory or descriptors without bound, or hold other clien
   within ``request_timeout`` (else 408 and the connection is closed); an idle keep-alive connection is
   closed after ``idle_timeout``. Dribbling bytes does not extend a deadline.
 - **A connection cap that cannot be used to lock others out.** At most ``max_connections`` clients are
-  open; beyond that a new client is still admitted, by closing an open one in this order: one that has
-  not sent a complete request yet (oldest first), one that does not read its answers, one sending a slow
-  request, an idle keep-alive one (longest idle first); one being answered goes last. A client is read
+  open (1,024 by default; the soft descriptor limit is raised to fit them, or the cap lowered); beyond
+  that a new client is still admitted, by closing an open one in this order: one already answered and
+  closing, one that has not sent a complete request yet (oldest first), one that does not read its
+  answers, one sending a slow request, an idle keep-alive one (longest idle first); one being answered
+  goes last. A client is read
   as soon as it is accepted and connections accepted in the same turn are never the ones closed, so a
   client that sends its request promptly is answered whatever the others do.
 - **Bounded accepting.** At most :data:`ACCEPT_PER_TURN` connections (and half of ``max_connections``)
@@ -44,6 +46,8 @@ import contextlib
 import errno
 import json
 import logging
+import re
+import resource
 import selectors
 import socket
 import threading
@@ -70,15 +74,19 @@ Route = Callable[[], Response]
 _WAKE = object()
 _LISTEN = object()
 _SWEEP_SECONDS = 0.25
-READ_CHUNK = 4096  # bytes read from a connection at a time
+READ_CHUNK = 1024  # bytes read from a connection at a time
 REQUESTS_PER_TURN = 8  # answers prepared per connection per turn of the loop
 ACCEPT_PER_TURN = 64  # connections accepted per turn
 SEND_BUFFER = 32 * 1024  # SO_SNDBUF of accepted TCP connections (the kernel doubles it)
 MAX_PROBES = 8  # probes waiting for the loop at once
+SPARE_DESCRIPTORS = 128  # kept free of client connections for everything else the agent opens
 _ACCEPT_PAUSE_SECONDS = 0.1  # after EMFILE and friends
 LINGER_SECONDS = 1.0  # how long a closing connection's unread input is drained (so no RST eats the answer)
 LINGER_BYTES = 256 * 1024
 _OUT_OF_DESCRIPTORS = {errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM}
+_CONTROL = re.compile(
+    rb"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]"
+)  # what a request head must not hold (tab, CR, LF may)
 
 
 class _Conn:
@@ -164,6 +172,23 @@ def listen_socket(listen: str, backlog: int = 4096) -> socket.socket:
     return sock
 
 
+def _room_for(connections: int) -> int:
+    """Raise the soft descriptor limit (within the hard one) so ``connections`` clients fit beside
+    SPARE_DESCRIPTORS others; returns how many fit after all."""
+    try:
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        want = connections + SPARE_DESCRIPTORS
+        if soft != resource.RLIM_INFINITY and soft < want:
+            top = want if hard == resource.RLIM_INFINITY else min(want, hard)
+            resource.setrlimit(resource.RLIMIT_NOFILE, (top, hard))
+            soft = top
+    except (OSError, ValueError):
+        return connections
+    if soft == resource.RLIM_INFINITY:
+        return connections
+    return max(1, min(connections, soft - SPARE_DESCRIPTORS))
+
+
 # --- the agent's own server, found by the api check ---------------------------------------------------
 
 _published: dict[str, ApiServer | str] = {}
@@ -196,15 +221,18 @@ class ApiServer:
         listen: str | socket.socket,
         routes: Mapping[str, Route],
         *,
-        max_connections: int = 256,
+        max_connections: int = 1024,
         request_timeout: float = 5.0,
         idle_timeout: float = 15.0,
         max_request_bytes: int = 8192,
     ) -> None:
         self._listener = listen if isinstance(listen, socket.socket) else listen_socket(listen)
         self._listener.setblocking(False)
+        with contextlib.suppress(OSError):  # accepted connections inherit both: two syscalls fewer each
+            self._listener.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            self._listener.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SEND_BUFFER)
         self.routes = dict(routes)
-        self.max_connections = max_connections
+        self.max_connections = _room_for(max_connections)
         self.request_timeout = request_timeout
         self.idle_timeout = idle_timeout
         self.max_request_bytes = max_request_bytes
@@ -367,10 +395,11 @@ class ApiServer:
             return
         self._interest(conn)
 
-    def _read_and_answer(self, conn: _Conn) -> None:
+    def _read_and_answer(self, conn: _Conn, *, read: bool = True) -> None:
         """Read what the client sent and, if that completes a request, answer it now (its slice of the
         turn); then watch the connection for what comes next."""
-        self._read(conn)
+        if read:
+            self._read(conn)
         waiting = self._head_end(conn) is not None or len(conn.inbuf) > self.max_request_bytes
         if waiting and not conn.closed and not conn.queued and not conn.out:
             self._answer(conn)
@@ -425,13 +454,25 @@ class ApiServer:
 
     def _adopt(self, sock: socket.socket) -> None:
         sock.setblocking(False)
-        with contextlib.suppress(OSError):
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SEND_BUFFER)
         conn = _Conn(sock, time.monotonic() + self.request_timeout)
         self._conns[conn.fd] = conn
         self._public += 1
-        self._guarded(lambda c, _m: self._read_and_answer(c), conn, 0)  # a prompt client's request is here
+        self._guarded(self._first_read, conn, 0)
+
+    def _first_read(self, conn: _Conn, _mask: int) -> None:
+        """A new connection: a prompt client's request is already here. A client that sent it and reset
+        the connection at once (churn) is gone by the time a busy server accepts it: that costs one more
+        ``recv`` to see, instead of an answer nobody reads."""
+        self._read(conn)
+        if conn.inbuf and not conn.closed:
+            try:
+                conn.sock.recv(1, socket.MSG_PEEK)
+            except (BlockingIOError, InterruptedError):
+                pass
+            except OSError:
+                self._close(conn)
+                return
+        self._read_and_answer(conn, read=False)
 
     def _victims(self) -> list[_Conn]:
         """Open client connections, the next to close for a newcomer last."""
@@ -654,9 +695,7 @@ class ApiServer:
             raise _BadRequest(400, "request head is not ASCII") from None
         lines = text.split("\n")
         request_line = lines[0].rstrip("\r")
-        if any(c < " " or c == "\x7f" for c in request_line) or any(
-            (c < " " and c not in "\r\n\t") or c == "\x7f" for c in text
-        ):
+        if _CONTROL.search(head) or "\t" in request_line:
             raise _BadRequest(400, "control characters in the request head")
         parts = request_line.split(" ")
         if len(parts) != 3 or not parts[0].isalpha() or not parts[1].startswith("/"):

@@ -313,15 +313,17 @@ def test_hundreds_of_idle_sockets_cannot_fail_the_api_check() -> None:
 
     data = policy_data(["tpm", "storage", "api"], interval=60)
     with running_daemon(_all_ok(), data) as (daemon, port):
-        assert daemon.server is not None and daemon.server.max_connections == 256
-        hogs = [socket.create_connection(("127.0.0.1", port), timeout=5) for _ in range(300)]
+        assert daemon.server is not None and daemon.server.max_connections == 1024
+        hogs = [socket.create_connection(("127.0.0.1", port), timeout=5) for _ in range(1100)]
         try:
-            wait_for(lambda: daemon.server is not None and daemon.server.open_connections == 256, what="full")
+            wait_for(
+                lambda: daemon.server is not None and daemon.server.open_connections == 1024, what="full"
+            )
             assert get(port, "/livez")[0] == 200
             assert get(port, HEALTH_PATH)[0] == 200
             outcome = check_api(make_policy({"agent": {"listen": f"127.0.0.1:{port}"}}), 2.0)
             assert outcome.healthy, outcome.reason
-            assert daemon.server.evicted >= 300 - 256 + 1
+            assert daemon.server.evicted >= 1100 - 1024 + 1
         finally:
             for s in hogs:
                 s.close()
@@ -396,7 +398,12 @@ def test_checks_keep_running_while_slow_clients_hang_on() -> None:
 def test_pipelining_clients_do_not_delay_a_well_behaved_one(server: ApiServer) -> None:
     """Four clients keep thousands of pipelined requests for a route that costs 0.5 ms queued; a fifth
     is answered within one fair turn (4 x REQUESTS_PER_TURN x 0.5 ms), not after hundreds of theirs."""
-    server.routes["/slow"] = lambda: (time.sleep(0.0005), Response(200, b"slow"))[1]
+
+    def slow() -> Response:
+        time.sleep(0.0005)
+        return Response(200, b"slow")
+
+    server.routes["/slow"] = slow
     stop = threading.Event()
 
     def pipeline() -> None:

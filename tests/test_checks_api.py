@@ -161,7 +161,8 @@ def test_inside_the_agent_no_local_client_can_fail_the_check(kind: str) -> None:
                 assert time.monotonic() - started < 0.5
             assert outcome.details["channel"] == "private"
             assert "over the agent's private probe channel" in outcome.reason
-            assert daemon.server.open_connections == daemon.server.max_connections
+            # Full: idle and partial ones were evicted for newcomers (non-readers time out instead).
+            assert daemon.server.evicted > 0 or kind == "pipeline"
         finally:
             for s in hogs:
                 s.close()
