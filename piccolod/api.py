@@ -17,7 +17,7 @@ can make the server use memory or descriptors without bound, or hold other clien
   within ``request_timeout`` (else 408 and the connection is closed); an idle keep-alive connection is
   closed after ``idle_timeout``. Dribbling bytes does not extend a deadline.
 - **A connection cap that cannot be used to lock others out.** At most ``max_connections`` clients are
-  open (1,024 by default; the soft descriptor limit is raised to fit them, or the cap lowered); beyond
+  open (2,048 by default; the soft descriptor limit is raised to fit them, or the cap lowered); beyond
   that a new client is still admitted, by closing an open one in this order: one already answered and
   closing, one that has not sent a complete request yet (oldest first), one that does not read its
   answers, one sending a slow request, an idle keep-alive one (longest idle first); one being answered
@@ -84,6 +84,7 @@ _ACCEPT_PAUSE_SECONDS = 0.1  # after EMFILE and friends
 LINGER_SECONDS = 1.0  # how long a closing connection's unread input is drained (so no RST eats the answer)
 LINGER_BYTES = 256 * 1024
 _OUT_OF_DESCRIPTORS = {errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM}
+_LINGER_OFF = b"\x01\x00\x00\x00\x00\x00\x00\x00"  # struct linger {l_onoff=1, l_linger=0}
 _CONTROL = re.compile(
     rb"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]"
 )  # what a request head must not hold (tab, CR, LF may)
@@ -221,7 +222,7 @@ class ApiServer:
         listen: str | socket.socket,
         routes: Mapping[str, Route],
         *,
-        max_connections: int = 1024,
+        max_connections: int = 2048,
         request_timeout: float = 5.0,
         idle_timeout: float = 15.0,
         max_request_bytes: int = 8192,
@@ -239,6 +240,7 @@ class ApiServer:
         self._sel = selectors.DefaultSelector()
         self._conns: dict[int, _Conn] = {}
         self._public = 0  # open connections from the listener (probes are not counted)
+        self._fresh: dict[int, _Conn] = {}  # clients that have sent nothing yet, oldest first
         self._ready: collections.deque[_Conn] = collections.deque()
         self._ready_probes: collections.deque[_Conn] = collections.deque()
         self._new_probes: collections.deque[socket.socket] = collections.deque()
@@ -419,6 +421,7 @@ class ApiServer:
         if time.monotonic() < self._accept_paused_until:
             return
         victims: list[_Conn] | None = None
+        turn_start = time.monotonic()
         # Newcomers of this turn are never evicted in it, so they may fill at most half of the table.
         for _ in range(max(1, min(ACCEPT_PER_TURN, self.max_connections // 2))):
             try:
@@ -429,17 +432,20 @@ class ApiServer:
                 self._accept_failed(exc)
                 return
             if self._public >= self.max_connections:
-                if victims is None:
-                    victims = self._victims()
-                while victims and victims[-1].closed:
-                    victims.pop()
-                if not victims:
+                victim = next(iter(self._fresh.values()), None)  # the one that has waited longest
+                if victim is None or victim.accepted >= turn_start:
+                    if victims is None:
+                        victims = self._victims()
+                    while victims and victims[-1].closed:
+                        victims.pop()
+                    victim = victims.pop() if victims else None
+                if victim is None:
                     with contextlib.suppress(OSError):
                         sock.send(_error(503, "too many connections"))
                     sock.close()
                     continue
                 self.evicted += 1
-                self._close(victims.pop())
+                self._close(victim, reset=True)
             self._adopt(sock)
 
     def _accept_failed(self, exc: OSError) -> None:
@@ -472,6 +478,8 @@ class ApiServer:
             except OSError:
                 self._close(conn)
                 return
+        elif not conn.closed:
+            self._fresh[conn.fd] = conn
         self._read_and_answer(conn, read=False)
 
     def _victims(self) -> list[_Conn]:
@@ -503,12 +511,17 @@ class ApiServer:
                     conn.sock.send(_error(408, "request not complete in time"))
             self._close(conn)
 
-    def _close(self, conn: _Conn) -> None:
+    def _close(self, conn: _Conn, *, reset: bool = False) -> None:
+        """Close ``conn``; ``reset``: abortively (an RST, no TIME_WAIT left behind for an evicted one)."""
         if conn.closed:
             return
+        if reset:
+            with contextlib.suppress(OSError):
+                conn.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_OFF)
         conn.closed = True
         if self._conns.pop(conn.fd, None) is not None and not conn.probe:
             self._public -= 1
+            self._fresh.pop(conn.fd, None)
         if conn.events:
             with contextlib.suppress(KeyError, ValueError, OSError):
                 self._sel.unregister(conn.sock)
@@ -557,6 +570,8 @@ class ApiServer:
             return
         if not conn.inbuf:
             conn.deadline = time.monotonic() + self.request_timeout
+            if not conn.answered:
+                self._fresh.pop(conn.fd, None)
         conn.inbuf += data
 
     def _head_end(self, conn: _Conn) -> tuple[int, int] | None:
