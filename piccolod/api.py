@@ -459,6 +459,16 @@ class ApiServer:
             log.warning("accept failed (%d times so far): %s", self._accept_errors, exc)
 
     def _adopt(self, sock: socket.socket) -> None:
+        """A new client. One that sent its request and reset the connection at once (churn) is gone by
+        the time a busy server accepts it: one ``getsockopt`` sees that, instead of an answer nobody
+        reads. A prompt client's request is already here: it is read and answered at once."""
+        try:
+            gone = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+        except OSError:
+            gone = 1
+        if gone:
+            sock.close()
+            return
         sock.setblocking(False)
         conn = _Conn(sock, time.monotonic() + self.request_timeout)
         self._conns[conn.fd] = conn
@@ -466,19 +476,8 @@ class ApiServer:
         self._guarded(self._first_read, conn, 0)
 
     def _first_read(self, conn: _Conn, _mask: int) -> None:
-        """A new connection: a prompt client's request is already here. A client that sent it and reset
-        the connection at once (churn) is gone by the time a busy server accepts it: that costs one more
-        ``recv`` to see, instead of an answer nobody reads."""
         self._read(conn)
-        if conn.inbuf and not conn.closed:
-            try:
-                conn.sock.recv(1, socket.MSG_PEEK)
-            except (BlockingIOError, InterruptedError):
-                pass
-            except OSError:
-                self._close(conn)
-                return
-        elif not conn.closed:
+        if not conn.closed and not conn.inbuf:
             self._fresh[conn.fd] = conn
         self._read_and_answer(conn, read=False)
 
