@@ -24,9 +24,10 @@ import typing
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
-import yaml
+if TYPE_CHECKING:
+    import yaml
 
 T = TypeVar("T")
 KeyPath = tuple[str | int, ...]
@@ -91,6 +92,8 @@ class Source:
 
 def parse_yaml(text: str, file: str) -> tuple[Any, Source]:
     """Parse one YAML document into plain data plus the line of every key and list item."""
+    import yaml  # here, not at the top: ``piccolod --help`` must work where PyYAML is missing
+
     src = Source(file)
     try:
         node = yaml.compose(text, Loader=yaml.SafeLoader)
@@ -106,6 +109,8 @@ def parse_yaml(text: str, file: str) -> tuple[Any, Source]:
 
 
 def _plain(node: yaml.Node, path: KeyPath, src: Source) -> Any:
+    import yaml
+
     src.lines.setdefault(path, (src.file, node.start_mark.line + 1))
     if isinstance(node, yaml.MappingNode):
         out: dict[str, Any] = {}
