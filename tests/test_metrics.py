@@ -63,6 +63,7 @@ def test_metrics_over_http_follow_the_assessments() -> None:
     checks = {c: Switch() for c in Component}
     checks[Component.NETWORK].healthy = False
     data = policy_data(["tpm", "storage", "api"], ["network"], interval=0.05, threshold=2)
+    data["health_policy"]["startup"]["optional_all_failed"] = "degraded"  # the one optional one fails
     with running_daemon(checks, data) as (daemon, port):
         # The fifth call has started only once the fourth assessment was published.
         wait_for(lambda: checks[Component.TPM].calls >= 5, what="four published assessments")

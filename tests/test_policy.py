@@ -39,7 +39,7 @@ BAD: list[tuple[str, str, int, str, str]] = [
         "health_policy:\n  runtime:\n    failure_threshold: 0\n",
         3,
         "health_policy.runtime.failure_threshold",
-        "greater than 0",
+        "must be between 1 and 1000, got 0",
     ),
     (
         "threshold-float",
@@ -155,6 +155,65 @@ BAD: list[tuple[str, str, int, str, str]] = [
         )
         for word, value in (("nan", ".nan"), ("inf", ".inf"), ("minus-inf", "-.inf"))
         for words in ("expected an integer" if kind == "int" else "must be a finite number",)
+    ),
+    *(
+        (
+            f"{key.rsplit('.', 1)[1]}-{value}",
+            f"health_policy:\n  {key.split('.')[0]}:\n    {key.split('.')[1]}: {value}\n",
+            3,
+            f"health_policy.{key}",
+            words,
+        )
+        for key, value, words in (
+            (
+                "thresholds.network_timeout_seconds",
+                "1.0e+10",
+                "must be between 0.05 and 300 seconds, got 1e+10",
+            ),
+            ("thresholds.network_timeout_seconds", "0.01", "must be between 0.05 and 300 seconds, got 0.01"),
+            ("thresholds.tpm_operation_timeout_seconds", "301", "must be between 0.05 and 300 seconds"),
+            ("startup.timeout_seconds", "1.0e+300", "must be between 0.1 and 3600 seconds, got 1e+300"),
+            ("startup.timeout_seconds", "0", "must be between 0.1 and 3600 seconds, got 0"),
+            ("rollback.reboot_grace_seconds", "86400", "must be between 0 and 3600 seconds"),
+            ("rollback.reboot_grace_seconds", "-1", "must be between 0 and 3600 seconds"),
+            ("runtime.check_interval_seconds", "1.0e+12", "must be between 0.05 and 86400 seconds"),
+            ("runtime.check_interval_seconds", "0.001", "must be between 0.05 and 86400 seconds"),
+            ("runtime.failure_threshold", "1001", "must be between 1 and 1000"),
+            ("thresholds.container_startup_seconds", "1.0e+9", "must be between 0 and 86400 seconds"),
+            ("thresholds.max_io_errors", "10000000000", "must be between 0 and 1e+09"),
+            ("thresholds.max_io_errors", "-3", "must be between 0 and 1e+09"),
+            ("startup.optional_all_failed", "maybe", "must be one of unhealthy, degraded"),
+        )
+    ),
+    *(
+        (
+            f"tcti-{name}",
+            f"health_policy:\n  checks:\n    tpm:\n      tcti: {value}\n",
+            4,
+            "health_policy.checks.tpm.tcti",
+            words,
+        )
+        for name, value, words in (
+            ("empty", "''", "must be a TCTI as name:config"),
+            ("no-name", "':/dev/tpm0'", "must be a TCTI as name:config"),
+            ("spaces", "'dev ice:/dev/tpm0'", "must be a TCTI as name:config"),
+            ("relative-device", "device:dev/tpm0", "takes an absolute path"),
+        )
+    ),
+    *(
+        (
+            f"docker-host-{name}",
+            f"health_policy:\n  checks:\n    docker:\n      host: {value}\n",
+            4,
+            "health_policy.checks.docker.host",
+            words,
+        )
+        for name, value, words in (
+            ("ssh", "ssh://box", "'ssh' endpoints are not supported"),
+            ("relative", "unix://docker.sock", "needs an absolute path"),
+            ("no-port", "tcp://127.0.0.1", "expected tcp://host:port"),
+            ("empty", "''", "endpoints are not supported"),
+        )
     ),
     (
         "relative-state-dir",
