@@ -12,7 +12,6 @@ import enum
 import ipaddress
 import math
 import re
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -54,28 +53,28 @@ def _finite(value: float) -> None:
         raise ValueError(f"must be a finite number, got {value!r}")
 
 
-def percent(value: float) -> float:
-    _finite(value)
-    if not 0 <= value <= 100:
-        raise ValueError(f"must be between 0 and 100, got {value:g}")
-    return value
-
-
-def between(low: float, high: float, unit: str = "") -> Callable[[float], float]:
+@dataclass(frozen=True)
+class Between:
     """A check for a number the agent can use: finite and within ``[low, high]``.
 
     Every duration and count of the policy has such a range (docs/agent.md lists them): a value outside
-    it would validate today and fail later, in a socket timeout, a thread wait or a unit file.
+    it would validate and then fail later, in a socket timeout, a thread wait or a unit file.
     """
-    suffix = f" {unit}" if unit else ""
 
-    def check(value: float) -> float:
+    low: float
+    high: float
+    unit: str = ""
+
+    def __call__(self, value: float) -> float:
         _finite(value)
-        if not low <= value <= high:
-            raise ValueError(f"must be between {low:g} and {high:g}{suffix}, got {value:g}")
+        if not self.low <= value <= self.high:
+            suffix = f" {self.unit}" if self.unit else ""
+            raise ValueError(f"must be between {self.low:g} and {self.high:g}{suffix}, got {value:g}")
         return value
 
-    return check
+
+def between(low: float, high: float, unit: str = "") -> Between:
+    return Between(low, high, unit)
 
 
 def safe_text(value: str) -> str:
@@ -248,7 +247,7 @@ class Rollback:
 @dataclass(frozen=True)
 class Thresholds:
     min_disk_space_percent: float = field(
-        default=10.0, metadata=meta("minimum free space per mount", check=percent)
+        default=10.0, metadata=meta("minimum free space per mount (0-100 %)", check=between(0, 100))
     )
     max_io_errors: int = field(
         default=0, metadata=meta("I/O errors tolerated per mount (0-1e9)", check=between(0, 1_000_000_000))
