@@ -5,8 +5,9 @@ GRUB's ``gptprio.next`` boots a flatcar-usr partition and names it on the kernel
 (docs/flatcar.md); plain ``usr=`` is accepted too. The disk holding that partition is the configured
 path, or found automatically: the udev link ``/dev/disk/by-partuuid/<uuid>`` when it exists, else every
 partitioned disk under ``/sys/block`` is read until one has the PARTUUID. Its GPT entry is then read
-directly (:mod:`piccolod.gpt`; the backup copy when the primary one is corrupt), so the slot state is
-exactly what GRUB and update_engine see.
+directly (:mod:`piccolod.gpt`, which says which copy it used and why, and refuses copies that disagree),
+so the slot state is exactly what GRUB and update_engine see. The booted PARTUUID must name a /usr slot,
+and USR-A and USR-B must each be one partition: anything ambiguous is an error, and the state unknown.
 
 Nothing here raises on a bad disk: :func:`detect` returns a :class:`BootSlot` whose ``error`` says what
 went wrong and whose state is ``unknown``, which the gate treats as fail-closed.
@@ -63,16 +64,16 @@ class BootSlot:
     gpt_header: str | None = None  # "primary" or "backup": which GPT copy the table came from
     gpt_header_lba: int | None = None
     gpt_primary_error: str | None = None  # why the primary copy was not used
+    gpt_backup_error: str | None = None  # why the backup copy could not confirm the primary
+    gpt_source: str | None = None  # the copy used and why, in words (piccolod.gpt.Table.source)
 
     @property
     def gpt_note(self) -> str | None:
         """One line on the GPT copy read (None when the disk was not read)."""
-        if self.gpt_header is None:
+        if self.gpt_source is None:
             return None
-        where = f"{self.gpt_header} header at LBA {self.gpt_header_lba}"
-        if self.gpt_header == "primary":
-            return f"gpt: {where}"
-        return f"gpt: {where} (primary unusable: {self.gpt_primary_error}; run cgpt repair)"
+        repair = "; run cgpt repair" if self.gpt_primary_error or self.gpt_backup_error else ""
+        return f"gpt: {self.gpt_source}{repair}"
 
     @property
     def booted(self) -> SlotRow | None:
@@ -114,11 +115,15 @@ def slot_name(part: Partition) -> str:
     return SLOT_BY_NUMBER.get(part.number, f"partition {part.number}")
 
 
-def slot_rows(table: Table, booted: str | None) -> tuple[SlotRow, ...]:
-    """Rows for the flatcar-usr partitions (or, without any, those labelled USR-A/USR-B)."""
+def usr_partitions(table: Table) -> list[Partition]:
+    """The flatcar-usr partitions (or, without any, those labelled USR-A/USR-B)."""
     usr = [p for p in table.partitions if p.type_guid == FLATCAR_USR_TYPE]
-    if not usr:
-        usr = [p for p in table.partitions if p.name in SLOT_NAMES]
+    return usr or [p for p in table.partitions if p.name in SLOT_NAMES]
+
+
+def slot_rows(table: Table, booted: str | None) -> tuple[SlotRow, ...]:
+    """Rows for the /usr slots (:func:`usr_partitions`)."""
+    usr = usr_partitions(table)
     return tuple(
         SlotRow(
             slot_name(p),
@@ -198,6 +203,8 @@ def detect(cmdline: str | Path, disk: str = "auto", **where: Path) -> BootSlot:
         gpt_header=table.header,
         gpt_header_lba=table.header_lba,
         gpt_primary_error=table.primary_error,
+        gpt_backup_error=table.backup_error,
+        gpt_source=table.source,
     )
 
 
@@ -223,6 +230,18 @@ def _locate(
     part = table.by_partuuid(partuuid)
     if part is None:
         raise SlotError(f"{disk_path}: no partition with PARTUUID {partuuid}")
+    if part not in usr_partitions(table):
+        raise SlotError(
+            f"{disk_path}: PARTUUID {partuuid} is partition {part.number} ({part.name or 'unlabelled'}), "
+            "not a /usr slot"
+        )
+    for label in SLOT_NAMES:
+        same = [p.number for p in usr_partitions(table) if slot_name(p) == label]
+        if len(same) > 1:
+            raise SlotError(
+                f"{disk_path}: partitions {' and '.join(map(str, same))} are both {label}: which slot is "
+                "which is ambiguous"
+            )
     return table, part
 
 
