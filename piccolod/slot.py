@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from piccolod.gpt import FLATCAR_USR_TYPE, GptError, Partition, Table, read_table
+from piccolod.logs import printable
 
 CMDLINE_KEYS = ("mount.usr", "verity.usr", "usr")
 SLOT_BY_NUMBER = {3: "USR-A", 4: "USR-B"}
@@ -254,9 +255,11 @@ def format_table(slot: BootSlot) -> str:
             f"{star:2}{r.name:8}{r.number:>5}  {r.partuuid:36}  {r.priority:>4} {r.tries:>5} "
             f"{int(r.successful):>7}"
         )
-    lines.append(f"booted: {slot.name or '?'} ({slot.partuuid or '?'}) on {slot.disk or '?'}: {slot.state}")
+    lines.append(
+        printable(f"booted: {slot.name or '?'} ({slot.partuuid or '?'}) on {slot.disk or '?'}: {slot.state}")
+    )
     if slot.gpt_note:
-        lines.append(slot.gpt_note)
+        lines.append(printable(slot.gpt_note))
     if slot.error:
-        lines.append(f"error: {slot.error}")
+        lines.append(printable(f"error: {slot.error}"))
     return "\n".join(lines)

@@ -282,3 +282,12 @@ def test_status_prints_one_line_for_a_corrupt_disk(flatcar_disk: Path, tmp_path:
     assert "Traceback" not in r.stderr, r.stderr
     errors = [line for line in r.stdout.splitlines() if line.startswith("error: ")]
     assert len(errors) == 1 and str(flatcar_disk) in errors[0] and "not on the disk" in errors[0], r.stdout
+
+
+def test_a_hostile_partition_label_is_escaped_in_the_table(flatcar_disk: Path, tmp_path: Path) -> None:
+    name = "\x1b[2J\nROOT".encode("utf-16-le")
+    for which in ("primary", "backup"):
+        edit_copy(flatcar_disk, which, entries={(9, "name"): name})
+    root = next(p for p in read_table(flatcar_disk).partitions if p.number == 9)
+    text = format_table(detect(_cmdline(tmp_path, str(root.unique_guid)), str(flatcar_disk)))
+    assert "\x1b" not in text and text.splitlines()[-1].endswith("(\\x1b[2J\\nROOT), not a /usr slot")
