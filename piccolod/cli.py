@@ -18,7 +18,6 @@ from typing import NoReturn
 from piccolod import __version__
 
 EXIT_USAGE = 3
-EXIT_CANNOT_START = 1  # piccolod serve's own code for "cannot start"; not the gate's 3
 
 # Python module -> the distribution that provides it.
 DEPENDENCIES = {"yaml": "PyYAML", "tpm2_pytss": "tpm2-pytss"}
@@ -63,7 +62,11 @@ def main(argv: list[str] | None = None) -> int:
         if message is None:
             raise
         print(message, file=sys.stderr)
-        return EXIT_CANNOT_START if args.command == "serve" else EXIT_USAGE
+        if args.command == "serve":
+            from piccolod.commands.serve import EXIT_CANNOT_START  # "cannot start", not the gate's 3
+
+            return EXIT_CANNOT_START
+        return EXIT_USAGE
     return code
 
 

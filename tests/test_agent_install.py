@@ -1,5 +1,6 @@
 """The agent in any install: the standard library alone must give ``--help``; a missing dependency is
-one line and a documented exit code; the agent imports nothing it does not need.
+one line and a documented exit code; serving loads no heavy module (the static scan of what piccolod/
+imports is in test_lint.py).
 
 A "bare install" here is the real interpreter started with ``-S`` (no site-packages at all: no PyYAML,
 no tpm2-pytss) and the checkout on ``PYTHONPATH``: exactly what a machine without the agent's
@@ -8,7 +9,6 @@ dependencies has.
 
 from __future__ import annotations
 
-import ast
 import json
 import os
 import subprocess
@@ -17,12 +17,10 @@ from pathlib import Path
 
 import pytest
 
+from tests.test_lint import forbidden_in_agent
+
 ROOT = Path(__file__).resolve().parent.parent
 AGENT = ROOT / "piccolod"
-# Dropped from the agent for memory (issue 10): the Engine API and /metrics use the standard library.
-FORBIDDEN = {"docker", "prometheus_client", "requests", "urllib3"}
-# Heavy standard-library modules the agent has no use for at steady state.
-FORBIDDEN_STDLIB = {"asyncio", "ssl", "email", "http.client", "http.server", "urllib.request", "xml"}
 
 
 def bare(*argv: str, timeout: float = 30) -> subprocess.CompletedProcess[str]:
@@ -67,35 +65,6 @@ def test_the_tpm_probe_says_tpm2_pytss_is_missing() -> None:
     }
 
 
-def _imports(path: Path) -> set[str]:
-    found: set[str] = set()
-    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"), str(path))):
-        if isinstance(node, ast.Import):
-            found.update(alias.name for alias in node.names)
-        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-            found.add(node.module)
-    return found
-
-
-def _hits(names: set[str], forbidden: set[str]) -> set[str]:
-    return {n for n in names for f in forbidden if n == f or n.startswith(f + ".")}
-
-
-def test_the_agent_imports_neither_the_docker_sdk_nor_a_metrics_library() -> None:
-    """Anywhere in piccolod/, at the top of a module or inside a function."""
-    offenders = {
-        str(path.relative_to(ROOT)): sorted(_hits(_imports(path), FORBIDDEN | FORBIDDEN_STDLIB))
-        for path in sorted(AGENT.rglob("*.py"))
-    }
-    assert {k: v for k, v in offenders.items() if v} == {}
-
-
-def test_the_lint_catches_an_offender(tmp_path: Path) -> None:
-    bad = tmp_path / "bad.py"
-    bad.write_text("def f() -> None:\n    import docker.errors\n    from http.client import HTTPConnection\n")
-    assert _hits(_imports(bad), FORBIDDEN | FORBIDDEN_STDLIB) == {"docker.errors", "http.client"}
-
-
 def test_serving_loads_no_heavy_module() -> None:
     """What ``piccolod serve`` imports to run (the daemon, every check, the gate), in a fresh process."""
     code = (
@@ -103,5 +72,4 @@ def test_serving_loads_no_heavy_module() -> None:
         "print(' '.join(sorted(sys.modules)))"
     )
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT)
-    loaded = set(r.stdout.split())
-    assert _hits(loaded, FORBIDDEN | FORBIDDEN_STDLIB) == set()
+    assert forbidden_in_agent(set(r.stdout.split())) == set()
