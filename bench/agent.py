@@ -388,15 +388,37 @@ def wait_answering(port: int, proc: subprocess.Popen[bytes]) -> None:
     raise SystemExit("piccolod serve did not become healthy")
 
 
+def serve(
+    config: Path, *, env: dict[str, str] | None = None, log: Path | None = None
+) -> subprocess.Popen[bytes]:
+    base = {k: v for k, v in os.environ.items() if k not in ("NOTIFY_SOCKET", "WATCHDOG_USEC")}
+    out = log.open("wb") if log is not None else subprocess.DEVNULL
+    try:
+        return subprocess.Popen(
+            [sys.executable, "-m", "piccolod", "serve", "--config", str(config)],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env={**base, **(env or {})},
+            cwd=ROOT,
+        )
+    finally:
+        if log is not None:
+            out.close()  # type: ignore[union-attr]
+
+
+def stop_serve(proc: subprocess.Popen[bytes]) -> None:
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(15)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
 def bench_daemon(
     config: Path, port: int, clients: int, load_seconds: float, soak_seconds: float, tpm_peak_kib: int
 ) -> None:
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "piccolod", "serve", "--config", str(config)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        env={k: v for k, v in os.environ.items() if k not in ("NOTIFY_SOCKET", "WATCHDOG_USEC")},
-    )
+    proc = serve(config)
     try:
         wait_answering(port, proc)
         time.sleep(2)
@@ -452,12 +474,7 @@ def bench_daemon(
                 f"about 0.1 s: {(rss + tpm_peak_kib) / 1024:.1f} MiB in all at that moment"
             )
     finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop_serve(proc)
 
 
 # --- 5 and 6: the agent under attack -----------------------------------------------------------------------
@@ -469,33 +486,6 @@ TPM_LATE_SECONDS = 3.0  # the TPM comes up this long after the agent started, th
 SEND_REBOOT = (
     "import socket, sys; socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM).sendto(b'REBOOT', sys.argv[1])"
 )
-
-
-def serve(
-    config: Path, *, env: dict[str, str] | None = None, log: Path | None = None
-) -> subprocess.Popen[bytes]:
-    base = {k: v for k, v in os.environ.items() if k not in ("NOTIFY_SOCKET", "WATCHDOG_USEC")}
-    out = log.open("wb") if log is not None else subprocess.DEVNULL
-    try:
-        return subprocess.Popen(
-            [sys.executable, "-m", "piccolod", "serve", "--config", str(config)],
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            env={**base, **(env or {})},
-            cwd=ROOT,
-        )
-    finally:
-        if log is not None:
-            out.close()  # type: ignore[union-attr]
-
-
-def stop_serve(proc: subprocess.Popen[bytes]) -> None:
-    proc.send_signal(signal.SIGTERM)
-    try:
-        proc.wait(15)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
 
 
 def fd_count(pid: int) -> int:

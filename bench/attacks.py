@@ -117,13 +117,17 @@ def _pipeliner(port: int, stop: Event) -> None:
         done.wait(2)
 
 
-def pipeline(port: int, stop: Event) -> None:
-    """PIPELINE_CLIENTS clients pipelining GET /metrics and reading every answer."""
-    threads = [threading.Thread(target=_pipeliner, args=(port, stop), daemon=True) for _ in range(8)]
+def _in_threads(target: Attack, count: int, port: int, stop: Event) -> None:
+    threads = [threading.Thread(target=target, args=(port, stop), daemon=True) for _ in range(count)]
     for t in threads:
         t.start()
     for t in threads:
         t.join()
+
+
+def pipeline(port: int, stop: Event) -> None:
+    """PIPELINE_CLIENTS clients pipelining GET /metrics and reading every answer."""
+    _in_threads(_pipeliner, PIPELINE_CLIENTS, port, stop)
 
 
 def nonreading(port: int, stop: Event) -> None:

@@ -278,12 +278,8 @@ def test_http_error_answers_and_non_json_fail_the_check(tmp_path: Path) -> None:
 
 
 @contextmanager
-def canned_server(path: Path, answer: bytes) -> Iterator[str]:
-    """A unix socket that answers every connection with ``answer`` and closes it."""
-    path.unlink(missing_ok=True)
-    srv = socket.socket(socket.AF_UNIX)
-    srv.bind(str(path))
-    srv.listen(8)
+def serving(srv: socket.socket, handle: Callable[[socket.socket], None]) -> Iterator[None]:
+    """Accept on ``srv`` in a thread and pass each connection to ``handle`` until the block ends."""
     stop = threading.Event()
 
     def serve() -> None:
@@ -293,15 +289,12 @@ def canned_server(path: Path, answer: bytes) -> Iterator[str]:
                 conn, _ = srv.accept()
             except TimeoutError:
                 continue
-            with conn:
-                conn.settimeout(2)
-                conn.recv(4096)
-                conn.sendall(answer)
+            handle(conn)
 
     t = threading.Thread(target=serve, daemon=True)
     t.start()
     try:
-        yield f"unix://{path}"
+        yield
     finally:
         stop.set()
         t.join(2)
@@ -309,10 +302,27 @@ def canned_server(path: Path, answer: bytes) -> Iterator[str]:
 
 
 @contextmanager
+def canned_server(path: Path, answer: bytes) -> Iterator[str]:
+    """A unix socket that answers every connection with ``answer`` and closes it."""
+    path.unlink(missing_ok=True)
+    srv = socket.socket(socket.AF_UNIX)
+    srv.bind(str(path))
+    srv.listen(8)
+
+    def answer_once(conn: socket.socket) -> None:
+        with conn:
+            conn.settimeout(2)
+            conn.recv(4096)
+            conn.sendall(answer)
+
+    with serving(srv, answer_once):
+        yield f"unix://{path}"
+
+
+@contextmanager
 def tcp_relay(unix_path: Path) -> Iterator[int]:
     """A 127.0.0.1 port whose connections are piped to ``unix_path`` (as socat would)."""
     srv = socket.create_server(("127.0.0.1", 0))
-    stop = threading.Event()
 
     def pipe(src: socket.socket, dst: socket.socket) -> None:
         try:
@@ -324,26 +334,15 @@ def tcp_relay(unix_path: Path) -> Iterator[int]:
             with contextlib.suppress(OSError):
                 dst.shutdown(socket.SHUT_WR)
 
-    def serve() -> None:
-        srv.settimeout(0.1)
-        while not stop.is_set():
-            try:
-                conn, _ = srv.accept()
-            except TimeoutError:
-                continue
-            up = socket.socket(socket.AF_UNIX)
-            up.connect(str(unix_path))
-            for a, b in ((conn, up), (up, conn)):
-                threading.Thread(target=pipe, args=(a, b), daemon=True).start()
+    def relay(conn: socket.socket) -> None:
+        up = socket.socket(socket.AF_UNIX)
+        up.connect(str(unix_path))
+        for a, b in ((conn, up), (up, conn)):
+            threading.Thread(target=pipe, args=(a, b), daemon=True).start()
 
-    t = threading.Thread(target=serve, daemon=True)
-    t.start()
-    try:
-        yield srv.getsockname()[1]
-    finally:
-        stop.set()
-        t.join(2)
-        srv.close()
+    port = srv.getsockname()[1]
+    with serving(srv, relay):
+        yield port
 
 
 def test_concurrent_calls_share_nothing(dockerd: Dockerd) -> None:

@@ -191,32 +191,21 @@ BAD: list[tuple[str, str, int, str, str]] = [
     ),
     *(
         (
-            f"tcti-{name}",
-            f"health_policy:\n  checks:\n    tpm:\n      tcti: {value}\n",
+            f"{check}-{name}",
+            f"health_policy:\n  checks:\n    {check}:\n      {key}: {value}\n",
             4,
-            "health_policy.checks.tpm.tcti",
+            f"health_policy.checks.{check}.{key}",
             words,
         )
-        for name, value, words in (
-            ("empty", "''", "must be a TCTI as name:config"),
-            ("no-name", "':/dev/tpm0'", "must be a TCTI as name:config"),
-            ("spaces", "'dev ice:/dev/tpm0'", "must be a TCTI as name:config"),
-            ("relative-device", "device:dev/tpm0", "takes an absolute path"),
-        )
-    ),
-    *(
-        (
-            f"docker-host-{name}",
-            f"health_policy:\n  checks:\n    docker:\n      host: {value}\n",
-            4,
-            "health_policy.checks.docker.host",
-            words,
-        )
-        for name, value, words in (
-            ("ssh", "ssh://box", "'ssh' endpoints are not supported"),
-            ("relative", "unix://docker.sock", "needs an absolute path"),
-            ("no-port", "tcp://127.0.0.1", "expected tcp://host:port"),
-            ("empty", "''", "endpoints are not supported"),
+        for check, key, name, value, words in (
+            ("tpm", "tcti", "empty", "''", "must be a TCTI as name:config"),
+            ("tpm", "tcti", "no-name", "':/dev/tpm0'", "must be a TCTI as name:config"),
+            ("tpm", "tcti", "spaces", "'dev ice:/dev/tpm0'", "must be a TCTI as name:config"),
+            ("tpm", "tcti", "relative-device", "device:dev/tpm0", "takes an absolute path"),
+            ("docker", "host", "ssh", "ssh://box", "'ssh' endpoints are not supported"),
+            ("docker", "host", "relative", "unix://docker.sock", "needs an absolute path"),
+            ("docker", "host", "no-port", "tcp://127.0.0.1", "expected tcp://host:port"),
+            ("docker", "host", "empty", "''", "endpoints are not supported"),
         )
     ),
     (
