@@ -388,14 +388,18 @@ def wait_answering(port: int, proc: subprocess.Popen[bytes]) -> None:
     raise SystemExit("piccolod serve did not become healthy")
 
 
+SERVE_NICE = 0  # --serve-nice: the agent's scheduling priority, as a unit's Nice= would set it
+
+
 def serve(
     config: Path, *, env: dict[str, str] | None = None, log: Path | None = None
 ) -> subprocess.Popen[bytes]:
     base = {k: v for k, v in os.environ.items() if k not in ("NOTIFY_SOCKET", "WATCHDOG_USEC")}
     out = log.open("wb") if log is not None else subprocess.DEVNULL
+    nice = ["nice", "-n", str(SERVE_NICE)] if SERVE_NICE else []
     try:
         return subprocess.Popen(
-            [sys.executable, "-m", "piccolod", "serve", "--config", str(config)],
+            [*nice, sys.executable, "-m", "piccolod", "serve", "--config", str(config)],
             stdout=out,
             stderr=subprocess.STDOUT,
             env={**base, **(env or {})},
@@ -713,7 +717,10 @@ def main() -> None:
         "--only", choices=("all", "memory", "attacks"), default="all",
         help="memory: figures 3 and 4; attacks: figures 5 and 6 (default: all six)",
     )  # fmt: skip
+    ap.add_argument("--serve-nice", type=int, default=0, help="run piccolod serve at this nice value")
     args = ap.parse_args()
+    global SERVE_NICE  # noqa: PLW0603 - one knob for every piccolod serve this run starts
+    SERVE_NICE = args.serve_nice
 
     with tempfile.TemporaryDirectory(prefix="pbench-", dir="/tmp") as tmp_name:
         tmp = Path(tmp_name)

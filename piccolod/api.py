@@ -175,16 +175,19 @@ def listen_socket(listen: str, backlog: int = 4096) -> socket.socket:
 
 def _room_for(connections: int) -> int:
     """Raise the soft descriptor limit (within the hard one) so ``connections`` clients fit beside
-    SPARE_DESCRIPTORS others; returns how many fit after all."""
+    SPARE_DESCRIPTORS others; returns how many fit after all (fewer when the limit cannot be raised)."""
     try:
         soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-        want = connections + SPARE_DESCRIPTORS
-        if soft != resource.RLIM_INFINITY and soft < want:
-            top = want if hard == resource.RLIM_INFINITY else min(want, hard)
-            resource.setrlimit(resource.RLIMIT_NOFILE, (top, hard))
-            soft = top
     except (OSError, ValueError):
         return connections
+    want = connections + SPARE_DESCRIPTORS
+    if soft != resource.RLIM_INFINITY and soft < want:
+        top = want if hard == resource.RLIM_INFINITY else min(want, hard)
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (top, hard))
+            soft = top
+        except (OSError, ValueError):
+            pass
     if soft == resource.RLIM_INFINITY:
         return connections
     return max(1, min(connections, soft - SPARE_DESCRIPTORS))
