@@ -58,7 +58,12 @@ MIN_ENTRY_SIZE, MAX_ENTRY_SIZE = 128, 4096
 
 
 class GptError(Exception):
-    """The disk cannot be read or holds no trustworthy GPT. ``str()`` names the disk and what is wrong."""
+    """The disk cannot be read or holds no trustworthy GPT. ``str()`` names the disk and what is wrong;
+    ``found_gpt`` says whether a GPT was there at all (corrupt or contradictory, rather than absent)."""
+
+    def __init__(self, message: str, *, found_gpt: bool = False) -> None:
+        super().__init__(message)
+        self.found_gpt = found_gpt
 
 
 def priority(attributes: int) -> int:
@@ -395,7 +400,7 @@ def read_table(disk: str | os.PathLike[str]) -> Table:
                 return _choose(_Disk(fd, name, size, sector))
             except _Unusable as e:
                 if e.signature:  # a GPT of this sector size, but untrustworthy: that is the story
-                    raise GptError(f"{name}: {e}") from e
+                    raise GptError(f"{name}: {e}", found_gpt=True) from e
                 errors.append(e)
         raise GptError(f"{name}: {errors[0]}")
     except (ValueError, OverflowError, struct.error, MemoryError) as e:  # a bug, but never a traceback

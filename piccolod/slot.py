@@ -168,10 +168,12 @@ def find_disk(partuuid: str, *, sys_root: Path = Path("/sys"), dev_root: Path = 
         except GptError as e:
             if isinstance(e.__cause__, OSError) and e.__cause__.errno in _DENIED:
                 unreadable.append(f"{dev}: {_denied(e.__cause__)}")
+            elif e.found_gpt:  # a GPT that cannot be trusted may well be the one we look for
+                unreadable.append(str(e))
             continue
     why = f"no disk holds PARTUUID {partuuid} (searched: {', '.join(tried) or 'no disks'})"
     if unreadable:
-        why += "; cannot open " + "; ".join(unreadable)
+        why += "; cannot use " + "; ".join(unreadable)
     raise SlotError(why)
 
 

@@ -291,3 +291,12 @@ def test_a_hostile_partition_label_is_escaped_in_the_table(flatcar_disk: Path, t
     root = next(p for p in read_table(flatcar_disk).partitions if p.number == 9)
     text = format_table(detect(_cmdline(tmp_path, str(root.unique_guid)), str(flatcar_disk)))
     assert "\x1b" not in text and text.splitlines()[-1].endswith("(\\x1b[2J\\nROOT), not a /usr slot")
+
+
+def test_the_disk_scan_says_why_a_gpt_it_found_was_not_used(flatcar_disk: Path, tmp_path: Path) -> None:
+    set_attrs_in(flatcar_disk, "backup", 4, priority=2, tries=0, successful=True)  # the copies disagree
+    sys_root, dev_root = _fake_sysfs(tmp_path, flatcar_disk)
+    with pytest.raises(
+        SlotError, match=r"searched: vdz\); cannot use .*vdz: the primary and backup GPT disagree"
+    ):
+        find_disk(USR_B, sys_root=sys_root, dev_root=dev_root)
