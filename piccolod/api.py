@@ -115,7 +115,7 @@ class _Conn:
         self.accepted = self.idle_since = time.monotonic()
         self.deadline = deadline
         self.inbuf = bytearray()
-        self.out: list[memoryview] = []  # answers not yet taken by the client (views of shared bytes)
+        self.out: list[bytes | memoryview] = []  # answers not yet taken by the client (shared bytes)
         self.answered = 0
         self.close_after = False
         self.closed = False
@@ -591,29 +591,28 @@ class ApiServer:
         """Answer up to REQUESTS_PER_TURN buffered requests and send what the client will take."""
         if conn.out:
             return
-        segments: list[bytes] = []
+        segments: list[bytes | memoryview] = []
+        end = self._head_end(conn)
         for _ in range(REQUESTS_PER_TURN):
-            if conn.close_after:
-                break
-            end = self._head_end(conn)
             if end is None:
-                if len(conn.inbuf) > self.max_request_bytes:
+                if not conn.close_after and len(conn.inbuf) > self.max_request_bytes:
                     segments.append(_error(431, "request head too large"))
                     conn.close_after = True
                 break
             head = bytes(conn.inbuf[: end[0]])
             del conn.inbuf[: end[0] + end[1]]
             segments += self._respond(conn, head)
+            end = None if conn.close_after else self._head_end(conn)
         if segments:
             now = time.monotonic()
             conn.idle_since = now
             conn.deadline = now + self.request_timeout
-            self._send(conn, [memoryview(s) for s in segments])
-        if not conn.closed and not conn.out and not conn.close_after and self._head_end(conn) is not None:
+            self._send(conn, segments)
+        if end is not None and not conn.closed and not conn.out:
             self._queue(conn)  # more requests buffered: the next turn
         self._interest(conn)
 
-    def _send(self, conn: _Conn, segments: list[memoryview]) -> None:
+    def _send(self, conn: _Conn, segments: list[bytes | memoryview]) -> None:
         """Send what the client takes; keep the rest (views, not copies) for when it reads again.
 
         Deadlines: ``request_timeout`` from the last byte the client took while answers wait for it,
@@ -633,7 +632,7 @@ class ApiServer:
             sent -= len(segments[0])
             segments.pop(0)
         if segments:
-            segments[0] = segments[0][sent:]
+            segments[0] = memoryview(segments[0])[sent:]  # a view: never a copy of the rest
             conn.out = segments
         elif conn.close_after:
             self._finish(conn)
