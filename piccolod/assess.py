@@ -14,9 +14,11 @@ up threads across runs.
 interrupted checks; later assessments raise at once. The checks' threads are daemon threads, so a check
 that never returns cannot hold up the process's exit either.
 
-The verdict follows docs/agent.md: ``unhealthy`` when a required component fails, ``degraded`` when only
-optional ones fail, ``healthy`` otherwise. Which components are required is the policy's business
-(:meth:`HealthPolicy.required`); making every component required is the seed's stricter rule.
+The verdict follows docs/agent.md: ``unhealthy`` when a required component fails, or when every optional
+component fails (``startup.optional_all_failed: unhealthy``, the default; ``degraded`` relaxes that for a
+site that runs offline); ``degraded`` when some but not all optional ones fail; ``healthy`` otherwise.
+Which components are required is the policy's business (:meth:`HealthPolicy.required`); making every
+component required is the seed's stricter rule.
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import cast
 
-from piccolod.policy import Component, PolicyFile
+from piccolod.policy import AllOptionalFailed, Component, PolicyFile
 from piccolod.result import CheckResult, Outcome, Status
 
 Check = Callable[[PolicyFile, float], Outcome]
@@ -54,6 +56,7 @@ class Assessment:
     results: tuple[CheckResult, ...]
     started: float  # wall clock (time.time()) when the assessment began
     duration_seconds: float
+    optional_all_failed: AllOptionalFailed = AllOptionalFailed.UNHEALTHY  # the rule it was judged by
 
     def result(self, component: Component) -> CheckResult | None:
         return next((r for r in self.results if r.component is component), None)
@@ -62,15 +65,24 @@ class Assessment:
         return tuple(r.component for r in self.results if not r.healthy)
 
 
-def verdict(results: Iterable[CheckResult]) -> Status:
-    """``unhealthy`` if a required component fails, ``degraded`` if only optional ones do."""
-    status = Status.HEALTHY
+def verdict(
+    results: Iterable[CheckResult], optional_all_failed: AllOptionalFailed = AllOptionalFailed.UNHEALTHY
+) -> Status:
+    """``unhealthy`` if a required component fails, or every optional one does (unless
+    ``optional_all_failed`` is ``degraded``); ``degraded`` if some optional ones fail."""
+    optional = failed = 0
     for r in results:
-        if not r.healthy:
-            if r.required:
+        if r.required:
+            if not r.healthy:
                 return Status.UNHEALTHY
-            status = Status.DEGRADED
-    return status
+            continue
+        optional += 1
+        failed += not r.healthy
+    if not failed:
+        return Status.HEALTHY
+    if failed == optional and optional_all_failed is AllOptionalFailed.UNHEALTHY:
+        return Status.UNHEALTHY
+    return Status.DEGRADED
 
 
 def default_table() -> tuple[Mapping[Component, Check], TimeoutFor]:
@@ -170,11 +182,13 @@ class Assessor:
                     required=hp.required(comp),
                 )
             )
+        rule = hp.startup.optional_all_failed
         return Assessment(
-            status=verdict(results),
+            status=verdict(results, rule),
             results=tuple(results),
             started=started_wall,
             duration_seconds=time.monotonic() - started,
+            optional_all_failed=rule,
         )
 
     def _start(self, comp: Component, policy: PolicyFile) -> tuple[_Call | None, float, str | None]:

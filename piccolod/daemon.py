@@ -30,9 +30,8 @@ from types import FrameType
 
 from piccolod import document, logs, notify
 from piccolod import run as child
-from piccolod.api import ApiServer, Response, listen_socket
+from piccolod.api import ApiServer, Response, listen_socket, publish, unpublish
 from piccolod.assess import Assessment, Assessor, Cancelled
-from piccolod.checks import docker as docker_checks
 from piccolod.hysteresis import Hysteresis
 from piccolod.metrics import CONTENT_TYPE, GateOutcome, Metrics
 from piccolod.policy import PolicyFile
@@ -164,8 +163,13 @@ class Daemon:
     # --- the sequence -------------------------------------------------------------------------------
 
     def start_api(self) -> ApiServer | None:
-        """Serve the API on the socket bound in the constructor; None when there is none."""
+        """Serve the API on the socket bound in the constructor; None when there is none.
+
+        The server is published for this process's ``api`` check (its private probe channel), and so is
+        the reason when there is no server because the address could not be bound."""
         if self._listener is None:
+            if self.api_error is not None:
+                publish(self.policy.agent.listen, self.api_error)
             return None
         state, metrics = self.state, self.metrics
 
@@ -180,6 +184,7 @@ class Daemon:
         }
         self.server = ApiServer(self._listener, routes)
         self.server.start()
+        self.server.publish(self.policy.agent.listen)
         host, port = self.server.address
         log.info("API listening on %s port %d", host, port)
         return self.server
@@ -211,9 +216,10 @@ class Daemon:
             killed = child.kill_all()
             if killed:
                 log.info("killed %d check helper process(es) still running", killed)
-            docker_checks.close_clients()
             if self.server is not None:
                 self.server.stop()
+            if self.api_error is not None:
+                unpublish(self.policy.agent.listen, self.api_error)
             log.info("stopped")
         return 0
 

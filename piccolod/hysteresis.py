@@ -30,7 +30,7 @@ class Hysteresis:
 
     def apply(self, raw: Assessment) -> Assessment:
         results = tuple(self._one(r) for r in raw.results)
-        return dataclasses.replace(raw, status=verdict(results), results=results)
+        return dataclasses.replace(raw, status=verdict(results, raw.optional_all_failed), results=results)
 
     def _one(self, r: CheckResult) -> CheckResult:
         if r.healthy:

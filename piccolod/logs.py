@@ -4,6 +4,10 @@
 fields docs/agent.md names (component, healthy, details, timestamp, boot_id) plus reason and duration. With a
 non-terminal stream every record is one JSON object per line, the extra fields at top level; on a
 terminal it is one human line per record.
+
+Nothing the agent prints carries raw control characters: text that may come from outside (a reason an
+engine or a disk gave, a partition label, a file name) goes through :func:`printable`, so a newline
+cannot split a line and an escape sequence cannot reach the terminal. JSON escapes them by itself.
 """
 
 from __future__ import annotations
@@ -18,6 +22,18 @@ from piccolod.result import CheckResult
 
 LOGGER = "piccolod"
 FIELDS = "piccolod_fields"  # the LogRecord attribute that carries structured fields
+
+# C0 controls, DEL and C1 controls -> a visible escape (\n, \t, \r, \x1b, \x9b, ...).
+_ESCAPES = {c: f"\\x{c:02x}" for c in (*range(0x20), *range(0x7F, 0xA0))} | {
+    0x0A: "\\n",
+    0x09: "\\t",
+    0x0D: "\\r",
+}
+
+
+def printable(text: str) -> str:
+    """``text`` with every control character written as a visible escape (backslashes stay as they are)."""
+    return text.translate(_ESCAPES)
 
 
 def rfc3339(ts: float) -> str:
@@ -47,6 +63,7 @@ class TextFormatter(logging.Formatter):
         details = fields.get("details")
         if details:
             line += "  " + " ".join(f"{k}={v}" for k, v in details.items())
+        line = printable(line)
         if record.exc_info:
             line += "\n" + self.formatException(record.exc_info)
         return line

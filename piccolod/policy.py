@@ -11,10 +11,12 @@ from __future__ import annotations
 import enum
 import ipaddress
 import math
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from piccolod import http_client
 from piccolod.model import FieldError, MissingFile, ModelError, Source, build, load_file, merge, meta
 
 VENDOR_POLICY = Path("/usr/lib/piccolod/health-policy.yaml")
@@ -36,6 +38,13 @@ class FailureCondition(enum.StrEnum):
     API_UNRESPONSIVE_300S = "api_unresponsive_300s"
 
 
+class AllOptionalFailed(enum.StrEnum):
+    """The status when every optional component fails (and every required one passes)."""
+
+    UNHEALTHY = "unhealthy"
+    DEGRADED = "degraded"
+
+
 # --- value checks (shared with the builder, which renders these values into units and YAML) -----
 
 
@@ -44,25 +53,28 @@ def _finite(value: float) -> None:
         raise ValueError(f"must be a finite number, got {value!r}")
 
 
-def positive(value: float) -> float:
-    _finite(value)
-    if value <= 0:
-        raise ValueError(f"must be greater than 0, got {value:g}")
-    return value
+@dataclass(frozen=True)
+class Between:
+    """A check for a number the agent can use: finite and within ``[low, high]``.
+
+    Every duration and count of the policy has such a range (docs/agent.md lists them): a value outside
+    it would validate and then fail later, in a socket timeout, a thread wait or a unit file.
+    """
+
+    low: float
+    high: float
+    unit: str = ""
+
+    def __call__(self, value: float) -> float:
+        _finite(value)
+        if not self.low <= value <= self.high:
+            suffix = f" {self.unit}" if self.unit else ""
+            raise ValueError(f"must be between {self.low:g} and {self.high:g}{suffix}, got {value:g}")
+        return value
 
 
-def non_negative(value: float) -> float:
-    _finite(value)
-    if value < 0:
-        raise ValueError(f"must not be negative, got {value:g}")
-    return value
-
-
-def percent(value: float) -> float:
-    _finite(value)
-    if not 0 <= value <= 100:
-        raise ValueError(f"must be between 0 and 100, got {value:g}")
-    return value
+def between(low: float, high: float, unit: str = "") -> Between:
+    return Between(low, high, unit)
 
 
 def safe_text(value: str) -> str:
@@ -126,6 +138,32 @@ def hostname(value: str) -> str:
     return value
 
 
+TCTI_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.+-]*")
+
+
+def tcti_string(value: str) -> str:
+    """A TCTI in tpm2-tools form, ``name[:config]``: a module name such as ``device``, ``swtpm``, ``mssim``
+    or ``tabrmd`` (or a library file name), and its configuration; ``device`` takes an absolute path."""
+    safe_text(value)
+    name, _, config = value.partition(":")
+    if not TCTI_NAME.fullmatch(name):
+        raise ValueError(
+            f"must be a TCTI as name:config (device:/dev/tpmrm0, swtpm:path=/run/swtpm.sock), got {value!r}"
+        )
+    if name == "device" and config and not config.startswith("/"):
+        raise ValueError(f"the device TCTI takes an absolute path (device:/dev/tpmrm0), got {value!r}")
+    return value
+
+
+def docker_endpoint(value: str | None) -> str | None:
+    """``unix:///absolute/path`` or ``tcp://host:port`` (the endpoints the checks speak), or null."""
+    if value is None:
+        return None
+    safe_text(value)
+    http_client.endpoint(value)  # ValueError names what is wrong
+    return value
+
+
 def _each(check: Any) -> Any:
     def run(values: tuple[Any, ...]) -> tuple[Any, ...]:
         return tuple(check(v) for v in values)
@@ -146,7 +184,9 @@ def _argv(values: tuple[str, ...]) -> tuple[str, ...]:
 class Startup:
     """The gate on the first boot of a freshly updated /usr slot."""
 
-    timeout_seconds: float = field(default=120.0, metadata=meta("startup deadline", check=positive))
+    timeout_seconds: float = field(
+        default=120.0, metadata=meta("startup deadline (0.1-3600 s)", check=between(0.1, 3600, "seconds"))
+    )
     required_components: tuple[Component, ...] = field(
         default=(Component.TPM, Component.STORAGE, Component.API),
         metadata=meta("components that must pass for the slot to be marked good"),
@@ -154,6 +194,10 @@ class Startup:
     optional_components: tuple[Component, ...] = field(
         default=(Component.DOCKER, Component.NETWORK),
         metadata=meta("components that are checked and reported but only degrade the status"),
+    )
+    optional_all_failed: AllOptionalFailed = field(
+        default=AllOptionalFailed.UNHEALTHY,
+        metadata=meta("the status when every optional component fails: unhealthy or degraded"),
     )
 
     def validate(self) -> None:
@@ -170,10 +214,14 @@ class Startup:
 @dataclass(frozen=True)
 class Runtime:
     check_interval_seconds: float = field(
-        default=60.0, metadata=meta("seconds between assessments", check=positive)
+        default=60.0,
+        metadata=meta("seconds between assessments (0.05-86400)", check=between(0.05, 86400, "seconds")),
     )
     failure_threshold: int = field(
-        default=3, metadata=meta("consecutive failures before a component counts as failed", check=positive)
+        default=3,
+        metadata=meta(
+            "consecutive failures before a component counts as failed (1-1000)", check=between(1, 1000)
+        ),
     )
 
 
@@ -186,7 +234,10 @@ class Rollback:
         default=tuple(FailureCondition), metadata=meta("conditions that fail the gate")
     )
     reboot_grace_seconds: float = field(
-        default=30.0, metadata=meta("pause between the failed verdict and the reboot", check=non_negative)
+        default=30.0,
+        metadata=meta(
+            "pause between the failed verdict and the reboot (0-3600 s)", check=between(0, 3600, "seconds")
+        ),
     )
     reboot_command: tuple[str, ...] = field(
         default=("systemctl", "reboot"), metadata=meta("argv run once to reboot", check=_argv)
@@ -196,13 +247,26 @@ class Rollback:
 @dataclass(frozen=True)
 class Thresholds:
     min_disk_space_percent: float = field(
-        default=10.0, metadata=meta("minimum free space per mount", check=percent)
+        default=10.0, metadata=meta("minimum free space per mount (0-100 %)", check=between(0, 100))
     )
-    max_io_errors: int = field(default=0, metadata=meta("I/O errors tolerated per mount", check=non_negative))
-    network_timeout_seconds: float = field(default=5.0, metadata=meta("TCP/DNS deadline", check=positive))
-    tpm_operation_timeout_seconds: float = field(default=10.0, metadata=meta("TPM deadline", check=positive))
+    max_io_errors: int = field(
+        default=0, metadata=meta("I/O errors tolerated per mount (0-1e9)", check=between(0, 1_000_000_000))
+    )
+    network_timeout_seconds: float = field(
+        default=5.0,
+        metadata=meta(
+            "deadline of the docker, containers, storage, network and api checks (0.05-300 s)",
+            check=between(0.05, 300, "seconds"),
+        ),
+    )
+    tpm_operation_timeout_seconds: float = field(
+        default=10.0, metadata=meta("TPM deadline (0.05-300 s)", check=between(0.05, 300, "seconds"))
+    )
     container_startup_seconds: float = field(
-        default=30.0, metadata=meta("how long a container may stay 'starting'", check=non_negative)
+        default=30.0,
+        metadata=meta(
+            "how long a container may stay 'starting' (0-86400 s)", check=between(0, 86400, "seconds")
+        ),
     )
 
 
@@ -211,14 +275,14 @@ class DockerCheck:
     host: str | None = field(
         default="unix:///var/run/docker.sock",
         metadata=meta(
-            "Docker endpoint; null uses DOCKER_HOST", check=lambda v: v if v is None else safe_text(v)
+            "Docker endpoint, unix:///path or tcp://host:port; null uses DOCKER_HOST", check=docker_endpoint
         ),
     )
 
 
 @dataclass(frozen=True)
 class TpmCheck:
-    tcti: str = field(default="device:/dev/tpmrm0", metadata=meta("TCTI name:config", check=safe_text))
+    tcti: str = field(default="device:/dev/tpmrm0", metadata=meta("TCTI name:config", check=tcti_string))
 
 
 @dataclass(frozen=True)
@@ -324,6 +388,7 @@ __all__ = [
     "ADMIN_POLICY",
     "VENDOR_POLICY",
     "Agent",
+    "AllOptionalFailed",
     "Boot",
     "Checks",
     "Component",

@@ -5,8 +5,9 @@ GRUB's ``gptprio.next`` boots a flatcar-usr partition and names it on the kernel
 (docs/flatcar.md); plain ``usr=`` is accepted too. The disk holding that partition is the configured
 path, or found automatically: the udev link ``/dev/disk/by-partuuid/<uuid>`` when it exists, else every
 partitioned disk under ``/sys/block`` is read until one has the PARTUUID. Its GPT entry is then read
-directly (:mod:`piccolod.gpt`; the backup copy when the primary one is corrupt), so the slot state is
-exactly what GRUB and update_engine see.
+directly (:mod:`piccolod.gpt`, which says which copy it used and why, and refuses copies that disagree),
+so the slot state is exactly what GRUB and update_engine see. The booted PARTUUID must name a /usr slot,
+and USR-A and USR-B must each be one partition: anything ambiguous is an error, and the state unknown.
 
 Nothing here raises on a bad disk: :func:`detect` returns a :class:`BootSlot` whose ``error`` says what
 went wrong and whose state is ``unknown``, which the gate treats as fail-closed.
@@ -21,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from piccolod.gpt import FLATCAR_USR_TYPE, GptError, Partition, Table, read_table
+from piccolod.logs import printable
 
 CMDLINE_KEYS = ("mount.usr", "verity.usr", "usr")
 SLOT_BY_NUMBER = {3: "USR-A", 4: "USR-B"}
@@ -63,16 +65,16 @@ class BootSlot:
     gpt_header: str | None = None  # "primary" or "backup": which GPT copy the table came from
     gpt_header_lba: int | None = None
     gpt_primary_error: str | None = None  # why the primary copy was not used
+    gpt_backup_error: str | None = None  # why the backup copy could not confirm the primary
+    gpt_source: str | None = None  # the copy used and why, in words (piccolod.gpt.Table.source)
 
     @property
     def gpt_note(self) -> str | None:
         """One line on the GPT copy read (None when the disk was not read)."""
-        if self.gpt_header is None:
+        if self.gpt_source is None:
             return None
-        where = f"{self.gpt_header} header at LBA {self.gpt_header_lba}"
-        if self.gpt_header == "primary":
-            return f"gpt: {where}"
-        return f"gpt: {where} (primary unusable: {self.gpt_primary_error}; run cgpt repair)"
+        repair = "; run cgpt repair" if self.gpt_primary_error or self.gpt_backup_error else ""
+        return f"gpt: {self.gpt_source}{repair}"
 
     @property
     def booted(self) -> SlotRow | None:
@@ -114,11 +116,15 @@ def slot_name(part: Partition) -> str:
     return SLOT_BY_NUMBER.get(part.number, f"partition {part.number}")
 
 
-def slot_rows(table: Table, booted: str | None) -> tuple[SlotRow, ...]:
-    """Rows for the flatcar-usr partitions (or, without any, those labelled USR-A/USR-B)."""
+def usr_partitions(table: Table) -> list[Partition]:
+    """The flatcar-usr partitions (or, without any, those labelled USR-A/USR-B)."""
     usr = [p for p in table.partitions if p.type_guid == FLATCAR_USR_TYPE]
-    if not usr:
-        usr = [p for p in table.partitions if p.name in SLOT_NAMES]
+    return usr or [p for p in table.partitions if p.name in SLOT_NAMES]
+
+
+def slot_rows(table: Table, booted: str | None) -> tuple[SlotRow, ...]:
+    """Rows for the /usr slots (:func:`usr_partitions`)."""
+    usr = usr_partitions(table)
     return tuple(
         SlotRow(
             slot_name(p),
@@ -162,10 +168,12 @@ def find_disk(partuuid: str, *, sys_root: Path = Path("/sys"), dev_root: Path = 
         except GptError as e:
             if isinstance(e.__cause__, OSError) and e.__cause__.errno in _DENIED:
                 unreadable.append(f"{dev}: {_denied(e.__cause__)}")
+            elif e.found_gpt:  # a GPT that cannot be trusted may well be the one we look for
+                unreadable.append(str(e))
             continue
     why = f"no disk holds PARTUUID {partuuid} (searched: {', '.join(tried) or 'no disks'})"
     if unreadable:
-        why += "; cannot open " + "; ".join(unreadable)
+        why += "; cannot use " + "; ".join(unreadable)
     raise SlotError(why)
 
 
@@ -198,6 +206,8 @@ def detect(cmdline: str | Path, disk: str = "auto", **where: Path) -> BootSlot:
         gpt_header=table.header,
         gpt_header_lba=table.header_lba,
         gpt_primary_error=table.primary_error,
+        gpt_backup_error=table.backup_error,
+        gpt_source=table.source,
     )
 
 
@@ -223,6 +233,18 @@ def _locate(
     part = table.by_partuuid(partuuid)
     if part is None:
         raise SlotError(f"{disk_path}: no partition with PARTUUID {partuuid}")
+    if part not in usr_partitions(table):
+        raise SlotError(
+            f"{disk_path}: PARTUUID {partuuid} is partition {part.number} ({part.name or 'unlabelled'}), "
+            "not a /usr slot"
+        )
+    for label in SLOT_NAMES:
+        same = [p.number for p in usr_partitions(table) if slot_name(p) == label]
+        if len(same) > 1:
+            raise SlotError(
+                f"{disk_path}: partitions {' and '.join(map(str, same))} are both {label}: which slot is "
+                "which is ambiguous"
+            )
     return table, part
 
 
@@ -235,9 +257,11 @@ def format_table(slot: BootSlot) -> str:
             f"{star:2}{r.name:8}{r.number:>5}  {r.partuuid:36}  {r.priority:>4} {r.tries:>5} "
             f"{int(r.successful):>7}"
         )
-    lines.append(f"booted: {slot.name or '?'} ({slot.partuuid or '?'}) on {slot.disk or '?'}: {slot.state}")
+    lines.append(
+        printable(f"booted: {slot.name or '?'} ({slot.partuuid or '?'}) on {slot.disk or '?'}: {slot.state}")
+    )
     if slot.gpt_note:
-        lines.append(slot.gpt_note)
+        lines.append(printable(slot.gpt_note))
     if slot.error:
-        lines.append(f"error: {slot.error}")
+        lines.append(printable(f"error: {slot.error}"))
     return "\n".join(lines)

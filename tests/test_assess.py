@@ -12,22 +12,24 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from piccolod.assess import STILL_RUNNING, Assessor, Check, verdict
 from piccolod.hysteresis import Hysteresis
 from piccolod.model import Source, build
-from piccolod.policy import Component, PolicyFile
+from piccolod.policy import AllOptionalFailed, Component, PolicyFile
 from piccolod.result import CheckResult, Outcome, Status
 
 ALL = [str(c) for c in Component]
 
 
-def policy(required: list[str], optional: list[str] | None = None, **runtime: Any) -> PolicyFile:
+def policy(
+    required: list[str], optional: list[str] | None = None, *, all_failed: str = "unhealthy", **runtime: Any
+) -> PolicyFile:
+    startup = {"required_components": required, "optional_components": optional or []}
     data: dict[str, Any] = {
-        "health_policy": {
-            "startup": {"required_components": required, "optional_components": optional or []},
-            "runtime": runtime,
-        }
+        "health_policy": {"startup": {**startup, "optional_all_failed": all_failed}, "runtime": runtime}
     }
     return build(PolicyFile, data, Source("<test>"))
 
@@ -207,8 +209,11 @@ def test_containers_follow_docker_unless_listed() -> None:
     ]
     assert Assessor(checks, fixed(1)).assess(optional_docker).status is Status.DEGRADED
     assert Assessor(checks, fixed(1)).assess(policy(["docker"])).status is Status.UNHEALTHY
-    # Listing containers as optional lowers its weight below docker's.
-    assert Assessor(checks, fixed(1)).assess(policy(["docker"], ["containers"])).status is Status.DEGRADED
+    # Listing containers as optional lowers its weight below docker's (as the only optional component,
+    # its failure is "every optional component fails": unhealthy unless the policy relaxes that).
+    relaxed = policy(["docker"], ["containers"], all_failed="degraded")
+    assert Assessor(checks, fixed(1)).assess(relaxed).status is Status.DEGRADED
+    assert Assessor(checks, fixed(1)).assess(policy(["docker"], ["containers"])).status is Status.UNHEALTHY
 
 
 def test_the_seeds_stricter_rule_is_one_policy_edit() -> None:
@@ -227,7 +232,62 @@ def _result(comp: Component, healthy: bool, required: bool = True) -> CheckResul
 
 def test_verdict_of_nothing_is_healthy() -> None:
     assert verdict([]) is Status.HEALTHY
-    assert verdict([_result(Component.TPM, False, required=False)]) is Status.DEGRADED
+    assert verdict([_result(Component.TPM, True, required=True)]) is Status.HEALTHY
+
+
+def test_every_optional_component_failing_is_unhealthy_unless_relaxed() -> None:
+    """The original design's graceful degradation: no containers and no network is not a working
+    machine, however healthy its TPM, storage and API are."""
+    p = policy(["tpm", "storage", "api"], ["docker", "network"])
+    checks = {c: ok() for c in Component}
+    checks[Component.NETWORK] = bad("no route")
+    assert Assessor(checks, fixed(1)).assess(p).status is Status.DEGRADED  # some optional ones fail
+    checks[Component.DOCKER] = bad("engine down")
+    checks[Component.CONTAINERS] = bad("cannot list")
+    a = Assessor(checks, fixed(1)).assess(p)
+    assert a.status is Status.UNHEALTHY and a.optional_all_failed is AllOptionalFailed.UNHEALTHY
+    offline = policy(["tpm", "storage", "api"], ["docker", "network"], all_failed="degraded")
+    assert Assessor(checks, fixed(1)).assess(offline).status is Status.DEGRADED
+    checks[Component.TPM] = bad()
+    assert Assessor(checks, fixed(1)).assess(offline).status is Status.UNHEALTHY  # required still rules
+
+
+def test_hysteresis_keeps_the_policys_rule() -> None:
+    checks = {c: ok() for c in Component}
+    checks[Component.NETWORK] = bad("no route")
+    for rule, expected in (("unhealthy", Status.UNHEALTHY), ("degraded", Status.DEGRADED)):
+        raw = Assessor(checks, fixed(1)).assess(policy(["tpm"], ["network"], all_failed=rule))
+        assert Hysteresis(3).apply(raw).status is expected  # never healthy before: no credit
+
+
+_results_st = st.lists(
+    st.tuples(st.sampled_from(list(Component)), st.booleans(), st.booleans()),
+    unique_by=lambda t: t[0],
+)
+
+
+@given(results=_results_st, rule=st.sampled_from(list(AllOptionalFailed)))
+def test_verdict_properties(results: list[tuple[Component, bool, bool]], rule: AllOptionalFailed) -> None:
+    rs = [_result(c, healthy, required) for c, healthy, required in results]
+    status = verdict(rs, rule)
+    required = [r for r in rs if r.required]
+    optional = [r for r in rs if not r.required]
+    if any(not r.healthy for r in required):
+        assert status is Status.UNHEALTHY
+    elif optional and all(not r.healthy for r in optional):
+        assert status is (Status.UNHEALTHY if rule is AllOptionalFailed.UNHEALTHY else Status.DEGRADED)
+    elif any(not r.healthy for r in optional):
+        assert status is Status.DEGRADED
+    else:
+        assert status is Status.HEALTHY
+    # Monotone: healing a failing component never makes the verdict worse.
+    order = [Status.HEALTHY, Status.DEGRADED, Status.UNHEALTHY]
+    for i, r in enumerate(rs):
+        if not r.healthy:
+            healed = [*rs[:i], _result(r.component, True, r.required), *rs[i + 1 :]]
+            assert order.index(verdict(healed, rule)) <= order.index(status)
+    # The relaxed rule is never stricter than the default one.
+    assert order.index(verdict(rs, AllOptionalFailed.DEGRADED)) <= order.index(verdict(rs))
 
 
 def test_hysteresis_needs_threshold_consecutive_failures() -> None:

@@ -330,10 +330,6 @@ def test_every_third_party_import_of_the_agent_is_an_agent_requirement(lock: Loc
     from piccolo_build.gentoo import normalise
 
     allowed = {normalise(Requirement(r).name) for r in lock.agent}
-    # The agent still imports these two, which are being replaced with the standard library (the Docker
-    # API over its socket, the Prometheus text format); the lock no longer ships them to the device.
-    # Drop them from here once the agent stops importing them. Nothing else may be missing.
-    allowed |= {"docker", "prometheus-client"}
     dists = importlib.metadata.packages_distributions()
     missing = set()
     for path in AGENT_DIR.rglob("*.py"):

@@ -79,7 +79,8 @@ def test_livez_200_passes_and_only_livez_is_asked(serve: Serve) -> None:
     server = serve()
     outcome = check_api(policy(server.listen), 2.0)
     assert outcome.healthy, outcome.reason
-    assert outcome.details == {"url": f"http://{server.listen}/livez", "status_code": 200}
+    assert outcome.details == {"url": f"http://{server.listen}/livez", "status_code": 200, "channel": "tcp"}
+    assert outcome.reason.endswith("over TCP")
     assert server.paths == ["/livez"]
 
 
@@ -106,7 +107,7 @@ def test_nothing_listening_fails_at_once() -> None:
         outcome = check_api(policy(listen), 2.0)
     assert time.monotonic() - started < 1.0
     assert not outcome.healthy
-    assert outcome.details == {"url": f"http://{listen}/livez", "status_code": None}
+    assert outcome.details == {"url": f"http://{listen}/livez", "status_code": None, "channel": "tcp"}
     assert "connection refused" in outcome.reason
 
 
@@ -127,3 +128,120 @@ def test_registry_entry(serve: Serve) -> None:
     pol = policy(serve().listen, timeout=4.0)
     assert timeout_for(Component.API, pol) == 4.0
     assert CHECKS[Component.API](pol, 4.0).healthy
+
+
+# --- inside the agent: the private probe channel -----------------------------------------------------
+
+
+def _hog(port: int, kind: str) -> socket.socket:
+    s = socket.create_connection(("127.0.0.1", port), timeout=5)
+    if kind == "pipeline":
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        s.sendall(b"GET /metrics HTTP/1.1\r\n\r\n" * 2000)  # and never reads the answers
+    elif kind == "partial":
+        s.sendall(b"GET /livez HTTP/1.1\r\nX-Slow: ")
+    return s
+
+
+@pytest.mark.parametrize("kind", ["idle", "pipeline", "partial"])
+def test_inside_the_agent_no_local_client_can_fail_the_check(kind: str) -> None:
+    """Every connection slot taken, again and again: the check goes through the private channel."""
+    from tests.agent_helpers import Switch, policy_data, running_daemon
+
+    checks = {c: Switch() for c in Component}
+    with running_daemon(checks, policy_data(["tpm", "api"])) as (daemon, port):
+        assert daemon.server is not None
+        hogs = [_hog(port, kind) for _ in range(daemon.server.max_connections + 50)]
+        try:
+            pol = daemon.policy
+            for _ in range(5):
+                started = time.monotonic()
+                outcome = check_api(pol, 2.0)
+                assert outcome.healthy, outcome.reason
+                assert time.monotonic() - started < 0.5
+            assert outcome.details["channel"] == "private"
+            assert "over the agent's private probe channel" in outcome.reason
+            # Full: idle and partial ones were evicted for newcomers (non-readers time out instead).
+            assert daemon.server.evicted > 0 or kind == "pipeline"
+        finally:
+            for s in hogs:
+                s.close()
+
+
+def test_a_stuck_api_loop_fails_the_check_by_its_deadline() -> None:
+    from piccolod.api import ApiServer, Response, listen_socket
+
+    release = threading.Event()
+
+    def stuck() -> Response:  # one request that never finishes holds the whole loop
+        release.wait(10)
+        return Response(200, b"late")
+
+    server = ApiServer(
+        listen_socket("127.0.0.1:0"), {"/stuck": stuck, "/livez": lambda: Response(200, b"ok")}
+    )
+    server.start()
+    listen = "{}:{}".format(*server.address)
+    server.publish(listen)
+    try:
+        assert check_api(policy(listen), 1.0).healthy
+        hung = socket.create_connection(server.address, timeout=5)
+        hung.sendall(b"GET /stuck HTTP/1.1\r\n\r\n")
+        time.sleep(0.1)
+        started = time.monotonic()
+        outcome = check_api(policy(listen), 1.0)
+        took = time.monotonic() - started
+        assert not outcome.healthy
+        assert "timed out after 1s" in outcome.reason and outcome.details["channel"] == "private"
+        assert 0.9 < took < 1.5
+        release.set()
+        hung.close()
+        time.sleep(0.1)
+        assert check_api(policy(listen), 1.0).healthy
+    finally:
+        release.set()
+        server.stop()
+    assert check_api(policy(listen), 1.0).details["channel"] == "tcp"  # stopped: no longer published
+
+
+def test_a_closed_listener_fails_the_check() -> None:
+    from piccolod.api import ApiServer, Response, listen_socket
+
+    listener = listen_socket("127.0.0.1:0")
+    server = ApiServer(listener, {"/livez": lambda: Response(200, b"ok")})
+    server.start()
+    listen = "{}:{}".format(*server.address)
+    server.publish(listen)
+    try:
+        listener.close()  # what a bug closing the wrong descriptor would do
+        outcome = check_api(policy(listen), 1.0)
+        assert not outcome.healthy and "is not listening" in outcome.reason
+    finally:
+        server.stop()
+
+
+def test_an_agent_that_could_not_bind_never_asks_whoever_holds_the_address(serve: Serve) -> None:
+    """A squatter answers 200 at the agent's address: the agent's own check must still fail."""
+    from piccolod.assess import Assessor
+    from piccolod.daemon import Daemon
+    from tests.agent_helpers import FACTS, make_policy
+
+    squatter = serve()
+    startup = {"required_components": ["api"], "optional_components": []}
+    pol = make_policy({"health_policy": {"startup": startup}, "agent": {"listen": squatter.listen}})
+    daemon = Daemon(pol, assessor=Assessor(CHECKS, timeout_for), facts=FACTS, env={})
+    assert daemon.api_error is not None and "cannot listen on" in daemon.api_error
+    thread = threading.Thread(target=daemon.run, daemon=True)
+    thread.start()
+    try:
+        assert daemon.is_ready.wait(10)
+        assessment = daemon.state.assessment
+        assert assessment is not None
+        api = assessment.result(Component.API)
+        assert api is not None and not api.healthy
+        assert api.reason.startswith("the agent has no HTTP API: cannot listen on")
+        assert squatter.paths == []
+    finally:
+        daemon.stop()
+        thread.join(10)
+    assert check_api(pol, 1.0).healthy  # from outside the agent, the squatter is what answers

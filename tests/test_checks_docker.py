@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -212,36 +214,135 @@ def test_daemon_killed_mid_run(fresh_dockerd: Dockerd) -> None:
     assert containers_down.details["containers_running"] == 0
     assert took < 4.5, f"failing checks took {took:.2f}s"
 
-    assert docker_checks._clients == {} or all(k[0] != fresh_dockerd.host for k in docker_checks._clients)
-
     fresh_dockerd.restart()
     assert check_docker(pol, 2.0).healthy
     assert check_containers(pol, 2.0).healthy
 
 
-def test_one_client_per_endpoint_negotiated_once(
-    fresh_dockerd: Dockerd, monkeypatch: pytest.MonkeyPatch
+def test_tcp_endpoint(dockerd: Dockerd) -> None:
+    """``tcp://`` speaks plain HTTP to the engine: here through a loopback relay to the real socket."""
+    with tcp_relay(dockerd.socket_path) as port:
+        host = f"tcp://127.0.0.1:{port}"
+        outcome = check_docker(policy(host), 5.0)
+        assert outcome.healthy, outcome.reason
+        assert outcome.details["host"] == host and outcome.details["version"]
+        assert check_containers(policy(host), 5.0).healthy
+
+
+@pytest.mark.parametrize(
+    ("host", "words"),
+    [
+        ("ssh://user@box", "'ssh' endpoints are not supported"),
+        ("unix://relative.sock", "needs an absolute path"),
+        ("tcp://127.0.0.1", "expected tcp://host:port"),
+    ],
+)
+def test_unsupported_endpoints_fail_with_the_reason(host: str, words: str) -> None:
+    outcome = check_docker(policy(host), 1.0)
+    assert not outcome.healthy
+    assert words in outcome.reason and host in outcome.reason
+    assert not check_containers(policy(host), 1.0).healthy
+
+
+def test_tls_from_the_environment_is_refused_by_name(
+    monkeypatch: pytest.MonkeyPatch, dockerd: Dockerd
 ) -> None:
-    """Both checks share one client: made (and the API version negotiated) once, reused afterwards."""
-    from docker.api.client import APIClient
+    monkeypatch.setenv("DOCKER_HOST", dockerd.host)
+    monkeypatch.setenv("DOCKER_TLS_VERIFY", "1")
+    outcome = check_docker(policy(None), 2.0)
+    assert not outcome.healthy and "DOCKER_TLS_VERIFY is set" in outcome.reason
 
-    negotiations: list[str] = []
-    real = APIClient._retrieve_server_version
 
-    def counting(self: APIClient) -> Any:
-        negotiations.append(str(self.base_url))
-        return real(self)
+def test_http_error_answers_and_non_json_fail_the_check(tmp_path: Path) -> None:
+    """An endpoint that answers HTTP, but not as the engine does."""
+    answers = [
+        b'HTTP/1.1 500 Internal Server Error\r\nContent-Length: 27\r\n\r\n{"message":"engine broke"}\n',
+        b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello",
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n",
+        b"SSH-2.0-OpenSSH_9.2\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\nContent-Length: 99999999999\r\n\r\n",
+    ]
+    reasons = []
+    for answer in answers:
+        with canned_server(tmp_path / "canned.sock", answer) as host:
+            outcome = check_docker(policy(host), 2.0)
+        assert not outcome.healthy
+        reasons.append(outcome.reason.split(": ", 1)[1])
+    assert reasons == [
+        "GET /version answered HTTP 500: engine broke",
+        "answer to be JSON is not: Expecting value: line 1 column 1 (char 0)",
+        "bad chunk size b'zz'",
+        "not an HTTP answer: 'SSH-2.0-OpenSSH_9.2'",
+        f"answer body larger than {docker_checks.MAX_ANSWER} bytes",
+    ]
 
-    monkeypatch.setattr(APIClient, "_retrieve_server_version", counting)
-    pol = policy(fresh_dockerd.host, timeout=3.0)
-    assert check_docker(pol, 3.0).healthy
-    shared = [c for k, c in docker_checks._clients.items() if k[0] == fresh_dockerd.host]
-    assert len(shared) == 1
-    for _ in range(5):
-        assert check_docker(pol, 3.0).healthy
-        assert check_containers(pol, 3.0).healthy
-    assert [c for k, c in docker_checks._clients.items() if k[0] == fresh_dockerd.host] == shared
-    assert len(negotiations) == 1, negotiations
+
+@contextmanager
+def serving(srv: socket.socket, handle: Callable[[socket.socket], None]) -> Iterator[None]:
+    """Accept on ``srv`` in a thread and pass each connection to ``handle`` until the block ends."""
+    stop = threading.Event()
+
+    def serve() -> None:
+        srv.settimeout(0.1)
+        while not stop.is_set():
+            try:
+                conn, _ = srv.accept()
+            except TimeoutError:
+                continue
+            handle(conn)
+
+    t = threading.Thread(target=serve, daemon=True)
+    t.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        t.join(2)
+        srv.close()
+
+
+@contextmanager
+def canned_server(path: Path, answer: bytes) -> Iterator[str]:
+    """A unix socket that answers every connection with ``answer`` and closes it."""
+    path.unlink(missing_ok=True)
+    srv = socket.socket(socket.AF_UNIX)
+    srv.bind(str(path))
+    srv.listen(8)
+
+    def answer_once(conn: socket.socket) -> None:
+        with conn:
+            conn.settimeout(2)
+            conn.recv(4096)
+            conn.sendall(answer)
+
+    with serving(srv, answer_once):
+        yield f"unix://{path}"
+
+
+@contextmanager
+def tcp_relay(unix_path: Path) -> Iterator[int]:
+    """A 127.0.0.1 port whose connections are piped to ``unix_path`` (as socat would)."""
+    srv = socket.create_server(("127.0.0.1", 0))
+
+    def pipe(src: socket.socket, dst: socket.socket) -> None:
+        try:
+            while data := src.recv(65536):
+                dst.sendall(data)
+        except OSError:
+            pass
+        finally:
+            with contextlib.suppress(OSError):
+                dst.shutdown(socket.SHUT_WR)
+
+    def relay(conn: socket.socket) -> None:
+        up = socket.socket(socket.AF_UNIX)
+        up.connect(str(unix_path))
+        for a, b in ((conn, up), (up, conn)):
+            threading.Thread(target=pipe, args=(a, b), daemon=True).start()
+
+    port = srv.getsockname()[1]
+    with serving(srv, relay):
+        yield port
 
 
 def test_concurrent_calls_share_nothing(dockerd: Dockerd) -> None:

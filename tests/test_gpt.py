@@ -3,6 +3,7 @@ including the fall-back to the backup GPT when the primary copy is corrupt."""
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import uuid
@@ -11,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from piccolod.gpt import FLATCAR_USR_TYPE, GptError, priority, read_table, successful, tries
-from tests.fixtures.gptdisk import USR_A, USR_B, corrupt, install_update, set_attrs
+from tests.fixtures.gptdisk import USR_A, USR_B, corrupt, edit_copy, install_update, set_attrs, set_attrs_in
 
 
 def _cgpt_attr(img: Path, number: int) -> int:
@@ -134,3 +135,159 @@ def test_unique_guids_are_mixed_endian(flatcar_disk: Path) -> None:
     entry3 = raw[1024 + 2 * 128 : 1024 + 3 * 128]
     assert uuid.UUID(bytes_le=entry3[16:32]) == uuid.UUID(USR_A)
     assert entry3[16:20] == bytes.fromhex("4ac93071")  # first field little-endian on disk
+
+
+# --- a reader that never trusts what it cannot verify ---------------------------------------------------
+
+HUGE = 1 << 63
+
+
+def _usr_b(img: Path) -> tuple[str, bool]:
+    table = read_table(img)
+    b = table.by_partuuid(USR_B)
+    assert b is not None
+    return table.source, b.successful
+
+
+@pytest.mark.parametrize("fix_crcs", [True, False], ids=["crc-fixed", "crc-stale"])
+@pytest.mark.parametrize(
+    ("field", "value", "why"),
+    [
+        ("entries_lba", HUGE, "is not on the disk"),
+        ("entries_lba", 1, "is not on the disk"),
+        ("entries", 0xFFFFFFFF, "geometry invalid"),
+        ("entry_size", 0xFFFFFFF8, "geometry invalid"),
+        ("entry_size", 8, "geometry invalid"),
+        ("header_size", 0xFFFFFFFF, "header size"),
+        ("my_lba", HUGE, "claims LBA"),
+        ("alternate_lba", HUGE, "names its other copy"),
+        ("first_usable", HUGE, "impossible usable range"),
+        ("last_usable", HUGE, "impossible usable range"),
+        ("revision", 0x00020000, "revision"),
+    ],
+)
+def test_an_impossible_primary_header_field_falls_back_to_a_consistent_backup(
+    flatcar_disk: Path, field: str, value: int, why: str, fix_crcs: bool
+) -> None:
+    install_update(flatcar_disk, USR_A)  # USR-B unmarked in both copies
+    edit_copy(flatcar_disk, "primary", header={field: value}, fix_crcs=fix_crcs)
+    table = read_table(flatcar_disk)
+    assert table.header == "backup" and table.primary_error
+    assert why in table.primary_error or (not fix_crcs and "CRC32 mismatch" in table.primary_error)
+    b = table.by_partuuid(USR_B)
+    assert b is not None and not b.successful
+
+
+@pytest.mark.parametrize(("field", "value"), [("entries_lba", HUGE), ("entries", 0xFFFFFFFF), ("my_lba", 7)])
+def test_both_headers_impossible_is_one_line(flatcar_disk: Path, field: str, value: int) -> None:
+    for which in ("primary", "backup"):
+        edit_copy(flatcar_disk, which, header={field: value})
+    with pytest.raises(GptError) as err:
+        read_table(flatcar_disk)
+    text = str(err.value)
+    assert text.startswith(f"{flatcar_disk}: ") and "\n" not in text and "unreadable GPT (" not in text
+
+
+@pytest.mark.parametrize(
+    ("number", "field", "value", "why"),
+    [
+        (3, "first_lba", HUGE, "outside the usable range"),
+        (4, "last_lba", 1, "outside the usable range"),
+        (4, "unique", uuid.UUID(USR_A).bytes_le, "share the unique GUID"),
+    ],
+)
+def test_impossible_or_ambiguous_entries_in_both_copies(
+    flatcar_disk: Path, number: int, field: str, value: int | bytes, why: str
+) -> None:
+    for which in ("primary", "backup"):
+        edit_copy(flatcar_disk, which, entries={(number, field): value})
+    with pytest.raises(GptError, match=why):
+        read_table(flatcar_disk)
+
+
+def test_copies_that_disagree_are_neither_trusted(flatcar_disk: Path) -> None:
+    """A write that reached one copy only: the backup says USR-B is marked, the primary says it is not."""
+    install_update(flatcar_disk, USR_A)
+    set_attrs_in(flatcar_disk, "backup", 4, priority=2, tries=0, successful=True)
+    with pytest.raises(GptError, match=r"the primary and backup GPT disagree: partition entries differ"):
+        read_table(flatcar_disk)
+    set_attrs_in(flatcar_disk, "primary", 4, priority=2, tries=0, successful=True)  # now both say so
+    assert _usr_b(flatcar_disk) == ("primary header at LBA 1 (backup agrees)", True)
+
+
+@pytest.mark.parametrize(
+    ("header", "words"),
+    [
+        ({"disk_guid": uuid.uuid4().bytes_le}, "disk GUID"),
+        ({"first_usable": 40}, "usable range"),
+        ({"alternate_lba": 5}, "not at each other"),
+    ],
+)
+def test_headers_that_differ_are_neither_trusted(
+    flatcar_disk: Path, header: dict[str, int | bytes], words: str
+) -> None:
+    edit_copy(flatcar_disk, "backup", header=header)
+    with pytest.raises(GptError, match=f"disagree: .*{words}"):
+        read_table(flatcar_disk)
+
+
+def test_a_broken_primary_with_a_stale_backup_that_says_marked_is_not_marked(flatcar_disk: Path) -> None:
+    """The issue's case: the primary's entries are corrupt, its header still vouches for them (USR-B
+    unmarked); the backup is stale and says USR-B is marked. Nothing trustworthy says "marked"."""
+    install_update(flatcar_disk, USR_A)
+    set_attrs_in(flatcar_disk, "backup", 4, priority=2, tries=0, successful=True)
+    corrupt(flatcar_disk, "primary-entries")
+    with pytest.raises(GptError, match=r"backup does not match the primary header: .*stale"):
+        read_table(flatcar_disk)
+
+
+def test_a_destroyed_primary_header_leaves_a_fully_consistent_backup_in_charge(flatcar_disk: Path) -> None:
+    """Nothing of the primary can vouch for or against the backup: a backup that is valid, at the last
+    LBA and pointing at LBA 1 is what firmware, GRUB and cgpt use, and so does the reader."""
+    install_update(flatcar_disk, USR_A)
+    set_attrs_in(flatcar_disk, "backup", 4, priority=2, tries=0, successful=True)
+    corrupt(flatcar_disk, "primary-header")
+    source, marked = _usr_b(flatcar_disk)
+    assert source.startswith("backup header at LBA 98303 (primary unusable: GPT header CRC32") and marked
+    edit_copy(flatcar_disk, "backup", header={"alternate_lba": 2})  # no longer pointing at LBA 1
+    with pytest.raises(GptError, match="not where a backup belongs"):
+        read_table(flatcar_disk)
+
+
+def test_a_valid_primary_with_an_unusable_backup_is_read_and_says_so(flatcar_disk: Path) -> None:
+    corrupt(flatcar_disk, "backup-header")
+    table = read_table(flatcar_disk)
+    assert table.header == "primary" and table.backup_error and "CRC32 mismatch" in table.backup_error
+    assert table.source.startswith("primary header at LBA 1 (backup unusable: GPT header CRC32")
+
+
+def test_a_grown_disk_finds_its_backup_where_the_primary_says(flatcar_disk: Path) -> None:
+    """An image written to a larger disk: the backup is no longer at the last LBA, but where the
+    primary header points, and the two agree."""
+    before = read_table(flatcar_disk)
+    with flatcar_disk.open("r+b") as f:
+        f.truncate(flatcar_disk.stat().st_size + 8 * 1024 * 1024)
+    after = read_table(flatcar_disk)
+    assert after.partitions == before.partitions and after.source == "primary header at LBA 1 (backup agrees)"
+
+
+@pytest.mark.parametrize("size", [700, 2048, 17 * 1024, 1024 * 1024, 48 * 1024 * 1024 - 512])
+def test_truncated_disks_are_one_line(flatcar_disk: Path, size: int) -> None:
+    with flatcar_disk.open("r+b") as f:
+        f.truncate(size)
+    try:
+        table = read_table(flatcar_disk)
+    except GptError as e:
+        assert (
+            str(e).startswith(f"{flatcar_disk}: ") and "\n" not in str(e) and "unreadable GPT (" not in str(e)
+        )
+    else:  # only the backup is gone: the primary is still valid on its own
+        assert size >= 1024 * 1024 and table.header == "primary" and table.backup_error
+
+
+def test_not_a_disk(tmp_path: Path) -> None:
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    for path in (fifo, tmp_path):
+        with pytest.raises(GptError, match=r": not a disk or a disk image$"):
+            read_table(path)  # and never blocks on the FIFO

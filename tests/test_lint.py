@@ -31,21 +31,24 @@ def test_mypy_strict() -> None:
     assert r.returncode == 0, r.stdout + r.stderr
 
 
-def _imports(path: Path) -> set[str]:
+def _imports(path: Path, *, full: bool = False) -> set[str]:
+    """Top-level packages ``path`` imports anywhere (``full``: the dotted module names)."""
+
+    def name(module: str) -> str:
+        return module if full else module.partition(".")[0]
+
     names: set[str] = set()
     for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"), str(path))):
         if isinstance(node, ast.Import):
-            names.update(alias.name.split(".")[0] for alias in node.names)
+            names.update(name(alias.name) for alias in node.names)
         elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-            names.add(node.module.split(".")[0])
+            names.add(name(node.module))
         elif isinstance(node, ast.Call) and getattr(node.func, "id", getattr(node.func, "attr", "")) in {
             "import_module",
             "__import__",
         }:
             names.update(
-                a.value.split(".")[0]
-                for a in node.args
-                if isinstance(a, ast.Constant) and isinstance(a.value, str)
+                name(a.value) for a in node.args if isinstance(a, ast.Constant) and isinstance(a.value, str)
             )
     return names
 
@@ -61,6 +64,33 @@ def test_import_scan_sees_a_builder_import(tmp_path: Path) -> None:
     bad = tmp_path / "bad.py"
     bad.write_text("import os\nfrom piccolo_build.config import BuildConfig\n", encoding="utf-8")
     assert "piccolo_build" in _imports(bad)
+
+
+# Dropped from the agent for memory: the Engine API and /metrics use the standard library and our code.
+AGENT_FORBIDDEN = {"docker", "prometheus_client", "requests", "urllib3"}
+# Heavy standard-library modules the agent has no use for (http.client alone loads ssl and email).
+AGENT_FORBIDDEN_STDLIB = {"asyncio", "ssl", "email", "http.client", "http.server", "urllib.request", "xml"}
+
+
+def forbidden_in_agent(names: set[str]) -> set[str]:
+    """The modules among ``names`` (dotted) the agent must not import."""
+    banned = AGENT_FORBIDDEN | AGENT_FORBIDDEN_STDLIB
+    return {n for n in names for b in banned if n == b or n.startswith(b + ".")}
+
+
+def test_agent_imports_neither_the_docker_sdk_nor_a_metrics_library() -> None:
+    """Anywhere in piccolod/, at the top of a module or inside a function."""
+    offenders = {
+        str(p.relative_to(ROOT)): sorted(forbidden_in_agent(_imports(p, full=True)))
+        for p in sorted((ROOT / "piccolod").rglob("*.py"))
+    }
+    assert {k: v for k, v in offenders.items() if v} == {}
+
+
+def test_agent_import_scan_sees_an_offender(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.py"
+    bad.write_text("def f() -> None:\n    import docker.errors\n    from http.client import HTTPConnection\n")
+    assert forbidden_in_agent(_imports(bad, full=True)) == {"docker.errors", "http.client"}
 
 
 def test_only_run_module_spawns_processes() -> None:

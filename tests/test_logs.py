@@ -65,3 +65,35 @@ def test_text_on_a_terminal() -> None:
     assert not text.lstrip().startswith("{")
     assert "check storage FAILED: /var: 3% free (0.012s)" in text
     assert "free_space_percent=3.0" in text
+
+
+# --- nothing the agent prints carries raw control characters ---------------------------------------
+
+HOSTILE = "engine said: line one\nline two \x1b[2J\x1b]0;owned\x07 \x9b31m done\t\r"
+
+
+def test_printable_escapes_every_control_character() -> None:
+    assert logs.printable("a\nb\x1b[31mc\td\x9be\x7ff\x00") == "a\\nb\\x1b[31mc\\td\\x9be\\x7ff\\x00"
+    assert logs.printable("plain text, é and → stay") == "plain text, é and → stay"
+    out = logs.printable("".join(map(chr, range(0x100))))
+    assert not any(ord(c) < 0x20 or 0x7F <= ord(c) < 0xA0 for c in out)
+
+
+def test_a_text_log_line_cannot_be_split_or_colour_the_terminal() -> None:
+    out = io.StringIO()
+    logs.setup(out, json_lines=False)
+    bad = CheckResult(Component.DOCKER, False, HOSTILE, {"name\nx": "\x1b[1m"}, 0.1, 1_800_000_000.0, False)
+    logs.log_check(bad, "boot")
+    text = out.getvalue()
+    assert text.count("\n") == 1 and "\x1b" not in text and "\x9b" not in text and "\r" not in text
+    assert "engine said: line one\\nline two \\x1b[2J" in text
+
+
+def test_check_output_escapes_reasons() -> None:
+    from piccolod.assess import Assessment
+    from piccolod.commands.check import render_text
+    from piccolod.result import Status
+
+    bad = CheckResult(Component.DOCKER, False, HOSTILE, {}, 0.1, 1_800_000_000.0, False)
+    text = render_text(Assessment(Status.DEGRADED, (bad,), 1_800_000_000.0, 0.1))
+    assert len(text.splitlines()) == 2 and "\x1b" not in text and "\\x1b[2J" in text

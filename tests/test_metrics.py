@@ -63,6 +63,7 @@ def test_metrics_over_http_follow_the_assessments() -> None:
     checks = {c: Switch() for c in Component}
     checks[Component.NETWORK].healthy = False
     data = policy_data(["tpm", "storage", "api"], ["network"], interval=0.05, threshold=2)
+    data["health_policy"]["startup"]["optional_all_failed"] = "degraded"  # the one optional one fails
     with running_daemon(checks, data) as (daemon, port):
         # The fifth call has started only once the fourth assessment was published.
         wait_for(lambda: checks[Component.TPM].calls >= 5, what="four published assessments")
@@ -108,3 +109,55 @@ def test_one_blip_does_not_flip_the_status_gauge() -> None:
         assert value(text, "piccolod_health_check_status", component="tpm") == 0
         assert value(text, "piccolod_assessments_total", status="unhealthy") == 1
         assert get(port, "/api/v1/system/health")[0] == 503
+
+
+def test_histogram_buckets_are_cumulative_with_count_and_sum() -> None:
+    m = Metrics([Component.TPM])
+    for seconds in (0.001, 0.02, 0.02, 0.7, 99.0):
+        m.duration.observe(seconds, Component.TPM)
+    text = m.render().decode()
+    bucket = "piccolod_health_check_duration_seconds_bucket"
+    assert value(text, bucket, component="tpm", le="0.005") == 1
+    assert value(text, bucket, component="tpm", le="0.025") == 3
+    assert value(text, bucket, component="tpm", le="1.0") == 4
+    assert value(text, bucket, component="tpm", le="60.0") == 4
+    assert value(text, bucket, component="tpm", le="+Inf") == 5
+    assert value(text, "piccolod_health_check_duration_seconds_count", component="tpm") == 5
+    assert value(text, "piccolod_health_check_duration_seconds_sum", component="tpm") == 99.741
+
+
+def test_help_type_and_escaping_as_the_format_requires() -> None:
+    m = Metrics([Component.TPM])
+    m.status.set(1, 'we"ird\\lab\nel')
+    m.status.help = "two\nlines \\ here"
+    text = m.render().decode()
+    assert "# HELP piccolod_health_status two\\nlines \\\\ here\n" in text
+    assert 'piccolod_health_status{status="we\\"ird\\\\lab\\nel"} 1.0\n' in text
+    families = {f.name: f for f in text_string_to_metric_families(text)}
+    assert families["piccolod_health_status"].documentation == "two\nlines \\ here"
+    assert families["piccolod_health_status"].type == "gauge"
+    assert families["piccolod_health_check_duration_seconds"].type == "histogram"
+    assert families["piccolod_assessments"].type == "counter"  # the parser strips _total
+    assert value(text, "piccolod_health_status", status='we"ird\\lab\nel') == 1
+    for line in text.splitlines():  # one sample or comment per line, nothing else
+        assert line.startswith("# HELP ") or line.startswith("# TYPE ") or line.startswith("piccolod_")
+
+
+def test_a_scrape_reuses_the_rendered_text_until_something_changes() -> None:
+    m = Metrics()
+    first = m.render()
+    assert m.render() is first
+    m.rollback()
+    second = m.render()
+    assert second is not first and value(second.decode(), "piccolod_rollbacks_total") == 1
+    m.gate_outcome(GateOutcome.PASSED)
+    assert value(m.render().decode(), "piccolod_gate_outcomes_total", outcome="passed") == 1
+
+
+def test_numbers_as_prometheus_reads_them() -> None:
+    from piccolod.metrics import number
+
+    assert [number(v) for v in (0, 1, 0.25, 1e20, float("inf"), float("-inf"))] == [
+        "0.0", "1.0", "0.25", "1e+20", "+Inf", "-Inf",
+    ]  # fmt: skip
+    assert number(float("nan")) == "NaN"

@@ -10,14 +10,17 @@ from pathlib import Path
 
 import pytest
 
+from piccolod.gpt import read_table
 from piccolod.slot import SlotError, SlotState, detect, find_disk, format_table, parse_cmdline
 from tests.fixtures.gptdisk import (
     USR_A,
     USR_B,
     cmdline_for,
     corrupt,
+    edit_copy,
     gptprio_next,
     install_update,
+    set_attrs_in,
     setgoodroot,
 )
 
@@ -220,3 +223,80 @@ def test_an_unopenable_boot_disk_says_which_device_and_why(flatcar_disk: Path, t
     state, error = r.stdout.splitlines()
     assert state == "unknown"
     assert error.startswith(f"cannot open the boot disk {flatcar_disk}: Permission denied (EACCES;"), error
+
+
+# --- ambiguous or untrustworthy tables: unknown, one line, never a guess ----------------------------
+
+
+def test_two_partitions_labelled_usr_a_are_ambiguous(flatcar_disk: Path, tmp_path: Path) -> None:
+    subprocess.run(["sgdisk", "-c4:USR-A", str(flatcar_disk)], check=True, capture_output=True)
+    slot = detect(_cmdline(tmp_path, USR_A), str(flatcar_disk))
+    assert slot.state is SlotState.UNKNOWN
+    assert (
+        slot.error == f"{flatcar_disk}: partitions 3 and 4 are both USR-A: which slot is which is ambiguous"
+    )
+
+
+def test_a_booted_partuuid_that_is_not_a_usr_slot(flatcar_disk: Path, tmp_path: Path) -> None:
+    root = next(p for p in read_table(flatcar_disk).partitions if p.name == "ROOT")
+    slot = detect(_cmdline(tmp_path, str(root.unique_guid)), str(flatcar_disk))
+    assert slot.state is SlotState.UNKNOWN
+    assert slot.error and "is partition 9 (ROOT), not a /usr slot" in slot.error
+
+
+@pytest.mark.parametrize("case", ["disagree", "stale-backup", "duplicate-guid", "entries-lba-2^63"])
+def test_untrustworthy_tables_are_unknown_with_one_line(
+    flatcar_disk: Path, tmp_path: Path, case: str
+) -> None:
+    install_update(flatcar_disk, USR_A)  # USR-B: the first boot of an update
+    if case == "disagree":
+        set_attrs_in(flatcar_disk, "primary", 4, priority=2, tries=0, successful=True)
+    elif case == "stale-backup":
+        set_attrs_in(flatcar_disk, "backup", 4, priority=2, tries=0, successful=True)
+        corrupt(flatcar_disk, "primary-entries")
+    elif case == "duplicate-guid":
+        for which in ("primary", "backup"):
+            edit_copy(flatcar_disk, which, entries={(3, "unique"): uuid.UUID(USR_B).bytes_le})
+    else:
+        for which in ("primary", "backup"):
+            edit_copy(flatcar_disk, which, header={"entries_lba": 1 << 63})
+    slot = detect(_cmdline(tmp_path, USR_B), str(flatcar_disk))
+    assert slot.state is SlotState.UNKNOWN and slot.error
+    assert slot.error.startswith(str(flatcar_disk)) and "\n" not in slot.error
+    assert format_table(slot).splitlines()[-1] == f"error: {slot.error}"
+
+
+def test_status_prints_one_line_for_a_corrupt_disk(flatcar_disk: Path, tmp_path: Path) -> None:
+    """``piccolod status`` on the issue's disk (entries at LBA 2^63 in both headers): no traceback."""
+    for which in ("primary", "backup"):
+        edit_copy(flatcar_disk, which, header={"entries_lba": 1 << 63})
+    policy = tmp_path / "policy.yaml"
+    policy.write_text(
+        f"agent:\n  state_dir: {tmp_path / 'state'}\n"
+        f"  boot: {{cmdline: {_cmdline(tmp_path, USR_A)}, disk: {flatcar_disk}}}\n"
+    )
+    r = subprocess.run(
+        [sys.executable, "-m", "piccolod", "status", "--config", str(policy)],
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert "Traceback" not in r.stderr, r.stderr
+    errors = [line for line in r.stdout.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1 and str(flatcar_disk) in errors[0] and "not on the disk" in errors[0], r.stdout
+
+
+def test_a_hostile_partition_label_is_escaped_in_the_table(flatcar_disk: Path, tmp_path: Path) -> None:
+    name = "\x1b[2J\nROOT".encode("utf-16-le")
+    for which in ("primary", "backup"):
+        edit_copy(flatcar_disk, which, entries={(9, "name"): name})
+    root = next(p for p in read_table(flatcar_disk).partitions if p.number == 9)
+    text = format_table(detect(_cmdline(tmp_path, str(root.unique_guid)), str(flatcar_disk)))
+    assert "\x1b" not in text and text.splitlines()[-1].endswith("(\\x1b[2J\\nROOT), not a /usr slot")
+
+
+def test_the_disk_scan_says_why_a_gpt_it_found_was_not_used(flatcar_disk: Path, tmp_path: Path) -> None:
+    set_attrs_in(flatcar_disk, "backup", 4, priority=2, tries=0, successful=True)  # the copies disagree
+    sys_root, dev_root = _fake_sysfs(tmp_path, flatcar_disk)
+    with pytest.raises(
+        SlotError, match=r"searched: vdz\); cannot use .*vdz: the primary and backup GPT disagree"
+    ):
+        find_disk(USR_B, sys_root=sys_root, dev_root=dev_root)

@@ -5,8 +5,8 @@ component. A check returns an :class:`~piccolod.result.Outcome` (verdict, human 
 API document shows); it may raise, and the caller turns exceptions and hangs into failures, but each
 check also honours ``timeout`` itself (socket timeouts, client timeouts, probes bounded by
 :func:`piccolod.checks.bounded.race`) so a dead dependency fails fast. Checks are thread-safe: they share
-no state and open (and close) their own clients on every call. Heavy libraries (``docker``,
-``tpm2_pytss``) are imported inside the check, so importing this registry is cheap.
+no state and open (and close) their own connections on every call. The only heavy library, ``tpm2_pytss``,
+is imported by the TPM probe in its own process, never by the agent, so importing this registry is cheap.
 
 Semantics of each check are in ``docs/agent.md`` ("Components and checks").
 """

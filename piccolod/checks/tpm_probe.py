@@ -100,6 +100,11 @@ def main(argv: list[str]) -> int:
     threading.Thread(target=_watch, args=(deadline, os.getppid()), daemon=True).start()
     try:
         reading = read_tpm(tcti)
+    except ImportError as exc:
+        top = (exc.name or "tpm2_pytss").partition(".")[0]
+        text = f"the Python module {top!r} is not installed (pip install tpm2-pytss)"
+        print(json.dumps({"error": text}), flush=True)
+        return 1
     except Exception as exc:  # the parent turns this into the check's reason
         text = " ".join(str(exc).split()) or type(exc).__name__
         print(json.dumps({"error": text}), flush=True)

@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 from types import ModuleType
 
+from piccolod.logs import printable
 from piccolod.policy import ModelError, PolicyFile, load_policy
 
 EXIT_CANNOT_ASSESS = 3  # also a bad policy (the monitoring-plugin "unknown")
@@ -37,5 +38,5 @@ def load(args: argparse.Namespace) -> PolicyFile | None:
     try:
         return load_policy(args.config)
     except ModelError as exc:
-        print(f"piccolod: {exc}", file=sys.stderr)
+        print(printable(f"piccolod: {exc}"), file=sys.stderr)
         return None

@@ -14,6 +14,7 @@ import sys
 from piccolod import document
 from piccolod.assess import Assessment, Assessor
 from piccolod.commands import EXIT_CANNOT_ASSESS, add_config_option, load
+from piccolod.logs import printable
 from piccolod.result import Status
 
 EXIT_CODES = {Status.HEALTHY: 0, Status.DEGRADED: 1, Status.UNHEALTHY: 2}
@@ -24,7 +25,9 @@ def render_text(assessment: Assessment) -> str:
     for r in assessment.results:
         verdict = "healthy" if r.healthy else "FAILED"
         weight = "required" if r.required else "optional"
-        lines.append(f"  {r.component:<10} {verdict:<7} {weight:<8} {r.duration_seconds:7.3f}s  {r.reason}")
+        lines.append(
+            f"  {r.component:<10} {verdict:<7} {weight:<8} {r.duration_seconds:7.3f}s  {printable(r.reason)}"
+        )
     return "\n".join(lines)
 
 
@@ -35,7 +38,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         assessment = Assessor().assess(policy)
     except Exception as exc:  # "could not assess" is an answer too
-        print(f"piccolod: could not assess: {type(exc).__name__}: {exc}", file=sys.stderr)
+        print(printable(f"piccolod: could not assess: {type(exc).__name__}: {exc}"), file=sys.stderr)
         return EXIT_CANNOT_ASSESS
     if args.json:
         facts = document.current_facts(policy.health_policy.checks.storage.mounts)
