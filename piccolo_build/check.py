@@ -180,7 +180,7 @@ def lint_shell(files: list[OverlayFile], work: Path) -> list[Step]:
             path.write_bytes(f.content)
             scripts.append(path)
     if scripts:
-        sc = run(["shellcheck", "--shell=sh", "--format=gcc", *scripts], check=False)
+        sc = run([tool("shellcheck"), "--shell=sh", "--format=gcc", *scripts], check=False)
         if sc.returncode != 0:
             out_sc.append((sc.stdout + sc.stderr).strip())
     return [

@@ -85,7 +85,7 @@ def _register() -> None:
 
 
 def _say(message: str, hint: str | None) -> None:
-    from piccolod.model import printable  # the one escaper of both programs (not at import: --help)
+    from piccolod.text import printable  # the one escaper of both programs (not at import: --help)
 
     typer.echo(f"error: {printable(message.strip() or 'failed')}", err=True)
     if hint:

@@ -36,7 +36,7 @@ def missing_dependency(exc: ImportError) -> str | None:
 
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> NoReturn:
-        from piccolod.model import printable
+        from piccolod.text import printable
 
         usage = " ".join(self.format_usage().split())
         self.exit(EXIT_USAGE, f"{printable(self.prog)}: error: {printable(message)}\n{printable(usage)}\n")

@@ -19,21 +19,10 @@ import sys
 from typing import Any, TextIO
 
 from piccolod.result import CheckResult
+from piccolod.text import printable
 
 LOGGER = "piccolod"
 FIELDS = "piccolod_fields"  # the LogRecord attribute that carries structured fields
-
-# C0 controls, DEL and C1 controls -> a visible escape (\n, \t, \r, \x1b, \x9b, ...).
-_ESCAPES = {c: f"\\x{c:02x}" for c in (*range(0x20), *range(0x7F, 0xA0))} | {
-    0x0A: "\\n",
-    0x09: "\\t",
-    0x0D: "\\r",
-}
-
-
-def printable(text: str) -> str:
-    """``text`` with every control character written as a visible escape (backslashes stay as they are)."""
-    return text.translate(_ESCAPES)
 
 
 def rfc3339(ts: float) -> str:
@@ -63,7 +52,7 @@ class TextFormatter(logging.Formatter):
         details = fields.get("details")
         if details:
             line += "  " + " ".join(f"{k}={v}" for k, v in details.items())
-        line = printable(line)
+        line = printable(line, limit=None)
         if record.exc_info:
             line += "\n" + self.formatException(record.exc_info)
         return line

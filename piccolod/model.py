@@ -28,6 +28,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
+from piccolod.text import printable
+
 T = TypeVar("T")
 KeyPath = tuple[str | int, ...]
 
@@ -121,13 +123,6 @@ MAX_SCALAR = 4096
 """Longest key or value, in characters."""
 MAX_NUMBER = 40
 """Longest number, in characters (Python refuses to convert integers of more than 4300 digits)."""
-
-
-def printable(text: str, limit: int = 1000) -> str:
-    """``text`` safe for one line of a terminal or a log: control and other unprintable characters
-    escaped (a newline as ``\\n``, ESC as ``\\x1b``), and cut at ``limit`` characters."""
-    out = "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in text)
-    return out if len(out) <= limit else f"{out[:limit]}... ({len(out) - limit} more characters)"
 
 
 def parse_yaml(text: str, file: str) -> tuple[Any, Source]:

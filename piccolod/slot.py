@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from piccolod.gpt import FLATCAR_USR_TYPE, GptError, Partition, Table, read_table
-from piccolod.logs import printable
+from piccolod.text import printable
 
 CMDLINE_KEYS = ("mount.usr", "verity.usr", "usr")
 SLOT_BY_NUMBER = {3: "USR-A", 4: "USR-B"}

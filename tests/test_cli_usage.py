@@ -199,7 +199,8 @@ def test_framework_errors_are_recognised_by_shape_not_by_module() -> None:
     ("argv", "error", "usage"),
     [
         (["check", "--no-such-option", "x"], "No such option: --no-such-option", "piccolo-build check"),
-        (["stag"], "No such command 'stag'.", "piccolo-build"),
+        (["stag"], "No such command 'stag'. Did you mean 'stage'?", "piccolo-build"),
+        (["xyzzy"], "No such command 'xyzzy'.", "piccolo-build"),
         (["config", "validate"], "Missing argument 'FILE'.", "piccolo-build config validate"),
         (["render", "-o"], "Option '-o' requires an argument.", "piccolo-build render"),
     ],

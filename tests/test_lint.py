@@ -165,3 +165,25 @@ def test_outside_reference_scan_sees_one(tmp_path: Path) -> None:
         assert outside_references([bad]) == [f"tests/{bad.name}:1"]
     finally:
         bad.unlink()
+
+
+_DOC_REFERENCE = re.compile(r"\bdocs/([A-Za-z0-9_-]+\.md)\b")
+
+
+def test_every_cited_document_exists() -> None:
+    """Code, comments and generated files point readers at docs/; every page they name must be there."""
+    missing = sorted(
+        f"{path.relative_to(ROOT)}:{n}: docs/{name}"
+        for path in _tracked_text_files()
+        for n, line in enumerate(_lines(path), 1)
+        for name in _DOC_REFERENCE.findall(line)
+        if not (ROOT / "docs" / name).is_file()
+    )
+    assert missing == []
+
+
+def _lines(path: Path) -> list[str]:
+    try:
+        return path.read_text(encoding="utf-8").splitlines()
+    except (UnicodeDecodeError, OSError):
+        return []

@@ -10,7 +10,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from piccolod import logs
+from piccolod import logs, text
 from piccolod.policy import Component
 from piccolod.result import CheckResult
 
@@ -73,9 +73,9 @@ HOSTILE = "engine said: line one\nline two \x1b[2J\x1b]0;owned\x07 \x9b31m done\
 
 
 def test_printable_escapes_every_control_character() -> None:
-    assert logs.printable("a\nb\x1b[31mc\td\x9be\x7ff\x00") == "a\\nb\\x1b[31mc\\td\\x9be\\x7ff\\x00"
-    assert logs.printable("plain text, é and → stay") == "plain text, é and → stay"
-    out = logs.printable("".join(map(chr, range(0x100))))
+    assert text.printable("a\nb\x1b[31mc\td\x9be\x7ff\x00") == "a\\nb\\x1b[31mc\\td\\x9be\\x7ff\\x00"
+    assert text.printable("plain text, é and → stay") == "plain text, é and → stay"
+    out = text.printable("".join(map(chr, range(0x100))))
     assert not any(ord(c) < 0x20 or 0x7F <= ord(c) < 0xA0 for c in out)
 
 

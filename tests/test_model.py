@@ -15,7 +15,8 @@ from pathlib import Path
 import pytest
 
 from piccolod import model
-from piccolod.model import KeyPath, MissingFile, ModelError, Source, load_file, merge, parse_yaml, printable
+from piccolod.model import KeyPath, MissingFile, ModelError, Source, load_file, merge, parse_yaml
+from piccolod.text import printable
 
 # (name, text, line, key, words in the message)
 REFUSED: list[tuple[str, str, int, str, str]] = [

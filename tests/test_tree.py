@@ -14,6 +14,7 @@ import pytest
 from piccolo_build import releases
 from piccolo_build.config import load_config
 from piccolo_build.errors import PiccoloError
+from piccolo_build.lock import lock_path
 from piccolo_build.overlay import overlay_files
 from piccolo_build.release import ReleaseInfo, collect
 from piccolo_build.tree import read_tree_facts
@@ -130,7 +131,7 @@ def test_check_tree_exits_0_on_the_newest_stable_and_names_the_atom_that_does_no
     assert r.returncode == 0, r.stdout + r.stderr
     assert r.stdout.startswith("ok: 6 packages in")
     # A lock pinned to what the tree lacks: tpm2-pytss 3.0 needs cryptography>=47 (46.0.3 here).
-    lock = json.loads((ROOT / "piccolo.lock.json").read_text())
+    lock = json.loads(lock_path().read_text())
     pkg = next(p for p in lock["packages"] if p["name"] == "tpm2-pytss")
     pkg["rdepend"] = [a.replace("cryptography-3.0", "cryptography-47.0.0") for a in pkg["rdepend"]]
     bad = tmp_path / "lock.json"

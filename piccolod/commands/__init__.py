@@ -11,8 +11,8 @@ import sys
 from pathlib import Path
 from types import ModuleType
 
-from piccolod.logs import printable
 from piccolod.policy import ModelError, PolicyFile, load_policy
+from piccolod.text import printable
 
 EXIT_CANNOT_ASSESS = 3  # also a bad policy (the monitoring-plugin "unknown")
 

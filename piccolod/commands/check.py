@@ -14,8 +14,8 @@ import sys
 from piccolod import document
 from piccolod.assess import Assessment, Assessor
 from piccolod.commands import EXIT_CANNOT_ASSESS, add_config_option, load
-from piccolod.logs import printable
 from piccolod.result import Status
+from piccolod.text import printable
 
 EXIT_CODES = {Status.HEALTHY: 0, Status.DEGRADED: 1, Status.UNHEALTHY: 2}
 

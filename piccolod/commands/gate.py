@@ -12,7 +12,7 @@ import argparse
 import socket
 import sys
 
-from piccolod import logs
+from piccolod import logs, manager
 from piccolod.api import listen_socket
 from piccolod.commands import EXIT_CANNOT_ASSESS, add_config_option, load
 from piccolod.daemon import Daemon
@@ -59,7 +59,11 @@ def run(args: argparse.Namespace) -> int:
     try:
         if args.dry_run:
             print(format_table(detect_slot(policy)))
-        outcome = first_boot_gate(daemon, dry_run=args.dry_run)
+        # This process ends right after the verdict: wait for the request to start update-engine, which
+        # ``serve`` leaves to a thread of the long-running agent.
+        outcome = first_boot_gate(
+            daemon, dry_run=args.dry_run, start_update_engine=_start_update_engine_and_wait
+        )
     finally:
         if daemon.server is not None:
             daemon.server.stop()
@@ -70,6 +74,10 @@ def run(args: argparse.Namespace) -> int:
     if args.dry_run:
         print(describe(outcome.result))
     return 0 if outcome.passed else EXIT_GATE_FAILED
+
+
+def _start_update_engine_and_wait() -> None:
+    manager.start_update_engine().join(manager.SYSTEMCTL_TIMEOUT)
 
 
 def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
