@@ -147,7 +147,7 @@ def test_check_tree_exits_0_on_the_newest_stable_and_names_the_atom_that_does_no
 # --- the supported-releases table -------------------------------------------------------------
 
 
-def test_the_supported_releases_table_covers_every_tag_and_is_the_one_in_the_docs(
+def test_the_supported_releases_table_covers_every_tag_and_is_the_one_in_the_docs_and_readme(
     flatcar: FlatcarTrees,
 ) -> None:
     assert sorted(s.tested_tag for s in releases.SUPPORT) == sorted(TAGS)
@@ -156,6 +156,7 @@ def test_the_supported_releases_table_covers_every_tag_and_is_the_one_in_the_doc
     ).stdout.split()
     assert all(releases.support(t) is not None for t in tags)
     assert releases.table() in (ROOT / "docs" / "flatcar.md").read_text()
+    assert releases.table() in (ROOT / "README.md").read_text()
     assert releases.newest("stable", tags) == "stable-4593.2.5"
     assert releases.newest("beta", tags) == "beta-4757.1.0"
 

@@ -9,9 +9,9 @@
 # in this boot, and fails when PICCOLOD_GUARD_WAIT_SECONDS run out: update-engine's start job fails with
 # it, the slot stays unmarked, and the next boot falls back to the previous slot.
 #
-# POSIX sh, and only tools of Flatcar's base image (sgdisk from sys-apps/gptfdisk; blkid, readlink): the
-# base image has no Python. Settings come from the unit's Environment= (rendered from piccolo.yaml's
-# agent.boot) and may be overridden by a drop-in.
+# POSIX sh, and only tools of Flatcar's base image (sgdisk from sys-apps/gptfdisk; blkid, readlink; awk,
+# which coreos-base/coreos pulls in as app-alternatives/awk): the base image has no Python. Settings come
+# from the unit's Environment= (rendered from piccolo.yaml's agent.boot) and may be overridden by a drop-in.
 set -u
 set -f
 
