@@ -4,6 +4,7 @@
     python3 build.py render            # any piccolo-build command, with its arguments
     python3 build.py check             # piccolo-build check, after installing the linters it runs
     python3 build.py test [PYTEST...]  # install what the tests need (apt too, as root) and run them all
+    python3 build.py test --fast       # the everyday tier: no systemd boots, no virtual machines
     python3 build.py lock-env          # re-resolve the pinned environment: rewrite constraints.txt
 
 Every install is pinned: pip gets ``constraints.txt`` (exact versions of every package the ``test``
@@ -68,6 +69,11 @@ CHECK_APT_PACKAGES = ("systemd",)
 # and its libraries are bound in by the tests.
 TRIXIE_ROOT = VENV / "trixie-root"
 TRIXIE_INCLUDE = ("systemd", "systemd-sysv", "dbus", "gdisk", "util-linux", "mawk")
+
+
+# `test --fast`: everything but the tests that boot systemd as PID 1 or a virtual machine (the markers
+# are in pyproject.toml; tests/conftest.py refuses a booting test without its marker).
+FAST_TIER = "not boot and not vm"
 
 
 def run(*argv: str | Path) -> None:
@@ -214,8 +220,12 @@ def main(argv: list[str]) -> int:
         os.chdir(ROOT)
         fill_test_cache()
         fill_wheelhouse()
-        ensure_trixie_root()
-        return subprocess.run([str(python), "-m", "pytest", *argv[1:]], check=False).returncode
+        args = argv[1:]
+        if "--fast" in args:
+            args = [a for a in args if a != "--fast"] + ["-m", FAST_TIER]
+        else:
+            ensure_trixie_root()  # only the boots use it
+        return subprocess.run([str(python), "-m", "pytest", *args], check=False).returncode
     if argv[:1] == ["lock-env"]:
         return lock_env()
     if argv[:1] == ["check"]:

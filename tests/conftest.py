@@ -18,6 +18,22 @@ pytest_plugins = [
 ]
 
 
+# The fixtures that boot something, and the marker a test using one must carry: the fast tier
+# (`python3 build.py test --fast`) leaves those markers out, so an unmarked boot would slip into it.
+BOOTING_FIXTURES = {"machine": "boot"}
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    unmarked = [
+        f"{item.nodeid} uses the {fixture!r} fixture but is not marked {marker!r}"
+        for item in items
+        for fixture, marker in BOOTING_FIXTURES.items()
+        if fixture in getattr(item, "fixturenames", ()) and item.get_closest_marker(marker) is None
+    ]
+    if unmarked:
+        raise pytest.UsageError("; ".join(unmarked))
+
+
 @pytest.fixture(scope="session", autouse=True)
 def _agent_stays_off_the_host(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     """Every agent a test starts writes its pass token into a directory of the session, not into the

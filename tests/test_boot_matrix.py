@@ -39,7 +39,7 @@ from tests.fixtures.bootrig import (
 from tests.fixtures.gptdisk import USR_A, USR_B, install_update, slot
 from tests.fixtures.nspawn import Machine
 
-pytestmark = [pytest.mark.slow, pytest.mark.privileged]
+pytestmark = [pytest.mark.slow, pytest.mark.privileged, pytest.mark.boot]
 
 SYSTEMD = pytest.mark.parametrize("systemd", [252, 257])
 

@@ -22,7 +22,7 @@ from tests.fixtures.daemons import Swtpm
 from tests.fixtures.gptdisk import USR_A, USR_B, gptprio_next, install_update, slot
 from tests.fixtures.nspawn import Machine
 
-pytestmark = [pytest.mark.slow, pytest.mark.privileged]
+pytestmark = [pytest.mark.slow, pytest.mark.privileged, pytest.mark.boot]
 
 SYSTEMD = pytest.mark.parametrize("systemd", [252, 257])
 
