@@ -80,14 +80,13 @@ def judge(
         return Verdict(
             False, "the SDK lacks what the sysext's packages need: " + "; ".join(problems), python, compiles
         )
-    theirs = [c for c in compiles if c.origin != "ours"]
+    theirs = [c for c in compiles if not c.origin.startswith("ours")]
     notes = [
-        f"Python {python.removeprefix('python').replace('_', '.')}",
         f"--base_sysexts entries name{facts.sysext_separator}packages",
         "qemu_uefi needs build_image oem_sysext first"
         if facts.prebuilt_oem_sysext
         else "image_to_vm.sh builds the OEM sysext itself",
-        "compiles " + (", ".join(f"{c.package.split('/')[1]} {c.version}" for c in theirs) or "only ours"),
+        "compiles besides ours: " + (", ".join(c.brief() for c in theirs) or "nothing"),
     ]
     return Verdict(True, "; ".join(notes), python, compiles)
 
@@ -122,7 +121,8 @@ def table(verdicts: Iterable[tuple[str, Verdict]]) -> str:
     """The supported-releases table as Markdown: one row per tag, from its verdict."""
     rows = ["| tag | builds | PYTHON_COMPAT | why (read from the tag) |", "|---|---|---|---|"]
     for tag, v in verdicts:
-        rows.append(f"| `{tag}` | {'yes' if v.builds else 'no'} | `{v.python or '-'}` | {v.reason} |")
+        why = v.reason.replace("|", "\\|")
+        rows.append(f"| `{tag}` | {'yes' if v.builds else 'no'} | `{v.python or '-'}` | {why} |")
     return "\n".join(rows) + "\n"
 
 

@@ -166,6 +166,15 @@ class Compile:
     origin: str  # "ours" (the rendered overlay) or the repository path it comes from
     needs: tuple[str, ...] = ()  # what its build takes from the SDK, one phrase each
     problems: tuple[str, ...] = ()  # what the tree lacks for it
+    rust: str = ""  # the Rust package-version of the tree it builds with (a cargo ebuild)
+    crates: int = 0  # how many crates it fetches as distfiles
+
+    def brief(self) -> str:
+        """``cryptography 46.0.2 (Rust 1.89.0, 36 crates)``."""
+        extra = ", ".join(
+            x for x in (self.rust and f"Rust {self.rust}", self.crates and f"{self.crates} crates") if x
+        )
+        return f"{self.package.split('/')[1]} {self.version}" + (f" ({extra})" if extra else "")
 
     def to_json(self) -> dict[str, object]:
         return {
@@ -174,6 +183,8 @@ class Compile:
             "origin": self.origin,
             "needs": list(self.needs),
             "problems": list(self.problems),
+            "rust": self.rust,
+            "crates": self.crates,
         }
 
 
@@ -209,9 +220,8 @@ def compiles(
             if ebuild is None:
                 out.append(Compile(atom.key, "?", "nowhere", problems=("no visible ebuild at this tag",)))
                 continue
-            needs, problems = _build_needs(tree, ebuild)
             origin = str(ebuild.path.parent.parent.parent.relative_to(tree.scripts_dir / THIRD_PARTY))
-            out.append(Compile(atom.key, ebuild.version, origin, tuple(needs), tuple(problems)))
+            out.append(_compile(tree, ebuild, origin))
             todo += ebuild.dependencies(profile)
     for pkg in lock.packages:
         if pkg.atom not in seen:
@@ -233,10 +243,11 @@ def _our_needs(name: str) -> tuple[str, ...]:
     return tuple(needs)
 
 
-def _build_needs(tree: TreeView, ebuild: Ebuild) -> tuple[list[str], list[str]]:
+def _compile(tree: TreeView, ebuild: Ebuild, origin: str) -> Compile:
     """What building ``ebuild`` takes from the SDK, and what of that the tree lacks."""
     needs: list[str] = []
     problems: list[str] = []
+    rust_version, crate_count = "", 0
     if "cargo" in ebuild.eclasses:
         minimum = ebuild.variables.get("RUST_MIN_VER", "")
         rust = _newest(tree, RUST)
@@ -247,6 +258,7 @@ def _build_needs(tree: TreeView, ebuild: Ebuild) -> tuple[list[str], list[str]]:
             problems.append(f"{wanted}: newest visible is {rust.key}-{rust.version}")
         else:
             needs.append(f"{wanted} ({rust.key}-{rust.version})")
+            rust_version = rust.version.split("-r")[0]
         crates = ebuild.crates
         if crates:
             listed = _manifest_files(ebuild.path.parent / "Manifest")
@@ -255,6 +267,7 @@ def _build_needs(tree: TreeView, ebuild: Ebuild) -> tuple[list[str], list[str]]:
                 problems.append(f"{len(absent)} of {len(crates)} crates not in its Manifest: {absent[0]}...")
             else:
                 needs.append(f"{len(crates)} crates (all in its Manifest; fetched as distfiles)")
+                crate_count = len(crates)
     if ebuild.variables.get("DISTUTILS_USE_PEP517") == "maturin":
         maturin = tree.best(parse_atom(MATURIN))
         if maturin is None:
@@ -263,7 +276,9 @@ def _build_needs(tree: TreeView, ebuild: Ebuild) -> tuple[list[str], list[str]]:
             needs.append(f"the maturin build backend ({maturin.key}-{maturin.version})")
     if ebuild.variables.get("DISTUTILS_EXT"):
         needs.append("the board's C compiler")
-    return needs, problems
+    return Compile(
+        ebuild.key, ebuild.version, origin, tuple(needs), tuple(problems), rust_version, crate_count
+    )
 
 
 def _newest(tree: TreeView, keys: Iterable[str]) -> Ebuild | None:

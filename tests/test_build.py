@@ -393,7 +393,7 @@ def test_the_piccolod_sysext_holds_all_it_needs_with_or_without_docker_flatcar(p
     assert set(SYSEXT_PACKAGES.split("&")) | {"dev-python/cffi", "dev-python/cryptography"} <= set(
         with_docker
     )
-    docker, docker_base = _sysext_tree(project, "docker-flatcar")
+    _docker, docker_base = _sysext_tree(project, "docker-flatcar")
     assert set(with_docker) <= set(docker_base)  # docker's sysext is built on ours, not the other way
     # A release whose build_image lists no docker-flatcar: the plan and the sysext stay the same.
     build_image = project.fake.show(NEWEST_STABLE, "build_image").decode()
