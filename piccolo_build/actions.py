@@ -183,7 +183,10 @@ def rendered_files(env: ActionEnv) -> list[OverlayFile]:
     from piccolo_build.tree import read_tree_facts
 
     tree = env.tree if env.tree is not None else read_tree_facts(env.ctx.scripts_dir)
-    return overlay_files(env.cfg, tree.python_compat)
+    try:
+        return overlay_files(env.cfg, tree.python_compat)
+    except ValueError as exc:
+        raise PiccoloError(f"cannot render the overlay: {exc}") from None
 
 
 def _replace_dir(src: Path, dst: Path) -> None:
@@ -204,10 +207,7 @@ def overlay(env: ActionEnv) -> str | None:
     from piccolo_build.gentoo import OVERLAY, package_key
     from piccolo_build.render import write_tree
 
-    try:
-        files = rendered_files(env)
-    except ValueError as exc:
-        raise PiccoloError(f"cannot render the overlay: {exc}") from None
+    files = rendered_files(env)
     changed = write_tree(files, env.ctx.rendered_overlay)
     state = "changed" if changed else "unchanged"
     env.log(f"rendered {len(files)} files into {env.ctx.rendered_overlay} ({state})")

@@ -155,6 +155,10 @@ def test_python_compat_is_rendered_for_the_tree_and_the_default_does_not_build_p
     # The overlay rendered without a tree (overlays/, python3_12) is what stable-4230 refused.
     result = check_tree(tree, overlay_files(cfg), ["amd64"], flatcar.pkgcheck_cache)
     assert not result.ok and any("python_targets_python3_12" in f for f in result.findings), result.findings
+    # `check --tree` renders for the tree it checks.
+    env = {"XDG_CACHE_HOME": str(flatcar.pkgcheck_cache.parent / "xdg")}
+    r = cli("check", "--config", DEFAULT_CONFIG, "--tree", tree, env=env)
+    assert r.returncode == 0, r.stdout + r.stderr
 
 
 def test_sysext_packages_compiles_what_no_flatcar_package_needs_and_the_sdk_has_what_they_need(
@@ -178,6 +182,23 @@ def test_sysext_packages_compiles_what_no_flatcar_package_needs_and_the_sdk_has_
             "app-admin/piccolod",
             "dev-python/pkgconfig",
         }
+
+
+def test_plan_lists_what_compiles_in_text_and_json(flatcar: FlatcarTrees) -> None:
+    tree = flatcar.tree("alpha-4790.0.0")
+    compiles = {c["package"]: c for c in _plan(tree)["tree"]["verdict"]["compiles"]}
+    crypto = compiles["dev-python/cryptography"]
+    assert (crypto["origin"], crypto["rust"], crypto["problems"]) == ("portage-stable", "1.95.0", [])
+    assert crypto["crates"] == 32 and "Rust >= 1.83.0 (dev-lang/rust-1.95.0)" in crypto["needs"]
+    assert compiles["app-admin/piccolod"]["version"] == "0.1.0"
+    text = cli("plan", "--config", DEFAULT_CONFIG, "--scripts-dir", tree).stdout
+    assert "this release builds: --base_sysexts entries name|packages; qemu_uefi needs" in text
+    assert "sysext-packages compiles from source (Flatcar publishes no binary package of them):\n" in text
+    assert (
+        "  dev-python/cryptography-48.0.0 (portage-stable): needs Rust >= 1.83.0 (dev-lang/rust-1.95.0); "
+        "32 crates (all in its Manifest; fetched as distfiles); the maturin build backend "
+        "(dev-util/maturin-1.13.3); the board's C compiler\n"
+    ) in text
 
 
 def test_a_tag_nobody_listed_is_judged_by_the_same_facts(flatcar: FlatcarTrees, tmp_path: Path) -> None:
@@ -282,7 +303,8 @@ QEMU_FILES = (
 
 def _image_dir(root: Path) -> Path:
     root.mkdir(parents=True)
-    for name in ("flatcar_production_image.bin", "flatcar_production_update.bin", "flatcar_test_update.gz"):
+    payloads = ("flatcar_test_update.gz", "flatcar_test_update-oem-qemu.gz")
+    for name in ("flatcar_production_image.bin", "flatcar_production_update.bin", *payloads):
         (root / name).write_bytes(b"image " + name.encode())
     for name in QEMU_FILES:
         (root / name).write_bytes(b"qemu " + name.encode())
