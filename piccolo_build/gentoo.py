@@ -8,8 +8,8 @@ A leaf module (it imports nothing of the project), so every other module can use
   ``thin-manifests = true``: a Manifest lists only distfiles, ``DIST <file> <size> BLAKE2B <hex>
   SHA512 <hex>``; coreos-overlay adds ``use-manifests = strict``, so a package with a distfile and no
   Manifest line is an error);
-- ``PYTHON_COMPAT`` of every ebuild we render, and the PEP 440 <-> Gentoo version mapping of the
-  ``pypi`` eclass;
+- the default ``PYTHON_COMPAT`` of the ebuilds we render, the PEP 440 <-> Gentoo version mapping of the
+  ``pypi`` eclass, and the comparison of Gentoo versions (PMS 3.3) and the parts of an atom;
 - where the two repositories live in a flatcar/scripts checkout, and :class:`OverlayFile`, one file of
   the overlay we render.
 """
@@ -183,13 +183,12 @@ def manifest_line(name: str, data: bytes) -> str:
 
 # --- Python --------------------------------------------------------------------------------------
 
-# PYTHON_COMPAT of every ebuild we render (the agent's and its dev-python dependencies'). Each entry must
-# be an implementation the tree's python-utils-r1 eclass knows (an unknown one dies "Invalid
-# implementation in PYTHON_COMPAT"), and it must be the one Flatcar builds: from stable-4593 on,
-# coreos-overlay's profiles/coreos/base/make.defaults sets PYTHON_TARGETS to python3_12 alone and
-# base/package.mask masks every other dev-lang/python (lts-4081 and stable-4230 build python3_11 and
-# use.mask python3_12). A second, masked target makes pkgcheck find the dependencies unsolvable for it
-# (NonsolvableDeps: dev-lang/python:3.13 or :3.11), so the one value is the one of today's releases.
+# PYTHON_COMPAT of every ebuild we render when there is no checkout to read it from (the committed
+# overlays/, `render` without a tree): the Python of stable-4593 and later. The build renders for the
+# checkout's own targets instead (TreeFacts.python_compat: stable-4230 builds python3_11). One value, not
+# a range: a second target that the tag masks makes pkgcheck find the dependencies unsolvable for it
+# (NonsolvableDeps: dev-lang/python:3.13 or :3.11). Each entry must be an implementation the tree's
+# python-utils-r1 eclass knows (an unknown one dies "Invalid implementation in PYTHON_COMPAT").
 PYTHON_COMPAT = "python3_12"
 
 

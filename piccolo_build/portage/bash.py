@@ -138,4 +138,5 @@ def brace_expand(word: str) -> list[str]:
 
 def words(value: str) -> list[str]:
     """A value as bash splits an unquoted array or word list, with brace expansion."""
-    return [w for token in value.split() for w in brace_expand(token.strip("'\""))]
+    tokens = (token.strip("'\"") for token in value.split())
+    return [w for token in tokens if token for w in brace_expand(token)]
