@@ -28,6 +28,7 @@ import os
 import shutil
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent
@@ -225,58 +226,56 @@ def fill_wheelhouse() -> None:
         sys.exit(f"build.py: cannot fill the tests' wheel cache {wheels} (the error is above)")
 
 
-def ensure_trixie_root() -> None:
-    """``debootstrap --variant=minbase`` a trixie root for the systemd-257 boots (about 35 s, 260 MB)."""
-    stamp = TRIXIE_ROOT / ".piccolo-include"
-    want = ",".join(TRIXIE_INCLUDE)
+def cached_root(root: Path, want: str, what: str, make: Callable[[Path], None]) -> None:
+    """Make the machine ``root`` with ``make(tmp)`` unless its stamp says it was made from ``want``:
+    made in a temporary directory beside it and renamed into place, so a half-made root never counts."""
+    stamp = root / ".piccolo-include"
     if stamp.is_file() and stamp.read_text() == want:
         return
     if os.geteuid() != 0:
-        sys.exit("build.py: the systemd-257 test machine needs root to make (debootstrap)")
-    tmp = TRIXIE_ROOT.with_name(TRIXIE_ROOT.name + ".tmp")
+        sys.exit(f"build.py: the {what} test machine needs root to make (debootstrap)")
+    tmp = root.with_name(root.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
-    shutil.rmtree(TRIXIE_ROOT, ignore_errors=True)
-    run("debootstrap", "--variant=minbase", f"--include={want}", "trixie", tmp)
+    shutil.rmtree(root, ignore_errors=True)
+    make(tmp)
     (tmp / stamp.name).write_text(want)
-    tmp.rename(TRIXIE_ROOT)
+    tmp.rename(root)
+
+
+def ensure_trixie_root() -> None:
+    """``debootstrap --variant=minbase`` a trixie root for the systemd-257 boots (about 35 s, 260 MB)."""
+    want = ",".join(TRIXIE_INCLUDE)
+    cached_root(
+        TRIXIE_ROOT,
+        want,
+        "systemd-257",
+        lambda tmp: run("debootstrap", "--variant=minbase", f"--include={want}", "trixie", tmp),
+    )
 
 
 def ensure_gcc15_root() -> None:
     """``debootstrap --variant=minbase`` a Debian testing root with GCC 15 and the pinned TSS (about
-    two minutes and 500 MB once)."""
+    two minutes and 500-750 MB, once)."""
     suite, sources, packages = GCC15_PINNED_SUITE, GCC15_PINNED_SOURCES, GCC15_PINNED_PACKAGES
-    stamp = GCC15_ROOT / ".piccolo-include"
-    want = f"{GCC15_SUITE} {','.join(GCC15_INCLUDE)} {suite}:{sources}:{','.join(packages)}"
-    if stamp.is_file() and stamp.read_text() == want:
-        return
-    if os.geteuid() != 0:
-        sys.exit("build.py: the GCC 15 test machine needs root to make (debootstrap)")
-    tmp = GCC15_ROOT.with_name(GCC15_ROOT.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    shutil.rmtree(GCC15_ROOT, ignore_errors=True)
-    run(
-        "debootstrap",
-        "--variant=minbase",
-        f"--include={','.join(GCC15_INCLUDE)}",
-        GCC15_SUITE,
-        tmp,
-        DEBIAN_MIRROR,
-    )
-    (tmp / "etc/apt/sources.list.d/piccolo-pinned.list").write_text(f"deb {DEBIAN_MIRROR} {suite} main\n")
-    (tmp / "etc/apt/preferences.d/piccolo-pinned").write_text(
-        f"Package: {sources}\nPin: release n={suite}\nPin-Priority: 1001\n"
-    )
-    # A mirror may serve Release files past their Valid-Until (a frozen mirror); the root is a test rig.
-    apt: list[str | Path] = ["chroot", tmp, "apt-get", "-q", "-o", "Acquire::Check-Valid-Until=false"]
-    run(*apt, "update")
-    env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
-    print("+", " ".join(map(str, [*apt, "install", *packages])), flush=True)
-    subprocess.run(
-        [*map(str, apt), "install", "-y", "--no-install-recommends", *packages], check=True, env=env
-    )
-    run(*apt, "clean")
-    (tmp / stamp.name).write_text(want)
-    tmp.rename(GCC15_ROOT)
+    include = ",".join(GCC15_INCLUDE)
+
+    def make(tmp: Path) -> None:
+        run("debootstrap", "--variant=minbase", f"--include={include}", GCC15_SUITE, tmp, DEBIAN_MIRROR)
+        (tmp / "etc/apt/sources.list.d/piccolo-pinned.list").write_text(f"deb {DEBIAN_MIRROR} {suite} main\n")
+        (tmp / "etc/apt/preferences.d/piccolo-pinned").write_text(
+            f"Package: {sources}\nPin: release n={suite}\nPin-Priority: 1001\n"
+        )
+        # A mirror may serve Release files past their Valid-Until (a frozen mirror); the root is a test rig.
+        apt: list[str | Path] = ["chroot", tmp, "apt-get", "-q", "-o", "Acquire::Check-Valid-Until=false"]
+        run(*apt, "update")
+        env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
+        print("+", " ".join(map(str, [*apt, "install", *packages])), flush=True)
+        subprocess.run(
+            [*map(str, apt), "install", "-y", "--no-install-recommends", *packages], check=True, env=env
+        )
+        run(*apt, "clean")
+
+    cached_root(GCC15_ROOT, f"{GCC15_SUITE} {include} {suite}:{sources}:{','.join(packages)}", "GCC 15", make)
 
 
 def main(argv: list[str]) -> int:
