@@ -142,6 +142,8 @@ def clone(env: ActionEnv) -> str | None:
 
 
 def checkout(env: ActionEnv) -> str | None:
+    """Check out the pinned tag or the channel's newest, then judge the release from its tree and
+    refuse it (exit 2, the reason in one line) when it does not build (docs/flatcar.md)."""
     wanted = env.cfg.flatcar.release
     channel = releases.channel_of(wanted)
     tags = _git_out(env.ctx, "tag", "--list", f"{channel}-*").splitlines()

@@ -22,9 +22,11 @@ checkout the plan says what it will read, and the build plans again right after 
   its new revision, ``coreos-base/piccolo-base``) is built.
 - ``emerge-<board> --usepkg --getbinpkg --with-bdeps=y --buildpkg <sysext packages>`` next: build_image's
   sysext builder installs the sysext's packages with ``--usepkgonly``, so a binary package of each (and
-  of every dependency) must exist; Flatcar's binhost has the interpreter, our packages are built here
-  once. After build_packages, whose closing ``eclean-<board> -d`` would delete binary packages of
-  anything not installed in the board root.
+  of every dependency) must exist. Flatcar's binhost has what Flatcar builds (the interpreter); our
+  packages and the dependencies no Flatcar package needs (cffi, cryptography with Rust, pycparser) are
+  compiled here once (:func:`piccolo_build.treedeps.compiles` lists them per tag). After
+  build_packages, whose closing ``eclean-<board> -d`` would delete binary packages of anything not
+  installed in the board root.
 - ``./build_image --board=<board> --group=<update group> --base_sysexts=<list> --replace [flags] prod
   [oem_sysext]`` (``--replace`` so that a resumed build may overwrite the image directory of a failed
   attempt; ``oem_sysext`` and ``--oem_sysexts=<name>`` when image_to_vm.sh wants the qemu OEM sysext
@@ -316,7 +318,7 @@ def _board_steps(
             f"sysext-packages-{board}",
             f"binary packages of everything in the {facts.sysext_name} sysext for {board} (build_image's "
             "sysext builder installs them with --usepkgonly): fetched where Flatcar publishes them, "
-            "built from our overlay otherwise",
+            "compiled from source otherwise (ours, and what no Flatcar package needs: the list above)",
             Action.COMMAND,
             argv=sdk_command(
                 cfg,
