@@ -28,6 +28,7 @@ import os
 import shutil
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent
@@ -69,6 +70,34 @@ CHECK_APT_PACKAGES = ("systemd",)
 # and its libraries are bound in by the tests.
 TRIXIE_ROOT = VENV / "trixie-root"
 TRIXIE_INCLUDE = ("systemd", "systemd-sysv", "dbus", "gdisk", "util-linux", "mawk")
+
+# The GCC 15 machine tests/test_gcc15.py builds tpm2-pytss in, as the Flatcar SDK compiles it from
+# alpha-4790 on: a Debian testing root (its gcc-15, the Python packages tpm2-pytss's build and import
+# need) made once with debootstrap and rebuilt only when what it is made of changes. The TSS comes from
+# trixie, pinned: 4.1.3 is what every Flatcar tag ships, and testing's 4.2 headers are a different
+# problem (tpm2-pytss 2.3.0 cannot read them with any compiler).
+GCC15_ROOT = VENV / "gcc15-root"
+GCC15_SUITE = "testing"
+GCC15_INCLUDE = (
+    "gcc-15",
+    "libc6-dev",
+    "patch",
+    "pkgconf",
+    "python3-dev",
+    "python3-cffi",
+    "python3-pycparser",
+    "python3-setuptools",
+    "python3-setuptools-scm",
+    "python3-pkgconfig",
+    "python3-cryptography",
+    "python3-asn1crypto",
+    "python3-packaging",
+    "python3-yaml",
+)
+GCC15_PINNED_SUITE = "trixie"
+GCC15_PINNED_SOURCES = "src:tpm2-tss tpm-udev"  # apt preferences: every binary package of these sources
+GCC15_PINNED_PACKAGES = ("libtss2-dev",)
+DEBIAN_MIRROR = "http://deb.debian.org/debian"
 
 
 # `test --fast`: everything but the tests that boot systemd as PID 1 or a virtual machine (the markers
@@ -197,20 +226,56 @@ def fill_wheelhouse() -> None:
         sys.exit(f"build.py: cannot fill the tests' wheel cache {wheels} (the error is above)")
 
 
-def ensure_trixie_root() -> None:
-    """``debootstrap --variant=minbase`` a trixie root for the systemd-257 boots (about 35 s, 260 MB)."""
-    stamp = TRIXIE_ROOT / ".piccolo-include"
-    want = ",".join(TRIXIE_INCLUDE)
+def cached_root(root: Path, want: str, what: str, make: Callable[[Path], None]) -> None:
+    """Make the machine ``root`` with ``make(tmp)`` unless its stamp says it was made from ``want``:
+    made in a temporary directory beside it and renamed into place, so a half-made root never counts."""
+    stamp = root / ".piccolo-include"
     if stamp.is_file() and stamp.read_text() == want:
         return
     if os.geteuid() != 0:
-        sys.exit("build.py: the systemd-257 test machine needs root to make (debootstrap)")
-    tmp = TRIXIE_ROOT.with_name(TRIXIE_ROOT.name + ".tmp")
+        sys.exit(f"build.py: the {what} test machine needs root to make (debootstrap)")
+    tmp = root.with_name(root.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
-    shutil.rmtree(TRIXIE_ROOT, ignore_errors=True)
-    run("debootstrap", "--variant=minbase", f"--include={want}", "trixie", tmp)
+    shutil.rmtree(root, ignore_errors=True)
+    make(tmp)
     (tmp / stamp.name).write_text(want)
-    tmp.rename(TRIXIE_ROOT)
+    tmp.rename(root)
+
+
+def ensure_trixie_root() -> None:
+    """``debootstrap --variant=minbase`` a trixie root for the systemd-257 boots (about 35 s, 260 MB)."""
+    want = ",".join(TRIXIE_INCLUDE)
+    cached_root(
+        TRIXIE_ROOT,
+        want,
+        "systemd-257",
+        lambda tmp: run("debootstrap", "--variant=minbase", f"--include={want}", "trixie", tmp),
+    )
+
+
+def ensure_gcc15_root() -> None:
+    """``debootstrap --variant=minbase`` a Debian testing root with GCC 15 and the pinned TSS (about
+    two minutes and 500-750 MB, once)."""
+    suite, sources, packages = GCC15_PINNED_SUITE, GCC15_PINNED_SOURCES, GCC15_PINNED_PACKAGES
+    include = ",".join(GCC15_INCLUDE)
+
+    def make(tmp: Path) -> None:
+        run("debootstrap", "--variant=minbase", f"--include={include}", GCC15_SUITE, tmp, DEBIAN_MIRROR)
+        (tmp / "etc/apt/sources.list.d/piccolo-pinned.list").write_text(f"deb {DEBIAN_MIRROR} {suite} main\n")
+        (tmp / "etc/apt/preferences.d/piccolo-pinned").write_text(
+            f"Package: {sources}\nPin: release n={suite}\nPin-Priority: 1001\n"
+        )
+        # A mirror may serve Release files past their Valid-Until (a frozen mirror); the root is a test rig.
+        apt: list[str | Path] = ["chroot", tmp, "apt-get", "-q", "-o", "Acquire::Check-Valid-Until=false"]
+        run(*apt, "update")
+        env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
+        print("+", " ".join(map(str, [*apt, "install", *packages])), flush=True)
+        subprocess.run(
+            [*map(str, apt), "install", "-y", "--no-install-recommends", *packages], check=True, env=env
+        )
+        run(*apt, "clean")
+
+    cached_root(GCC15_ROOT, f"{GCC15_SUITE} {include} {suite}:{sources}:{','.join(packages)}", "GCC 15", make)
 
 
 def main(argv: list[str]) -> int:
@@ -220,6 +285,7 @@ def main(argv: list[str]) -> int:
         os.chdir(ROOT)
         fill_test_cache()
         fill_wheelhouse()
+        ensure_gcc15_root()  # tests/test_gcc15.py, in both tiers
         args = argv[1:]
         if "--fast" in args:
             args = [a for a in args if a != "--fast"] + ["-m", FAST_TIER]

@@ -14,6 +14,7 @@ import shutil
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from piccolo_build import release, releases
 from piccolo_build.atomic import atomic_write
@@ -21,8 +22,12 @@ from piccolo_build.config import BuildConfig
 from piccolo_build.context import BuildContext
 from piccolo_build.errors import PiccoloError, StepFailed
 from piccolo_build.plan import Action, Facts, Step
+from piccolo_build.tree import TreeFacts
 from piccolo_build.versionfile import read_sdk_version, sdk_version_or_none
 from piccolod.model import to_plain
+
+if TYPE_CHECKING:
+    from piccolo_build.gentoo import OverlayFile
 
 
 @dataclass
@@ -34,6 +39,7 @@ class ActionEnv:
     log: Callable[[str], None]
     on_line: Callable[[str], None]
     results: dict[str, str | None] = field(default_factory=dict)
+    tree: TreeFacts | None = None  # the facts of the checkout, once it is checked out
 
 
 def tree_digest(root: Path) -> str:
@@ -75,8 +81,6 @@ def preflight(env: ActionEnv) -> str | None:
     for tool in ("git", *(("gpg",) if env.cfg.release.signing_key else ())):
         if which(tool) is None:
             raise PiccoloError(f"{tool} not found", hint=f"install {tool}", exit_code=127)
-    if not releases.is_channel(env.cfg.flatcar.release):
-        releases.refuse_unsupported(env.cfg.flatcar.release)
     if env.ctx.require_signature and not env.cfg.release.signing_key:
         raise PiccoloError(
             "--require-signature: release.signing_key is not set, the release would be unsigned",
@@ -138,6 +142,8 @@ def clone(env: ActionEnv) -> str | None:
 
 
 def checkout(env: ActionEnv) -> str | None:
+    """Check out the pinned tag or the channel's newest, then judge the release from its tree and
+    refuse it (exit 2, the reason in one line) when it does not build (docs/flatcar.md)."""
     wanted = env.cfg.flatcar.release
     channel = releases.channel_of(wanted)
     tags = _git_out(env.ctx, "tag", "--list", f"{channel}-*").splitlines()
@@ -145,7 +151,6 @@ def checkout(env: ActionEnv) -> str | None:
         tag = releases.newest(channel, tags)
         if tag is None:
             raise PiccoloError(f"{env.ctx.scripts_url} has no {channel}-NNNN.N.N tag")
-        releases.refuse_unsupported(tag)
     else:
         tag = wanted
         if tag not in tags:
@@ -167,7 +172,23 @@ def checkout(env: ActionEnv) -> str | None:
         overlay = env.ctx.coreos_overlay.relative_to(env.ctx.scripts_dir)
         _git(env, "clean", "-d", "--force", "--quiet", "--", str(overlay), cwd=env.ctx.scripts_dir)
         env.log(f"checked out {tag} ({commit})")
+    # Whether this release builds is read from its files (docs/flatcar.md "Supported releases").
+    verdict = releases.judge_checkout(env.ctx.scripts_dir, env.facts)
+    env.log(f"{tag}: {'builds' if verdict.builds else 'does not build'}: {verdict.reason}")
+    releases.refuse(tag, verdict)
     return result
+
+
+def rendered_files(env: ActionEnv) -> list[OverlayFile]:
+    """The overlay for this checkout: PYTHON_COMPAT is the Python its board profiles build."""
+    from piccolo_build.overlay import overlay_files
+    from piccolo_build.tree import read_tree_facts
+
+    tree = env.tree if env.tree is not None else read_tree_facts(env.ctx.scripts_dir)
+    try:
+        return overlay_files(env.cfg, tree.python_compat)
+    except ValueError as exc:
+        raise PiccoloError(f"cannot render the overlay: {exc}") from None
 
 
 def _replace_dir(src: Path, dst: Path) -> None:
@@ -185,13 +206,10 @@ def overlay(env: ActionEnv) -> str | None:
     replaced whole so no stale file survives) and may have top-level directories such as
     ``licenses/``, whose files go to the same place inside coreos-overlay.
     """
-    from piccolo_build.overlay import overlay_files
+    from piccolo_build.gentoo import OVERLAY, package_key
     from piccolo_build.render import write_tree
 
-    try:
-        files = overlay_files(env.cfg)
-    except ValueError as exc:
-        raise PiccoloError(f"cannot render the overlay: {exc}") from None
+    files = rendered_files(env)
     changed = write_tree(files, env.ctx.rendered_overlay)
     state = "changed" if changed else "unchanged"
     env.log(f"rendered {len(files)} files into {env.ctx.rendered_overlay} ({state})")
@@ -200,28 +218,28 @@ def overlay(env: ActionEnv) -> str | None:
         raise PiccoloError(
             f"{target}: no coreos-overlay in the checkout (is {env.ctx.scripts_dir} flatcar/scripts?)"
         )
-    for top in sorted(p for p in env.ctx.rendered_overlay.iterdir() if p.is_dir()):
-        if top.name == "coreos-overlay":
-            for pkg in sorted(p for p in top.glob("*/*") if p.is_dir()):
-                rel = pkg.relative_to(top)
-                _replace_dir(pkg, target / rel)
-                env.log(f"placed {rel} in {target}")
-        else:
-            for f in sorted(p for p in top.rglob("*") if p.is_file()):
-                rel = f.relative_to(env.ctx.rendered_overlay)
-                (target / rel).parent.mkdir(parents=True, exist_ok=True)
-                shutil.copy2(f, target / rel)
-                env.log(f"placed {rel} in {target}")
-    return tree_digest(env.ctx.rendered_overlay)
+    rendered = env.ctx.rendered_overlay
+    packages = {k for f in files if (k := package_key(f)) is not None}
+    for key in sorted(packages):
+        _replace_dir(rendered / OVERLAY / key, target / key)
+        env.log(f"placed {key} in {target}")
+    # Everything else (licenses/, the per-package bashrc files under coreos/config/env) file by file,
+    # next to Flatcar's own files there.
+    for f in files:
+        if package_key(f) is None:
+            rel = f.path.relative_to(OVERLAY) if f.path.is_relative_to(OVERLAY) else f.path
+            (target / rel).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(rendered / f.path, target / rel)
+            env.log(f"placed {rel} in {target}")
+    return tree_digest(rendered)
 
 
 def tree_check(env: ActionEnv) -> str | None:
     """pkgcheck our packages inside the checkout's real repositories (piccolo_build.treecheck)."""
-    from piccolo_build.overlay import overlay_files
     from piccolo_build.treecheck import check_tree
 
     arches = [b.arch for b in env.cfg.boards]
-    result = check_tree(env.ctx.scripts_dir, overlay_files(env.cfg), arches, env.ctx.pkgcheck_cache)
+    result = check_tree(env.ctx.scripts_dir, rendered_files(env), arches, env.ctx.pkgcheck_cache)
     for line in result.findings:
         env.log(line)
     if not result.ok:

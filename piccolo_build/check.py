@@ -33,7 +33,7 @@ from typing import Any
 
 from piccolo_build import layout
 from piccolo_build.config import BuildConfig
-from piccolo_build.gentoo import OverlayFile
+from piccolo_build.gentoo import ENV_DIR, OverlayFile
 from piccolo_build.overlay import UNIT, package_dir
 from piccolo_build.render import read_tree, tree
 from piccolo_build.run import run, tool
@@ -148,11 +148,16 @@ def ebuilds(files: list[OverlayFile]) -> list[OverlayFile]:
     return [f for f in files if f.path.suffix == ".ebuild"]
 
 
+def bash_files(files: list[OverlayFile]) -> list[OverlayFile]:
+    """What portage sources as bash: the ebuilds and the per-package bashrc files."""
+    return [*ebuilds(files), *(f for f in files if f.path.is_relative_to(ENV_DIR))]
+
+
 def lint_shell(files: list[OverlayFile], work: Path) -> list[Step]:
     out_bash: list[str] = []
     out_sc: list[str] = []
     paths = []
-    for f in ebuilds(files):
+    for f in bash_files(files):
         path = work / "shell" / f.path.name
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(f.content)

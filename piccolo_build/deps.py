@@ -6,8 +6,11 @@ One package per entry of the committed lock (:mod:`piccolo_build.lock`), under
 lock's digests of the real sdist, and ``metadata.xml`` with the PyPI remote id. Everything is derived
 from the lock, so rendering needs no network and the output only changes when the lock does.
 
-What package metadata cannot say lives in :data:`TWEAKS` (C libraries linked against, build switches).
-:func:`scan_extras` gives ``pkgcheck``'s stand-in repository what these ebuilds refer to.
+What package metadata cannot say lives in :data:`TWEAKS` (C libraries linked against, build switches,
+and patches: ``files/<patch>`` of the package, applied with ``PATCHES``, written for one version and
+refused for any other). ``PYTHON_COMPAT`` is the board's Python (:attr:`TreeFacts.python_compat
+<piccolo_build.tree.TreeFacts.python_compat>` of the checkout; :data:`~piccolo_build.gentoo.PYTHON_COMPAT`
+without one). :func:`scan_extras` gives ``pkgcheck``'s stand-in repository what these ebuilds refer to.
 """
 
 from __future__ import annotations
@@ -18,9 +21,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from piccolo_build.config import Board, BuildConfig
-from piccolo_build.gentoo import OVERLAY, PYTHON_COMPAT, OverlayFile, atom_key
+from piccolo_build.gentoo import ENV_DIR, OVERLAY, PYTHON_COMPAT, OverlayFile, atom_key
 from piccolo_build.lock import Lock, LockedPackage, load_lock
-from piccolo_build.render import render_template
+from piccolo_build.render import render_template, template_bytes
 
 CATEGORY = "dev-python"
 DESCRIPTION_MAX = 80
@@ -36,6 +39,8 @@ class Tweak:
     bdepend: tuple[str, ...] = ()  # build tools outside Python
     python_bdepend: tuple[str, ...] = ()  # Python packages the build runs that its metadata omits
     compile_env: tuple[tuple[str, str], ...] = ()
+    patches: tuple[str, ...] = ()  # files under templates/dev-python/files/, applied in this order
+    patched_version: str = ""  # the upstream version the patches were written for
 
 
 TWEAKS = {
@@ -49,6 +54,10 @@ TWEAKS = {
         depend=("app-crypt/tpm2-tss:=",),
         bdepend=("virtual/pkgconfig",),
         python_bdepend=("dev-python/cffi",),
+        # setup.py preprocesses headers with the host's cpp in its default C dialect; GCC 15 (the
+        # SDK from alpha-4790 on) defaults to C23, which pycparser cannot read (docs/flatcar.md).
+        patches=("tpm2-pytss-2.3.0-preprocess-with-cc-c99.patch",),
+        patched_version="2.3.0",
     ),
 }
 # Build requirements that derive the version from version control; an sdist has none, so tell them.
@@ -69,12 +78,24 @@ def description(pkg: LockedPackage) -> str:
     return text or pkg.name
 
 
-def context(cfg: BuildConfig, pkg: LockedPackage) -> dict[str, Any]:
+def tweak_for(pkg: LockedPackage) -> Tweak:
+    """The package's tweak; its patches only for the version they were written for."""
+    tweak = TWEAKS.get(pkg.name, Tweak())
+    if tweak.patches and pkg.version != tweak.patched_version:
+        raise ValueError(
+            f"{pkg.name}: the lock pins {pkg.version}, but its patches ({', '.join(tweak.patches)}) were "
+            f"written for {tweak.patched_version}: check whether they are still needed and update TWEAKS "
+            "in piccolo_build/deps.py"
+        )
+    return tweak
+
+
+def context(cfg: BuildConfig, pkg: LockedPackage, python_compat: str = PYTHON_COMPAT) -> dict[str, Any]:
     if not re.fullmatch(r"[a-z0-9-]+", pkg.build_backend):
         raise ValueError(
             f"{pkg.name}: build_backend {pkg.build_backend!r} is not a DISTUTILS_USE_PEP517 value"
         )
-    tweak = TWEAKS.get(pkg.name, Tweak())
+    tweak = tweak_for(pkg)
     compile_env = list(tweak.compile_env)
     if any(atom_key(a).split("/")[1] in _SCM_VERSIONED for a in pkg.bdepend):
         compile_env.append(("SETUPTOOLS_SCM_PRETEND_VERSION", pkg.version))
@@ -91,17 +112,31 @@ def context(cfg: BuildConfig, pkg: LockedPackage) -> dict[str, Any]:
         "tweak": tweak,
         "compile_env": sorted(compile_env),
         "pypi_pn": None if normalised else stem,
-        "python_compat": PYTHON_COMPAT,
+        "python_compat": python_compat,
         "description": description(pkg),
         "homepages": homepages,
         "keywords": " ".join(sorted(b.arch for b in Board)),
     }
 
 
-def package_files(cfg: BuildConfig, pkg: LockedPackage) -> list[OverlayFile]:
+def package_files(
+    cfg: BuildConfig, pkg: LockedPackage, python_compat: str = PYTHON_COMPAT
+) -> list[OverlayFile]:
     base = OVERLAY / CATEGORY / pkg.name
-    ctx = context(cfg, pkg)
+    ctx = context(cfg, pkg, python_compat)
+    patches = [
+        OverlayFile(base / "files" / name, template_bytes(f"{CATEGORY}/files/{name}"))
+        for name in ctx["tweak"].patches
+    ]
+    # A C extension's build runs pkg-config: the board's, through a per-package profile.bashrc hook.
+    env = (
+        [OverlayFile(ENV_DIR / pkg.atom, render_template("dev-python/env.j2", ctx))]
+        if ctx["tweak"].ext
+        else []
+    )
     return [
+        *patches,
+        *env,
         OverlayFile(
             base / f"{pkg.name}-{pkg.gentoo_version}.ebuild", render_template("dev-python/ebuild.j2", ctx)
         ),
@@ -110,10 +145,12 @@ def package_files(cfg: BuildConfig, pkg: LockedPackage) -> list[OverlayFile]:
     ]
 
 
-def dependency_files(cfg: BuildConfig, lock: Lock | None = None) -> list[OverlayFile]:
+def dependency_files(
+    cfg: BuildConfig, lock: Lock | None = None, python_compat: str = PYTHON_COMPAT
+) -> list[OverlayFile]:
     """Every dependency package from the lock (default: the lock in use, ``lock.lock_path()``)."""
     lock = lock if lock is not None else load_lock()
-    files = [f for pkg in lock.packages for f in package_files(cfg, pkg)]
+    files = [f for pkg in lock.packages for f in package_files(cfg, pkg, python_compat)]
     return sorted(files, key=lambda f: f.path)
 
 

@@ -8,8 +8,8 @@ A leaf module (it imports nothing of the project), so every other module can use
   ``thin-manifests = true``: a Manifest lists only distfiles, ``DIST <file> <size> BLAKE2B <hex>
   SHA512 <hex>``; coreos-overlay adds ``use-manifests = strict``, so a package with a distfile and no
   Manifest line is an error);
-- ``PYTHON_COMPAT`` of every ebuild we render, and the PEP 440 <-> Gentoo version mapping of the
-  ``pypi`` eclass;
+- the default ``PYTHON_COMPAT`` of the ebuilds we render, the PEP 440 <-> Gentoo version mapping of the
+  ``pypi`` eclass, and the comparison of Gentoo versions (PMS 3.3) and the parts of an atom;
 - where the two repositories live in a flatcar/scripts checkout, and :class:`OverlayFile`, one file of
   the overlay we render.
 """
@@ -39,6 +39,109 @@ KEY_RE = re.compile(r"[A-Za-z0-9+_.-]+/[A-Za-z0-9+_-]+")
 
 def name_ends_in_version(name: str) -> bool:
     return _NAME_ENDS_IN_VERSION.search(name) is not None
+
+
+_VERSION_PARTS = re.compile(
+    r"(?P<numbers>\d+(?:\.\d+)*)(?P<letter>[a-z]?)(?P<suffixes>(?:_(?:alpha|beta|pre|rc|p)\d*)*)"
+    r"(?:-r(?P<revision>\d+))?"
+)
+_SUFFIX_ORDER = {"alpha": 0, "beta": 1, "pre": 2, "rc": 3, "p": 5}  # no suffix ranks 4
+_NO_SUFFIX = (4, 0)
+
+
+def _numbers_cmp(a: list[str], b: list[str]) -> int:
+    """PMS algorithms 3.2 and 3.3: the first component as an integer, the others as integers unless
+    either starts with 0, then as strings with trailing zeros stripped; a longer list is greater."""
+    for i, (x, y) in enumerate(zip(a, b, strict=False)):
+        if i == 0 or not (x.startswith("0") or y.startswith("0")):
+            c = (int(x) > int(y)) - (int(x) < int(y))
+        else:
+            xs, ys = x.rstrip("0"), y.rstrip("0")
+            c = (xs > ys) - (xs < ys)
+        if c:
+            return c
+    return (len(a) > len(b)) - (len(a) < len(b))
+
+
+def vercmp(a: str, b: str) -> int:
+    """Compare two Gentoo versions (PMS 3.3): -1, 0 or 1. Raises ``ValueError`` for a non-version."""
+    ma, mb = _VERSION_PARTS.fullmatch(a), _VERSION_PARTS.fullmatch(b)
+    if ma is None or mb is None:
+        raise ValueError(f"not a Gentoo version: {a if ma is None else b!r}")
+    c = _numbers_cmp(ma["numbers"].split("."), mb["numbers"].split("."))
+    if c:
+        return c
+    la, lb = ma["letter"], mb["letter"]
+    if la != lb:
+        return 1 if la > lb else -1
+
+    def suffixes(m: re.Match[str]) -> list[tuple[int, int]]:
+        found = re.findall(r"_(alpha|beta|pre|rc|p)(\d*)", m["suffixes"])
+        return [(_SUFFIX_ORDER[k], int(n or 0)) for k, n in found]
+
+    sa, sb = suffixes(ma), suffixes(mb)
+    for i in range(max(len(sa), len(sb))):
+        x = sa[i] if i < len(sa) else _NO_SUFFIX
+        y = sb[i] if i < len(sb) else _NO_SUFFIX
+        if x != y:
+            return 1 if x > y else -1
+    ra, rb = int(ma["revision"] or 0), int(mb["revision"] or 0)
+    return (ra > rb) - (ra < rb)
+
+
+def without_revision(version: str) -> str:
+    return re.sub(r"-r\d+$", "", version)
+
+
+@dataclass(frozen=True)
+class Atom:
+    """A dependency atom as far as resolving it needs: ``>=dev-python/cffi-1.0.0:0[x]``."""
+
+    key: str  # category/name
+    op: str = ""  # "", "<", "<=", "=", ">=", ">", "~"
+    version: str = ""
+    glob: bool = False  # =cat/pkg-1.2*
+    slot: str = ""  # what follows ':' up to '[' ("3.12", "0/535", "=")
+    blocker: bool = False
+
+    @property
+    def name(self) -> str:
+        return self.key.split("/", 1)[1]
+
+    def matches(self, version: str, slot: str = "") -> bool:
+        """Whether an ebuild of this package at ``version`` (in ``slot``) satisfies the atom."""
+        wanted_slot = self.slot.split("/", 1)[0].rstrip("=*")
+        if wanted_slot and slot and wanted_slot != slot.split("/", 1)[0]:
+            return False
+        if not self.op:
+            return True
+        if self.glob:
+            return version == self.version or version.startswith(self.version)
+        if self.op == "~":
+            return vercmp(without_revision(version), without_revision(self.version)) == 0
+        c = vercmp(version, self.version)
+        return {"<": c < 0, "<=": c <= 0, "=": c == 0, ">=": c >= 0, ">": c > 0}[self.op]
+
+
+_ATOM_PARTS = re.compile(
+    rf"(?P<blocker>!{{0,2}})(?P<op>[<>]=?|~|=)?(?P<key>[A-Za-z0-9+_.-]+/[A-Za-z0-9+_-]+?)"
+    rf"(?:-(?P<version>{VERSION})(?P<glob>\*)?)?(?::(?P<slot>[^\[]*))?(?:\[.*\])?"
+)
+
+
+def parse_atom(text: str) -> Atom:
+    """``>=dev-python/cffi-1.0.0[${PYTHON_USEDEP}]`` -> Atom; raises ``ValueError`` for anything else."""
+    m = _ATOM_PARTS.fullmatch(text.strip())
+    if m is None or bool(m["op"]) != bool(m["version"]):
+        raise ValueError(f"not a dependency atom: {text!r}")
+    return Atom(
+        key=m["key"],
+        op=m["op"] or "",
+        version=m["version"] or "",
+        glob=bool(m["glob"]),
+        slot=m["slot"] or "",
+        blocker=bool(m["blocker"]),
+    )
 
 
 def atom_key(atom: str) -> str:
@@ -80,13 +183,12 @@ def manifest_line(name: str, data: bytes) -> str:
 
 # --- Python --------------------------------------------------------------------------------------
 
-# PYTHON_COMPAT of every ebuild we render (the agent's and its dev-python dependencies'). Each entry must
-# be an implementation the tree's python-utils-r1 eclass knows (an unknown one dies "Invalid
-# implementation in PYTHON_COMPAT"), and it must be the one Flatcar builds: from stable-4593 on,
-# coreos-overlay's profiles/coreos/base/make.defaults sets PYTHON_TARGETS to python3_12 alone and
-# base/package.mask masks every other dev-lang/python (lts-4081 and stable-4230 build python3_11 and
-# use.mask python3_12). A second, masked target makes pkgcheck find the dependencies unsolvable for it
-# (NonsolvableDeps: dev-lang/python:3.13 or :3.11), so the one value is the one of today's releases.
+# PYTHON_COMPAT of every ebuild we render when there is no checkout to read it from (the committed
+# overlays/, `render` without a tree): the Python of stable-4593 and later. The build renders for the
+# checkout's own targets instead (TreeFacts.python_compat: stable-4230 builds python3_11). One value, not
+# a range: a second target that the tag masks makes pkgcheck find the dependencies unsolvable for it
+# (NonsolvableDeps: dev-lang/python:3.13 or :3.11). Each entry must be an implementation the tree's
+# python-utils-r1 eclass knows (an unknown one dies "Invalid implementation in PYTHON_COMPAT").
 PYTHON_COMPAT = "python3_12"
 
 
@@ -138,6 +240,9 @@ COREOS_OVERLAY = THIRD_PARTY / "coreos-overlay"
 PORTAGE_STABLE = THIRD_PARTY / "portage-stable"
 # The top directory of our rendered packages (``render``'s output holds ``coreos-overlay/<cat>/<pkg>``).
 OVERLAY = PurePosixPath("coreos-overlay")
+# Per-package bashrc files (``<category>/<name>``) that coreos-overlay's profile.bashrc sources
+# (``CROS_ADDONS_TREE/config/env``); not a package category, and placed file by file.
+ENV_DIR = OVERLAY / "coreos" / "config" / "env"
 
 
 @dataclass(frozen=True)
@@ -150,6 +255,9 @@ class OverlayFile:
 
 
 def package_key(file: OverlayFile) -> str | None:
-    """``category/name`` of the package a rendered file belongs to (None outside ``coreos-overlay``)."""
+    """``category/name`` of the package a rendered file belongs to (None outside a package directory
+    of ``coreos-overlay``, e.g. a file under :data:`ENV_DIR`)."""
     parts = file.path.parts
+    if file.path.is_relative_to(ENV_DIR.parent):
+        return None
     return f"{parts[1]}/{parts[2]}" if len(parts) > 3 and parts[0] == OVERLAY.name else None

@@ -113,7 +113,7 @@ def keywords(cfg: BuildConfig) -> str:
     return " ".join(sorted(b.arch for b in cfg.boards))
 
 
-def context(cfg: BuildConfig) -> dict[str, Any]:
+def context(cfg: BuildConfig, python_compat: str = PYTHON_COMPAT) -> dict[str, Any]:
     """Everything the templates see: typed objects and derived values, never raw dicts."""
     return {
         "cfg": cfg,
@@ -131,7 +131,7 @@ def context(cfg: BuildConfig) -> dict[str, Any]:
         "agent_install": layout.install_lines(layout.Package.AGENT),
         "base_install": layout.install_lines(layout.Package.BASE),
         "python_deps": python_dependencies(load_lock().agent),
-        "python_compat": PYTHON_COMPAT,
+        "python_compat": python_compat,
         "boards": [Board(b) for b in cfg.boards],
     }
 
@@ -153,9 +153,12 @@ def package_dir(cfg: BuildConfig, package: layout.Package) -> PurePosixPath:
     return OVERLAY / cfg.package.category / cfg.package.name
 
 
-def overlay_files(cfg: BuildConfig) -> list[OverlayFile]:
-    """The whole rendered overlay, sorted by path. Raises ``ValueError`` for values it cannot render."""
-    ctx = context(cfg)
+def overlay_files(cfg: BuildConfig, python_compat: str = PYTHON_COMPAT) -> list[OverlayFile]:
+    """The whole rendered overlay, sorted by path. Raises ``ValueError`` for values it cannot render.
+
+    ``python_compat``: the board's Python targets at the checkout the overlay goes into (the build
+    renders again for them); the committed ``overlays/`` has the default."""
+    ctx = context(cfg, python_compat)
     pkg = package_dir(cfg, layout.Package.AGENT)
     base = package_dir(cfg, layout.Package.BASE)
     files = [
@@ -177,5 +180,5 @@ def overlay_files(cfg: BuildConfig) -> list[OverlayFile]:
             OverlayFile(PurePosixPath("licenses") / cfg.package.license, render_template("license.j2", ctx))
         )
     # dev-python/* ebuilds for the agent's dependencies portage-stable lacks, from piccolo.lock.json.
-    files += dependency_files(cfg)
+    files += dependency_files(cfg, python_compat=python_compat)
     return sorted(files, key=lambda f: f.path)

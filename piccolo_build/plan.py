@@ -22,9 +22,11 @@ checkout the plan says what it will read, and the build plans again right after 
   its new revision, ``coreos-base/piccolo-base``) is built.
 - ``emerge-<board> --usepkg --getbinpkg --with-bdeps=y --buildpkg <sysext packages>`` next: build_image's
   sysext builder installs the sysext's packages with ``--usepkgonly``, so a binary package of each (and
-  of every dependency) must exist; Flatcar's binhost has the interpreter, our packages are built here
-  once. After build_packages, whose closing ``eclean-<board> -d`` would delete binary packages of
-  anything not installed in the board root.
+  of every dependency) must exist. Flatcar's binhost has what Flatcar builds (the interpreter); our
+  packages and the dependencies no Flatcar package needs (cffi, cryptography with Rust, pycparser) are
+  compiled here once (:func:`piccolo_build.treedeps.compiles` lists them per tag). After
+  build_packages, whose closing ``eclean-<board> -d`` would delete binary packages of anything not
+  installed in the board root.
 - ``./build_image --board=<board> --group=<update group> --base_sysexts=<list> --replace [flags] prod
   [oem_sysext]`` (``--replace`` so that a resumed build may overwrite the image directory of a failed
   attempt; ``oem_sysext`` and ``--oem_sysexts=<name>`` when image_to_vm.sh wants the qemu OEM sysext
@@ -42,12 +44,15 @@ import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from piccolo_build import releases
 from piccolo_build.config import BuildConfig
 from piccolo_build.context import DEFAULT_SDK_IMAGE, BuildContext
 from piccolo_build.tree import READS, TreeFacts
+
+if TYPE_CHECKING:
+    from piccolo_build.releases import Verdict
 
 _UNSAFE_IN_SDK = re.compile(r'["$`\\\n]')
 
@@ -112,14 +117,22 @@ class Facts:
     agent_atom: str
     distfiles: tuple[str, ...] = ()  # the locked dependency sdists (file names), in lock order
     lock_file: str = "piccolo.lock.json"
+    agent_version: str = ""  # the ebuild version of the agent package
 
 
 def base_sysexts(facts: Facts, tree: TreeFacts | None) -> str:
-    """``build_image --base_sysexts``: Flatcar's own list plus our entry, in the tree's syntax."""
+    """``build_image --base_sysexts``: our entry first, then Flatcar's own list, in the tree's syntax.
+
+    ``build_library/sysext_prod_builder`` builds each entry with ``build_sysext --base_pkginfo`` set to
+    the package database of the entries before it, and a sysext leaves out every dependency an earlier
+    one installed. Built after docker-flatcar, piccolod's sysext would rely on whatever docker's holds
+    and break on a machine that turns docker off (or in a release whose list changed). First, it is
+    built on the base image alone and holds everything it needs, whatever the list holds."""
     packages = "&".join(facts.sysext_packages)
     if tree is None:
-        return f"<build_image's default list>,{facts.sysext_name}<separator>{packages}"
-    return ",".join((*tree.default_base_sysexts, f"{facts.sysext_name}{tree.sysext_separator}{packages}"))
+        return f"{facts.sysext_name}<separator>{packages},<build_image's default list>"
+    separator = tree.sysext_separator or "<no --base_sysexts at this tag>"
+    return ",".join((f"{facts.sysext_name}{separator}{packages}", *tree.default_base_sysexts))
 
 
 def sdk_version_label(cfg: BuildConfig) -> str:
@@ -305,7 +318,7 @@ def _board_steps(
             f"sysext-packages-{board}",
             f"binary packages of everything in the {facts.sysext_name} sysext for {board} (build_image's "
             "sysext builder installs them with --usepkgonly): fetched where Flatcar publishes them, "
-            "built from our overlay otherwise",
+            "compiled from source otherwise (ours, and what no Flatcar package needs: the list above)",
             Action.COMMAND,
             argv=sdk_command(
                 cfg,
@@ -422,8 +435,12 @@ def names(steps: Iterable[Step]) -> list[str]:
     return [s.name for s in steps]
 
 
-def tree_summary(tree: TreeFacts | None) -> dict[str, Any]:
-    """What ``plan`` shows about the checkout: its facts, or what it will read once there is one."""
+def tree_summary(tree: TreeFacts | None, verdict: Verdict | None = None) -> dict[str, Any]:
+    """What ``plan`` shows about the checkout: its facts and the verdict on them (whether it builds,
+    and what compiles in sysext-packages), or what it will read once there is one."""
     if tree is None:
         return {"read_after_checkout": list(READS)}
-    return {"facts": tree.to_json()}
+    out: dict[str, Any] = {"facts": tree.to_json()}
+    if verdict is not None:
+        out["verdict"] = verdict.to_json()
+    return out

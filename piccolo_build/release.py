@@ -8,7 +8,9 @@ only once every checksum and signature has been verified, so the output never ho
     manifest.json         versions, digests and sizes (sorted keys)
     <sdist>               the agent's source distribution
     <board>/<artefact>    the files of ARTEFACTS below, per board
-    <board>/<payload>.asc a detached signature of each update payload
+    <board>/flatcar_test_update-oem-<id>.gz
+                          every OEM payload the build made (at least the qemu_uefi image's)
+    <board>/<payload>.asc a detached signature of each update payload, OEM payloads included
 
 Signing uses ``gpg --batch --armor --detach-sign --local-user KEY``; GNUPGHOME is honoured (it is passed
 through by :mod:`piccolo_build.run`). No passphrase is ever handled here: the key must be usable
@@ -23,6 +25,7 @@ the ``preflight`` step (:func:`check_output_dir`).
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
 import os
@@ -104,6 +107,49 @@ ARTEFACTS: tuple[Artefact, ...] = (
 )
 
 
+# OEM payloads: the update payload of an OEM sysext, one per OEM the build made, beside the image
+# (build_image oem_sysext from beta-4757 on, image_to_vm.sh before; both run delta_generator on
+# oem-<id>.raw). flatcar-postinst (flatcar/update_engine) needs the new version's payload of the
+# machine's OEM: it takes the package named oem-<id>.gz from the update server's Omaha response, and
+# without one falls back to Flatcar's own servers, which have nothing for a Piccolo OS version, and
+# the update fails. docs/release.md says how an update server offers them.
+OEM_PAYLOAD_PREFIX = "flatcar_test_update-"
+OEM_PAYLOAD_GLOB = f"{OEM_PAYLOAD_PREFIX}oem-*.gz"
+# The qemu_uefi image is an OEM image (oem-qemu): its payload must be there.
+REQUIRED_OEM_PAYLOADS = (f"{OEM_PAYLOAD_PREFIX}oem-qemu.gz",)
+
+
+def oem_payloads(images: Path) -> list[Path]:
+    """The OEM payloads in a board's image directory; one line naming a missing required one."""
+    found = sorted(p for p in images.glob(OEM_PAYLOAD_GLOB) if p.is_file())
+    missing = [n for n in REQUIRED_OEM_PAYLOADS if not (images / n).is_file()]
+    if missing:
+        raise PiccoloError(
+            f"{images}: {', '.join(missing)} is missing (the OEM payload of the qemu_uefi image, made by "
+            "build_image oem_sysext or image_to_vm.sh); a machine updating to this release needs it"
+        )
+    return found
+
+
+def oem_entry(rel: str, path: Path) -> dict[str, Any]:
+    """What an update server needs to offer an OEM payload: the name flatcar-postinst asks for
+    (``oem-<id>.gz``), its size, and the Omaha digests (SHA-1 and SHA-256, base64)."""
+    oem = path.name.removeprefix(OEM_PAYLOAD_PREFIX).removesuffix(".gz")
+    h1, h256 = hashlib.sha1(usedforsecurity=False), hashlib.sha256()
+    with path.open("rb") as f:
+        while chunk := f.read(_CHUNK):
+            h1.update(chunk)
+            h256.update(chunk)
+    return {
+        "path": rel,
+        "oem": oem.removeprefix("oem-"),
+        "offer_as": f"{oem}.gz",
+        "size": path.stat().st_size,
+        "omaha_sha1_base64": base64.b64encode(h1.digest()).decode(),
+        "omaha_sha256_base64": base64.b64encode(h256.digest()).decode(),
+    }
+
+
 @dataclass(frozen=True)
 class ReleaseInfo:
     """What the manifest says besides the files."""
@@ -146,6 +192,7 @@ def collect(
         shutil.rmtree(staging)
     staging.mkdir(parents=True)
     files: list[dict[str, Any]] = []
+    oems: list[dict[str, Any]] = []
     for board, src_dir in sorted(images.items()):
         for art in ARTEFACTS:
             found = next((src_dir / n for n in art.names if (src_dir / n).is_file()), None)
@@ -161,6 +208,12 @@ def collect(
             log(f"collected {rel}")
             kind = "payload" if art.payload else art.made_by
             files.append({"path": rel, "board": board, "kind": kind, **digests(staging / rel)})
+        for found in oem_payloads(src_dir):
+            rel = f"{board}/{found.name}"
+            _place(found, staging / rel)
+            log(f"collected {rel} (OEM payload)")
+            files.append({"path": rel, "board": board, "kind": "payload", **digests(staging / rel)})
+            oems.append({"board": board, **oem_entry(rel, staging / rel)})
     if not sdist.is_file():
         raise PiccoloError(f"{sdist}: the agent's source distribution is missing")
     _place(sdist, staging / sdist.name)
@@ -177,6 +230,7 @@ def collect(
         "agent_sdist": sdist_entry,
         "files": sorted(files, key=lambda f: f["path"]),
         "payloads": sorted(f["path"] for f in files if f["kind"] == "payload"),
+        "oem_payloads": sorted(oems, key=lambda o: o["path"]),
     }
     (staging / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n", encoding="utf-8")
     write_sums(staging)

@@ -1,23 +1,34 @@
-"""Flatcar release tags and channels, and which releases the default configuration builds on.
+"""Flatcar release tags and channels, and whether a checked-out release builds, decided from its files.
 
 flatcar/scripts tags every release ``<channel>-<major>.<minor>.<patch>`` on four channels: ``lts``,
 ``stable``, ``beta`` and ``alpha``. ``flatcar.release`` names a channel (the newest tag of that channel,
 by version order, not string order) or pins one tag.
 
-:data:`SUPPORT` is the supported-releases table (docs/flatcar.md shows it, and a test checks it against
-every tag of the real trees the tests clone). It is keyed by channel and major version: the point
-releases of one major share its package set. A release in the table as unsupported is refused in
-``preflight`` (a pinned tag) or right after the checkout (a channel that resolves to it), with the
-reason; a release not in the table is judged by the in-tree check (:mod:`piccolo_build.treecheck`).
+:func:`judge` says whether the checkout at a tag builds, from facts read from it, never from a list of
+tested tags (docs/flatcar.md "Supported releases"): build_image takes ``--base_sysexts`` (the piccolod
+sysext needs it), the board profiles enable a Python target our ebuilds are rendered for, every atom
+our ebuilds name resolves there with stable keywords (:func:`piccolo_build.treedeps.unresolved`), and
+the SDK has what the packages that compile need (Rust and crates for cryptography:
+:func:`piccolo_build.treedeps.compiles`). A release that does not build is refused right after the
+checkout with that one reason (exit 2); ``plan --scripts-dir`` prints the verdict before any build.
+:func:`table` is the supported-releases table of docs/flatcar.md and the README, made from verdicts.
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable
-from dataclasses import dataclass
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from piccolo_build.errors import PiccoloError
+
+if TYPE_CHECKING:
+    from piccolo_build.lock import Lock
+    from piccolo_build.plan import Facts
+    from piccolo_build.tree import TreeFacts
+    from piccolo_build.treedeps import Compile
 
 CHANNELS = ("lts", "stable", "beta", "alpha")
 TAG_RE = re.compile(r"(?P<channel>lts|stable|beta|alpha)-(?P<major>\d+)\.(?P<minor>\d+)\.(?P<patch>\d+)")
@@ -25,35 +36,94 @@ RELEASE_RE = re.compile(rf"(?:{'|'.join(CHANNELS)})(?:-\d+\.\d+\.\d+)?")
 
 
 @dataclass(frozen=True)
-class Support:
-    """One row of the supported-releases table."""
+class Verdict:
+    """Whether a checkout builds, and why in one line."""
 
-    release: str  # <channel>-<major>
-    tested_tag: str  # the tag the tests build against
-    supported: bool
-    reason: str  # why it does not build, or what is particular about it
+    builds: bool
+    reason: str  # why it does not build, or what the build follows there
+    python: str = ""  # PYTHON_COMPAT of our ebuilds at this tree ("" when there is none)
+    compiles: tuple[Compile, ...] = field(default=(), compare=False)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "builds": self.builds,
+            "reason": self.reason,
+            "python": self.python,
+            "compiles": [c.to_json() for c in self.compiles],
+        }
 
 
-SUPPORT: tuple[Support, ...] = (
-    Support(
-        "lts-4081",
-        "lts-4081.3.10",
-        False,
-        "portage-stable has no dev-python/cryptography, dev-python/cffi or dev-python/pycparser, "
-        "which tpm2-pytss needs (cryptography is a Rust crate tree we do not vendor)",
-    ),
-    Support(
-        "stable-4230",
-        "stable-4230.2.3",
-        False,
-        "Flatcar builds Python 3.11 there (coreos profile: python_targets_python3_12 use.masked); "
-        "our ebuilds target python3_12 (its --base_sysexts entries are name:packages, which the plan "
-        "follows)",
-    ),
-    Support("stable-4593", "stable-4593.2.5", True, "image_to_vm.sh builds the OEM sysext itself"),
-    Support("beta-4757", "beta-4757.1.0", True, "qemu_uefi needs build_image oem_sysext first"),
-    Support("alpha-4790", "alpha-4790.0.0", True, "qemu_uefi needs build_image oem_sysext first"),
-)
+def judge(
+    scripts_dir: Path,
+    facts: TreeFacts,
+    lock: Lock,
+    *,
+    sysext_packages: Sequence[str],
+    agent: tuple[str, str],
+    arches: Sequence[str] = ("amd64", "arm64"),
+) -> Verdict:
+    """The verdict on the checkout at ``scripts_dir`` whose facts are ``facts`` (see the module doc)."""
+    from piccolo_build import treedeps
+
+    python = facts.python_compat
+    if facts.sysext_separator is None:
+        return Verdict(False, "build_image has no --base_sysexts, which the piccolod sysext needs", python)
+    if not facts.python_targets:
+        return Verdict(False, "the board profiles enable no Python target (PYTHON_TARGETS)", python)
+    tree = treedeps.view(scripts_dir, facts, arches)
+    missing = treedeps.unresolved(tree, lock)
+    if missing:
+        return Verdict(False, f"no stable-keyworded {'; '.join(missing)} at this tag", python)
+    compiles = tuple(treedeps.compiles(tree, lock, sysext_packages, agent))
+    problems = [f"{c.package}: {p}" for c in compiles for p in c.problems]
+    if problems:
+        return Verdict(
+            False, "the SDK lacks what the sysext's packages need: " + "; ".join(problems), python, compiles
+        )
+    theirs = [c for c in compiles if not c.origin.startswith("ours")]
+    notes = [
+        f"--base_sysexts entries name{facts.sysext_separator}packages",
+        "qemu_uefi needs build_image oem_sysext first"
+        if facts.prebuilt_oem_sysext
+        else "image_to_vm.sh builds the OEM sysext itself",
+        "compiles besides ours: " + (", ".join(c.brief() for c in theirs) or "nothing"),
+    ]
+    return Verdict(True, "; ".join(notes), python, compiles)
+
+
+def judge_checkout(scripts_dir: Path, plan_facts: Facts, facts: TreeFacts | None = None) -> Verdict:
+    """:func:`judge` with the lock in use and the plan's sysext packages (what ``plan`` and the build's
+    checkout step ask)."""
+    from piccolo_build.lock import load_lock
+    from piccolo_build.tree import read_tree_facts
+
+    facts = facts if facts is not None else read_tree_facts(scripts_dir)
+    return judge(
+        scripts_dir,
+        facts,
+        load_lock(),
+        sysext_packages=plan_facts.sysext_packages,
+        agent=(plan_facts.agent_atom, plan_facts.agent_version),
+    )
+
+
+def refuse(tag: str, verdict: Verdict) -> None:
+    """One clear line (exit 2) when ``verdict`` says the release at ``tag`` does not build."""
+    if not verdict.builds:
+        raise PiccoloError(
+            f"flatcar.release: {tag} does not build: {verdict.reason}",
+            hint="pick a release that builds (docs/flatcar.md; `piccolo-build plan --scripts-dir DIR` "
+            "judges a checkout)",
+        )
+
+
+def table(verdicts: Iterable[tuple[str, Verdict]]) -> str:
+    """The supported-releases table as Markdown: one row per tag, from its verdict."""
+    rows = ["| tag | builds | PYTHON_COMPAT | why (read from the tag) |", "|---|---|---|---|"]
+    for tag, v in verdicts:
+        why = v.reason.replace("|", "\\|")
+        rows.append(f"| `{tag}` | {'yes' if v.builds else 'no'} | `{v.python or '-'}` | {why} |")
+    return "\n".join(rows) + "\n"
 
 
 def version(tag: str) -> tuple[int, int, int] | None:
@@ -74,33 +144,3 @@ def newest(channel: str, tags: Iterable[str]) -> str | None:
     """The newest ``<channel>-NNNN.N.N`` tag by version (not string) order; None when there is none."""
     found = [(v, t) for t in tags if t.startswith(f"{channel}-") and (v := version(t)) is not None]
     return max(found)[1] if found else None
-
-
-def support(tag: str) -> Support | None:
-    """The table's row for ``tag`` (by channel and major version), None when the table does not say."""
-    m = TAG_RE.fullmatch(tag)
-    if m is None:
-        return None
-    key = f"{m['channel']}-{m['major']}"
-    return next((s for s in SUPPORT if s.release == key), None)
-
-
-def refuse_unsupported(tag: str) -> None:
-    """One clear line when the table says ``tag`` does not build."""
-    row = support(tag)
-    if row is not None and not row.supported:
-        raise PiccoloError(
-            f"flatcar.release: {tag} is not supported: {row.reason}",
-            hint="pick a supported release (docs/flatcar.md): "
-            + ", ".join(s.release + ".*" for s in SUPPORT if s.supported),
-        )
-
-
-def table() -> str:
-    """The supported-releases table as Markdown (docs/flatcar.md carries exactly this)."""
-    rows = ["| release | tag the tests build | builds | notes |", "|---|---|---|---|"]
-    rows += [
-        f"| `{s.release}.*` | `{s.tested_tag}` | {'yes' if s.supported else 'no'} | {s.reason} |"
-        for s in SUPPORT
-    ]
-    return "\n".join(rows) + "\n"

@@ -19,7 +19,7 @@ from pathlib import Path, PurePosixPath
 
 from piccolo_build.config import FREE_LICENSES, Board, BuildConfig
 from piccolo_build.deps import scan_extras
-from piccolo_build.gentoo import OVERLAY, OverlayFile, python_targets
+from piccolo_build.gentoo import OVERLAY, OverlayFile, package_key, python_targets
 from piccolo_build.lock import load_lock
 from piccolo_build.overlay import python_dependencies
 
@@ -143,13 +143,13 @@ def _write(root: Path, rel: str | PurePosixPath, text: str | bytes) -> None:
 
 def build_scan_repo(cfg: BuildConfig, files: Iterable[OverlayFile], root: Path) -> list[str]:
     """Write the repository under ``root``; returns our package keys (``category/name``)."""
-    overlay_files = [f for f in files if f.path.parts[0] == OVERLAY.name]
+    packages = [f for f in files if package_key(f) is not None]  # not the per-package bashrc files
     for f in files:
         if f.path.parts[0] == "licenses":
             _write(root, f.path, f.content)
-    for f in overlay_files:
+    for f in packages:
         _write(root, f.path.relative_to(OVERLAY), f.content)
-    ours = sorted({"/".join(f.path.parts[1:3]) for f in overlay_files})
+    ours = sorted({key for f in packages if (key := package_key(f)) is not None})
     stand_ins = [dep for dep in python_dependencies(load_lock().agent) if dep not in ours]
     for dep in stand_ins:
         name = dep.split("/")[1]

@@ -136,6 +136,7 @@ class Executor:
     ) -> None:
         self.cfg, self.ctx, self.facts, self.steps, self.out = cfg, ctx, facts, list(steps), out
         self.replan = replan
+        self.tree: TreeFacts | None = None
         self.state = State(ctx.state_file)
         self.results: dict[str, str | None] = {s.name: self.state.result(s.name) for s in self.steps}
 
@@ -186,9 +187,10 @@ class Executor:
         """The steps after the checkout, planned with the facts of the checked-out tree."""
         from piccolo_build.tree import read_tree_facts
 
+        self.tree = read_tree_facts(self.ctx.scripts_dir)
         if self.replan is None:
             return
-        new = self.replan(read_tree_facts(self.ctx.scripts_dir))
+        new = self.replan(self.tree)
         if [s.name for s in new] != [s.name for s in self.steps]:
             raise PiccoloError("internal error: the plan's steps changed with the checkout")
         self.steps[:] = new
@@ -235,7 +237,7 @@ class Executor:
                 code = stream(step.argv, log=log, cwd=step.cwd, env=dict(step.env), on_line=progress.line)
             else:
                 env = actions.ActionEnv(
-                    self.cfg, self.ctx, self.facts, step, note, progress.line, self.results
+                    self.cfg, self.ctx, self.facts, step, note, progress.line, self.results, self.tree
                 )
                 self.results[step.name] = actions.ACTIONS[step.action](env)
         except PiccoloError as exc:

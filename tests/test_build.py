@@ -98,12 +98,18 @@ def _ok(r: subprocess.CompletedProcess[str]) -> str:
     return r.stderr
 
 
+def _ok_out(r: subprocess.CompletedProcess[str]) -> str:
+    assert r.returncode == 0, r.stdout + r.stderr
+    return r.stdout
+
+
 def _git(repo: Path, *args: str) -> str:
     return subprocess.run(["git", *args], cwd=repo, capture_output=True, text=True, check=True).stdout.strip()
 
 
-# The tags' own --base_sysexts list plus ours (stable-4593 and beta-4757 both split entries at '|').
-BASE_SYSEXTS = f"{FLATCAR_SYSEXTS},piccolod|{SYSEXT_PACKAGES}"
+# Ours first, then the tags' own --base_sysexts list (stable-4593 and beta-4757 both split at '|'):
+# sysext_prod_builder builds each entry on the packages of those before it.
+BASE_SYSEXTS = f"piccolod|{SYSEXT_PACKAGES},{FLATCAR_SYSEXTS}"
 # build_image's image arguments: beta-4757 on, image_to_vm.sh wants the qemu OEM sysext prebuilt.
 IMAGE_TYPES = {
     NEWEST_STABLE: ["prod"],
@@ -197,6 +203,8 @@ def test_full_build_runs_the_exact_sdk_commands_and_publishes_a_signed_release(p
         "amd64-usr/flatcar_production_qemu_uefi_image.img",
         "amd64-usr/flatcar_production_update.bin",
         "amd64-usr/flatcar_production_update.bin.asc",
+        "amd64-usr/flatcar_test_update-oem-qemu.gz",
+        "amd64-usr/flatcar_test_update-oem-qemu.gz.asc",
         "amd64-usr/flatcar_test_update.gz",
         "amd64-usr/flatcar_test_update.gz.asc",
         "amd64-usr/version.txt",
@@ -204,6 +212,13 @@ def test_full_build_runs_the_exact_sdk_commands_and_publishes_a_signed_release(p
         "piccolod-0.1.0.tar.gz",
     ]
     manifest = json.loads((project.out / "manifest.json").read_text())
+    # The qemu_uefi image's OEM payload (made by the tag's image_to_vm.sh at stable-4593), listed with
+    # what an update server offers it as.
+    oem = project.out / "amd64-usr" / "flatcar_test_update-oem-qemu.gz"
+    assert [(o["path"], o["oem"], o["offer_as"], o["size"]) for o in manifest["oem_payloads"]] == [
+        ("amd64-usr/flatcar_test_update-oem-qemu.gz", "qemu", "oem-qemu.gz", oem.stat().st_size)
+    ]
+    assert "amd64-usr/flatcar_test_update-oem-qemu.gz" in manifest["payloads"]
     cfg = _cfg(**{"release.signing_key": project.key.email})
     assert manifest["piccolo_version"] == "0.1.0"
     assert manifest["flatcar_tag"] == NEWEST_STABLE
@@ -224,7 +239,11 @@ def test_full_build_runs_the_exact_sdk_commands_and_publishes_a_signed_release(p
     # Independent checks with the real tools.
     sums = subprocess.run(["sha256sum", "--check", "--strict", "SHA256SUMS"], cwd=project.out, check=False)
     assert sums.returncode == 0
-    for sig in ("SHA256SUMS.asc", "amd64-usr/flatcar_test_update.gz.asc"):
+    for sig in (
+        "SHA256SUMS.asc",
+        "amd64-usr/flatcar_test_update.gz.asc",
+        "amd64-usr/flatcar_test_update-oem-qemu.gz.asc",
+    ):
         r = subprocess.run(
             ["gpg", "--batch", "--verify", sig, sig.removesuffix(".asc")],
             cwd=project.out,
@@ -352,6 +371,46 @@ def test_a_pinned_beta_builds_the_oem_sysext_before_image_to_vm(project: Project
     assert (manifest["flatcar_tag"], manifest["sdk_version"]) == ("beta-4757.1.0", "4757.0.0")
     images = project.scripts / "__build__" / "images" / "images" / "amd64-usr" / "latest"
     assert (images / "oem-qemu.raw").is_file()
+    # build_image oem_sysext made the OEM payload this time; the release carries it, signed.
+    assert [o["path"] for o in manifest["oem_payloads"]] == ["amd64-usr/flatcar_test_update-oem-qemu.gz"]
+    assert (project.out / "amd64-usr" / "flatcar_test_update-oem-qemu.gz.asc").is_file()
+
+
+def _sysext_tree(project: Project, name: str) -> tuple[list[str], list[str]]:
+    """What the stand-in build_image installed into sysext ``name``, and the packages it was built on."""
+    images = project.scripts / "__build__" / "images" / "images" / "amd64-usr" / "latest"
+    return (
+        (images / f"{name}_packages.txt").read_text().split(),
+        (images / f"{name}_base_pkginfo.txt").read_text().split(),
+    )
+
+
+def test_the_piccolod_sysext_holds_all_it_needs_with_or_without_docker_flatcar(project: Project) -> None:
+    _ok(project.build(signed=False))
+    with_docker, base = _sysext_tree(project, "piccolod")
+    # Built first, on the base image alone: every package of its entry and what they need is in it.
+    assert base == []
+    assert set(SYSEXT_PACKAGES.split("&")) | {"dev-python/cffi", "dev-python/cryptography"} <= set(
+        with_docker
+    )
+    _docker, docker_base = _sysext_tree(project, "docker-flatcar")
+    assert set(with_docker) <= set(docker_base)  # docker's sysext is built on ours, not the other way
+    # A release whose build_image lists no docker-flatcar: the plan and the sysext stay the same.
+    build_image = project.fake.show(NEWEST_STABLE, "build_image").decode()
+    docker_entry = FLATCAR_SYSEXTS.split(",")[1]
+    assert f",{docker_entry}" in build_image
+    without = build_image.replace(f",{docker_entry}", "").encode()
+    project.fake.release("stable-4593.2.6", {"build_image": without})
+    project.fake.reset_calls()
+    _ok(project.build(signed=False))
+    assert _git(project.scripts, "rev-parse", "HEAD") == project.fake.tag_commit("stable-4593.2.6")
+    ours_first = f"--base_sysexts=piccolod|{SYSEXT_PACKAGES},{FLATCAR_SYSEXTS.split(',')[0]}"
+    assert ours_first in next(c for c in project.sdk_calls() if c[0] == "build_image")
+    r = cli("plan", "--config", DEFAULT_CONFIG, "--json", "--scripts-dir", project.scripts)
+    steps = {s["name"]: s for s in json.loads(_ok_out(r))["steps"]}
+    assert ours_first in steps["build-image-amd64-usr"]["argv"]
+    without_docker, base = _sysext_tree(project, "piccolod")
+    assert (without_docker, base) == (with_docker, [])
 
 
 def test_an_unknown_pinned_tag_stops_at_the_checkout(project: Project) -> None:
@@ -375,6 +434,7 @@ def test_two_boards_and_an_unsigned_release(project: Project) -> None:
     manifest = json.loads((project.out / "manifest.json").read_text())
     assert manifest["boards"] == ["amd64-usr", "arm64-usr"]
     assert "arm64-usr/flatcar_test_update.gz" in manifest["payloads"]
+    assert "arm64-usr/flatcar_test_update-oem-qemu.gz" in manifest["payloads"]
     assert not list(project.out.rglob("*.asc"))
 
 

@@ -15,6 +15,7 @@ from piccolo_build.lock import Lock, load_lock
 from piccolo_build.overlay import OverlayFile, overlay_files
 from piccolod.model import default
 
+PATCH = "tpm2-pytss-2.3.0-preprocess-with-cc-c99.patch"
 TPM2_PYTSS_EBUILD = """\
 # Copyright 2026 Piccolo OS authors
 # Distributed under the terms of the Apache License 2.0
@@ -64,6 +65,10 @@ BDEPEND="
 \tvirtual/pkgconfig
 "
 
+PATCHES=(
+\t"${FILESDIR}/tpm2-pytss-2.3.0-preprocess-with-cc-c99.patch"
+)
+
 python_compile() {
 \tlocal -x SETUPTOOLS_SCM_PRETEND_VERSION="2.3.0"
 \tdistutils-r1_python_compile
@@ -99,8 +104,23 @@ def test_one_package_per_locked_dependency(files: dict[PurePosixPath, OverlayFil
             base / "Manifest",
             base / "metadata.xml",
         }
+    # tpm2-pytss: its patch, and the per-package bashrc file that gives its build the board's pkg-config.
+    expected.add(PurePosixPath("coreos-overlay/dev-python/tpm2-pytss/files") / PATCH)
+    expected.add(PurePosixPath("coreos-overlay/coreos/config/env/dev-python/tpm2-pytss"))
     assert set(files) == expected
     assert all(f.mode == 0o644 for f in files.values())
+
+
+def test_a_patch_is_refused_for_a_version_it_was_not_written_for(cfg: BuildConfig, lock: Lock) -> None:
+    pkg = dataclasses.replace(lock.package("tpm2-pytss"), version="2.4.0")
+    written_for = r"the lock pins 2\.4\.0, but its patches \(.*\) were written for 2\.3\.0"
+    with pytest.raises(ValueError, match=written_for):
+        deps.package_files(cfg, pkg)
+
+
+def test_python_compat_is_rendered_as_given(cfg: BuildConfig) -> None:
+    ebuilds = [f for f in overlay_files(cfg, "python3_11") if b"\nPYTHON_COMPAT=" in f.content]
+    assert ebuilds and all(b"\nPYTHON_COMPAT=( python3_11 )\n" in f.content for f in ebuilds)
 
 
 def test_tpm2_pytss_ebuild_golden(files: dict[PurePosixPath, OverlayFile]) -> None:

@@ -71,7 +71,7 @@ def test_default_plan_order_and_commands() -> None:
         "./build_image",
         "--board=amd64-usr",
         "--group=stable",
-        "--base_sysexts=<build_image's default list>,piccolod<separator>dev-lang/python&app-admin/piccolod",
+        "--base_sysexts=piccolod<separator>dev-lang/python&app-admin/piccolod,<build_image's default list>",
         "--replace",
         "<oem_sysext flags and image types read from the checkout>",
     )

@@ -36,6 +36,7 @@ def _images(root: Path, *, qcow2: bool = False, skip: str | None = None) -> Path
         "flatcar_production_image.bin",
         "flatcar_production_update.bin",
         "flatcar_test_update.gz",
+        "flatcar_test_update-oem-qemu.gz",
         "flatcar_production_qemu_uefi_image.img",
         f"flatcar_production_qemu_uefi_efi_code.{'qcow2' if qcow2 else 'fd'}",
         f"flatcar_production_qemu_uefi_efi_vars.{'qcow2' if qcow2 else 'fd'}",
@@ -91,6 +92,7 @@ def test_collect_writes_artefacts_sums_and_a_sorted_manifest(tmp_path: Path) -> 
         "amd64-usr/flatcar_production_qemu_uefi_efi_vars.fd",
         "amd64-usr/flatcar_production_qemu_uefi_image.img",
         "amd64-usr/flatcar_production_update.bin",
+        "amd64-usr/flatcar_test_update-oem-qemu.gz",
         "amd64-usr/flatcar_test_update.gz",
         "amd64-usr/version.txt",
         "manifest.json",
@@ -101,6 +103,7 @@ def test_collect_writes_artefacts_sums_and_a_sorted_manifest(tmp_path: Path) -> 
     assert text == json.dumps(manifest, indent=2, sort_keys=True) + "\n"
     assert manifest["payloads"] == [
         "amd64-usr/flatcar_production_update.bin",
+        "amd64-usr/flatcar_test_update-oem-qemu.gz",
         "amd64-usr/flatcar_test_update.gz",
     ]
     assert manifest["flatcar_tag"] == "stable-4081.2.10"
@@ -132,6 +135,43 @@ def test_newer_sdk_qcow2_firmware_names_are_accepted(tmp_path: Path) -> None:
     assert (staging / "amd64-usr" / "flatcar_production_qemu_uefi_efi_code.qcow2").is_file()
 
 
+def _omaha_hash(path: Path, algorithm: str) -> str:
+    """What an update server's Omaha response carries for a file, computed by openssl."""
+    digest = subprocess.run(
+        ["openssl", "dgst", f"-{algorithm}", "-binary", path], capture_output=True, check=True
+    ).stdout
+    return subprocess.run(["base64"], input=digest, capture_output=True, check=True).stdout.decode().strip()
+
+
+def test_every_oem_payload_is_collected_signed_verified_and_described_for_the_update_server(
+    tmp_path: Path, gnupghome: GpgKey
+) -> None:
+    images = _images(tmp_path)
+    (images / "flatcar_test_update-oem-azure.gz").write_bytes(b"another OEM's payload\n")
+    (images / "oem-qemu.raw").write_bytes(b"the sysext itself is not a payload\n")
+    staging = tmp_path / "staging"
+    manifest = release.collect({"amd64-usr": images}, _sdist(tmp_path), INFO, staging, lambda _m: None)
+    oems = manifest["oem_payloads"]
+    assert [(o["path"], o["oem"], o["offer_as"]) for o in oems] == [
+        ("amd64-usr/flatcar_test_update-oem-azure.gz", "azure", "oem-azure.gz"),
+        ("amd64-usr/flatcar_test_update-oem-qemu.gz", "qemu", "oem-qemu.gz"),
+    ]
+    for o in oems:
+        path = staging / o["path"]
+        assert o["size"] == path.stat().st_size
+        assert o["omaha_sha1_base64"] == _omaha_hash(path, "sha1")
+        assert o["omaha_sha256_base64"] == _omaha_hash(path, "sha256")
+        assert o["path"] in manifest["payloads"]
+    assert "amd64-usr/oem-qemu.raw" not in release.listing(staging)
+    release.sign_release(staging, gnupghome.fingerprint, lambda _m: None)
+    release.verify_release(staging, gnupghome.fingerprint, lambda _m: None)
+    assert (staging / "amd64-usr" / "flatcar_test_update-oem-azure.gz.asc").is_file()
+    # A release without the qemu_uefi image's OEM payload would fail every machine's update.
+    (images / "flatcar_test_update-oem-qemu.gz").unlink()
+    with pytest.raises(PiccoloError, match=r"flatcar_test_update-oem-qemu\.gz is missing \(the OEM payload"):
+        release.collect({"amd64-usr": images}, _sdist(tmp_path / "x"), INFO, tmp_path / "s2", lambda _m: None)
+
+
 def test_a_missing_required_artefact_is_named(tmp_path: Path) -> None:
     with pytest.raises(PiccoloError, match=r"flatcar_test_update\.gz is missing .*made by build_image"):
         _collect(tmp_path, skip="flatcar_test_update.gz")
@@ -139,7 +179,7 @@ def test_a_missing_required_artefact_is_named(tmp_path: Path) -> None:
 
 def test_check_sums_catches_tampering_and_unlisted_files(tmp_path: Path) -> None:
     staging, _ = _collect(tmp_path)
-    assert release.check_sums(staging) == 9
+    assert release.check_sums(staging) == 10
     (staging / "extra.txt").write_text("smuggled\n")
     with pytest.raises(PiccoloError, match=r"does not list extra\.txt"):
         release.check_sums(staging)
@@ -157,6 +197,7 @@ def test_sign_and_verify_with_real_gpg(tmp_path: Path, gnupghome: GpgKey) -> Non
     assert signed == [
         "SHA256SUMS.asc",
         "amd64-usr/flatcar_production_update.bin.asc",
+        "amd64-usr/flatcar_test_update-oem-qemu.gz.asc",
         "amd64-usr/flatcar_test_update.gz.asc",
     ]
     assert (staging / "SHA256SUMS.asc").read_text().startswith("-----BEGIN PGP SIGNATURE-----")

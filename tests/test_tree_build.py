@@ -1,6 +1,6 @@
-"""``piccolo-build build --to update-server`` (the last step before the SDK) on every supported release,
-cloned from the real flatcar/scripts trees (``PICCOLO_FLATCAR_SCRIPTS``), and the refusal of every
-unsupported one.
+"""``piccolo-build build --to update-server`` (the last step before the SDK) on every release that builds,
+cloned from the real flatcar/scripts trees (``PICCOLO_FLATCAR_SCRIPTS``), and the refusal, right after
+the checkout, of every one that does not (the verdict read from its tree, docs/flatcar.md).
 
 Everything up to the SDK runs for real: the clone and checkout of the tag, its version.txt, the
 overlay copied into its coreos-overlay, the in-tree pkgcheck, the agent's sdist and the locked sdists in
@@ -16,7 +16,6 @@ from pathlib import Path
 
 import pytest
 
-from piccolo_build import releases
 from piccolo_build.gentoo import COREOS_OVERLAY
 from piccolo_build.lock import load_lock
 from tests.builder_helpers import DEFAULT_CONFIG, cli
@@ -24,16 +23,19 @@ from tests.fixtures.fakesdk import VERSION_FILE, seed_distfiles
 from tests.fixtures.flatcar import TAGS, FlatcarTrees, git, run_set_lsb_release
 from tests.test_coreos_edit import rdepend_of
 
-SUPPORTED = [s.tested_tag for s in releases.SUPPORT if s.supported]
-UNSUPPORTED = [s for s in releases.SUPPORT if not s.supported]
+# What the trees' facts say (tests/test_tree.py compares these with the verdicts).
+SUPPORTED = ["stable-4230.2.3", "stable-4593.2.5", "beta-4757.1.0", "alpha-4790.0.0"]
+UNSUPPORTED = {
+    "lts-4081.3.10": "no stable-keyworded dev-python/cffi, dev-python/cryptography, dev-python/pycparser "
+    "(needed by dev-python/tpm2-pytss) at this tag"
+}
 SERVER = "https://updates.piccolo.space/v1/update/"  # update.server of piccolo.yaml
 COREOS = Path(COREOS_OVERLAY) / "coreos-base" / "coreos"
 LSB_RELEASE = "build_library/set_lsb_release"
 
 
 def test_every_tag_is_built_or_refused_here() -> None:
-    assert sorted([*SUPPORTED, *(s.tested_tag for s in UNSUPPORTED)]) == sorted(TAGS)
-    assert SUPPORTED == ["stable-4593.2.5", "beta-4757.1.0", "alpha-4790.0.0"]
+    assert sorted([*SUPPORTED, *UNSUPPORTED]) == sorted(TAGS)
 
 
 def _build(flatcar: FlatcarTrees, root: Path, *extra: str) -> subprocess.CompletedProcess[str]:
@@ -84,6 +86,15 @@ def test_build_to_the_last_step_before_the_sdk_on_the_real_tree(
     assert "pkgcheck: app-admin/piccolod, coreos-base/piccolo-base, dev-python/asn1crypto" in (
         (work / "logs" / "tree-check.log").read_text()
     )
+    # The checkout step read the verdict from the tree; the overlay was rendered for its Python.
+    assert f"{tag}: builds: --base_sysexts entries" in (work / "logs" / "checkout.log").read_text()
+    python = "python3_11" if tag == "stable-4230.2.3" else "python3_12"
+    ebuild = scripts / COREOS_OVERLAY / "dev-python" / "tpm2-pytss" / "tpm2-pytss-2.3.0.ebuild"
+    assert f"PYTHON_COMPAT=( {python} )\n" in ebuild.read_text()
+    # The per-package bashrc file sits next to Flatcar's own (incus's), which stay.
+    env_dir = scripts / COREOS_OVERLAY / "coreos" / "config" / "env"
+    assert (env_dir / "dev-python" / "tpm2-pytss").is_file()
+    assert git(scripts, "ls-files", "--deleted", "--", str(env_dir.relative_to(scripts))) == ""
 
     # The checkout differs from the tag by exactly our edits: the rendered packages copied in, the
     # coreos meta-package's ebuild and revision symlink, set_lsb_release.
@@ -122,16 +133,22 @@ def test_build_to_the_last_step_before_the_sdk_on_the_real_tree(
     assert "update-server" in steps and not [s for s in steps if s.endswith("-amd64-usr")]
 
 
-@pytest.mark.parametrize("row", UNSUPPORTED, ids=[s.tested_tag for s in UNSUPPORTED])
-def test_an_unsupported_pinned_tag_is_refused_in_preflight(
-    flatcar: FlatcarTrees, tmp_path: Path, row: releases.Support
+@pytest.mark.parametrize("tag", sorted(UNSUPPORTED))
+def test_a_release_that_does_not_build_is_refused_right_after_the_checkout(
+    flatcar: FlatcarTrees, tmp_path: Path, tag: str
 ) -> None:
-    r = _build(flatcar, tmp_path, "--set", f"flatcar.release={row.tested_tag}")
+    r = _build(flatcar, tmp_path, "--set", f"flatcar.release={tag}")
     assert r.returncode == 2, r.stdout + r.stderr  # a user error (docs/flatcar.md)
     errors = [line for line in r.stderr.splitlines() if line.startswith("error:")]
-    assert errors == [f"error: flatcar.release: {row.tested_tag} is not supported: {row.reason}"]
-    assert "<== [1/16] preflight FAILED (exit code 2)" in r.stderr
-    assert not (tmp_path / "build" / "scripts").exists()  # refused before the clone
+    assert len(errors) == 1
+    assert errors[0].startswith("error: step checkout failed with exit code 2 after ")
+    assert f": flatcar.release: {tag} does not build: {UNSUPPORTED[tag]} (log: " in errors[0]
+    assert "<== [3/16] checkout FAILED (exit code 2)" in r.stderr
+    # Read from the tree it checked out; nothing was copied into it.
+    assert git(tmp_path / "build" / "scripts", "rev-parse", "HEAD") == git(
+        flatcar.repo, "rev-parse", f"{tag}^{{commit}}"
+    )
+    assert not (tmp_path / "build" / "logs" / "overlay.log").exists()
 
 
 def test_channels_resolve_to_the_real_tags_and_an_unsupported_one_is_refused_after_the_checkout(
@@ -148,5 +165,5 @@ def test_channels_resolve_to_the_real_tags_and_an_unsupported_one_is_refused_aft
     errors = [line for line in r.stderr.splitlines() if line.startswith("error:")]
     assert len(errors) == 1
     assert errors[0].startswith("error: step checkout failed with exit code 2 after ")
-    assert ": flatcar.release: lts-4081.3.10 is not supported: portage-stable has no" in errors[0]
+    assert ": flatcar.release: lts-4081.3.10 does not build: no stable-keyworded dev-python/cffi" in errors[0]
     assert not (tmp_path / "build" / "logs" / "overlay.log").exists()

@@ -18,6 +18,7 @@ if TYPE_CHECKING:
     from piccolo_build.config import BuildConfig
     from piccolo_build.context import BuildContext
     from piccolo_build.plan import Facts, Step
+    from piccolo_build.releases import Verdict
     from piccolo_build.tree import TreeFacts
 
 WorkDirOption = Annotated[
@@ -66,6 +67,7 @@ def facts(cfg: BuildConfig) -> Facts:
         agent_atom=agent,
         distfiles=tuple(p.filename for p in locked.packages),
         lock_file=lock.LOCK_NAME,
+        agent_version=cfg.version,
     )
 
 
@@ -100,6 +102,23 @@ def checkout_facts(ctx: BuildContext) -> TreeFacts | None:
     return read_tree_facts(ctx.scripts_dir) if (ctx.scripts_dir / BUILD_IMAGE).is_file() else None
 
 
+def judge(ctx: BuildContext, f: Facts, tree: TreeFacts | None) -> Verdict | None:
+    """The verdict on the checkout (None without one)."""
+    from piccolo_build import releases
+
+    return None if tree is None else releases.judge_checkout(ctx.scripts_dir, f, tree)
+
+
+def compile_line(c: dict[str, Any]) -> str:
+    """One package of the compile list (its JSON form) as ``plan`` prints it."""
+    line = f"{c['package']}-{c['version']} ({c['origin']})"
+    if c["needs"]:
+        line += ": needs " + "; ".join(c["needs"])
+    if c["problems"]:
+        line += "; MISSING: " + "; ".join(c["problems"])
+    return line
+
+
 def environment() -> dict[str, Any]:
     """The environment every step runs with (piccolo_build.run's sanitised base environment)."""
     from piccolo_build.run import PASSTHROUGH
@@ -128,6 +147,16 @@ def render_plan(
         out.append(f"SDK version: {sdk['version']} ({sdk['source']}); image {sdk['image']}")
     if tree is not None and "facts" in tree:
         out.append("read from the checkout: " + ", ".join(f"{k}={v}" for k, v in tree["facts"].items()))
+        verdict = tree.get("verdict")
+        if verdict is not None:
+            out.append(
+                f"this release {'builds' if verdict['builds'] else 'does NOT build'}: {verdict['reason']}"
+            )
+            if verdict["compiles"]:
+                out.append(
+                    "sysext-packages compiles from source (Flatcar publishes no binary package of them):"
+                )
+                out.extend(f"  {compile_line(c)}" for c in verdict["compiles"])
     elif tree is not None:
         out.append("read from the checkout once there is one:")
         out.extend(f"  {line}" for line in tree["read_after_checkout"])
@@ -199,9 +228,10 @@ def register(app: typer.Typer) -> None:
         from piccolo_build.plan import tree_summary
 
         tree = checkout_facts(ctx)
-        steps = _steps(cfg, ctx, facts(cfg), tree)
+        f = facts(cfg)
+        steps = _steps(cfg, ctx, f, tree)
         sdk = sdk_summary(cfg, ctx)
-        summary = tree_summary(tree)
+        summary = tree_summary(tree, judge(ctx, f, tree))
         if as_json:
             doc = {
                 "environment": environment(),

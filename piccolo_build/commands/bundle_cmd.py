@@ -99,11 +99,16 @@ def register(app: typer.Typer) -> None:
 
         index = index or resolve.PYPI_INDEX
         if tree is not None:
-            from piccolo_build.commands.render_cmd import tree_check
+            from piccolo_build.commands.render_cmd import tree_check, tree_python_compat
             from piccolo_build.config import Board, load_config
             from piccolo_build.deps import dependency_files
+            from piccolo_build.errors import PiccoloError
 
-            rendered = dependency_files(load_config(), locking.load_lock(lock_file))
+            compat = tree_python_compat(tree)
+            try:
+                rendered = dependency_files(load_config(), locking.load_lock(lock_file), compat)
+            except ValueError as exc:
+                raise PiccoloError(f"cannot render the lock's ebuilds: {exc}") from None
             tree_check(tree, rendered, [b.arch for b in Board], as_json=as_json)
             return
         if fetch_only is not None:

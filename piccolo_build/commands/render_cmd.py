@@ -18,13 +18,15 @@ if TYPE_CHECKING:
 DEFAULT_OUTPUT = Path("overlays")
 
 
-def plan(cfg: BuildConfig) -> list[OverlayFile]:
-    """The overlay files for ``cfg``; a value that cannot be rendered is a user error."""
+def plan(cfg: BuildConfig, tree: Path | None = None) -> list[OverlayFile]:
+    """The overlay files for ``cfg`` (rendered for the checkout ``tree``'s Python when given); a value
+    that cannot be rendered is a user error."""
+    from piccolo_build.gentoo import PYTHON_COMPAT
     from piccolo_build.overlay import overlay_files
     from piccolo_build.quoting import UnsafeValue
 
     try:
-        return overlay_files(cfg)
+        return overlay_files(cfg, tree_python_compat(tree) if tree is not None else PYTHON_COMPAT)
     except (UnsafeValue, ValueError) as exc:
         raise PiccoloError(f"cannot render: {exc}", hint="fix the value in the configuration") from None
 
@@ -81,7 +83,7 @@ def register(app: typer.Typer) -> None:
 
         cfg = load_for_cli(config_file, sets)
         if tree is not None:
-            tree_check(tree, plan(cfg), [b.arch for b in cfg.boards], as_json=as_json)
+            tree_check(tree, plan(cfg, tree), [b.arch for b in cfg.boards], as_json=as_json)
             return
         report = check_overlay(cfg, plan(cfg), overlay)
         if as_json:
@@ -133,6 +135,15 @@ def tree_check(tree: Path, files: list[OverlayFile], arches: list[str], *, as_js
         )
     if not result.ok:
         raise typer.Exit(1)
+
+
+def tree_python_compat(tree: Path) -> str:
+    """``PYTHON_COMPAT`` for the checkout ``tree``: the Python its board profiles build."""
+    from piccolo_build.tree import read_python_targets
+
+    if not tree.is_dir():
+        raise PiccoloError(f"--tree {tree}: no such directory")
+    return " ".join(read_python_targets(tree))
 
 
 def pkgcheck_cache() -> Path:

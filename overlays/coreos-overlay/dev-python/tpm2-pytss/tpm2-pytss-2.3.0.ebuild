@@ -46,6 +46,10 @@ BDEPEND="
 	virtual/pkgconfig
 "
 
+PATCHES=(
+	"${FILESDIR}/tpm2-pytss-2.3.0-preprocess-with-cc-c99.patch"
+)
+
 python_compile() {
 	local -x SETUPTOOLS_SCM_PRETEND_VERSION="2.3.0"
 	distutils-r1_python_compile
