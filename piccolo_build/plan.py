@@ -66,6 +66,7 @@ class Action(enum.StrEnum):
     DISTFILES = "distfiles"
     RDEPEND = "rdepend"
     UPDATE_SERVER = "update-server"
+    UPDATE_KEY = "update-key"
     COLLECT = "collect"
     SIGN = "sign"
     VERIFY = "verify"
@@ -247,6 +248,30 @@ def _prepare_steps(cfg: BuildConfig, ctx: BuildContext, facts: Facts) -> list[St
             outputs=(str(ctx.lsb_release_script),),
             always=True,
         ),
+        *_update_key_step(cfg, ctx),
+    ]
+
+
+def _update_key_step(cfg: BuildConfig, ctx: BuildContext) -> list[Step]:
+    """The board's coreos-au-key made to install release.update_key alone (piccolo_build.aukey)."""
+    if cfg.release.update_key is None:
+        return []
+    from piccolo_build import aukey, payload
+    from piccolo_build.config import update_key_pem
+
+    key_id = payload.key_id(payload.parse_public_key(update_key_pem(cfg.release.update_key)))
+    return [
+        Step(
+            "update-key",
+            f"make the board's {aukey.PACKAGE} install release.update_key ({key_id}) as update_engine's "
+            f"only key, through the tree's own USE=official: its files/{aukey.KEY_FILE} becomes that key, "
+            f"'{aukey.USE_LINE}' goes into the board profiles' package.use (the SDK keeps its development "
+            "keys), and a -rN revision symlink makes portage build it",
+            Action.UPDATE_KEY,
+            inputs=(key_id,),
+            outputs=(str(ctx.scripts_dir / aukey.PACKAGE_DIR), str(ctx.scripts_dir / aukey.PACKAGE_USE)),
+            always=True,
+        )
     ]
 
 
@@ -364,33 +389,53 @@ def _board_steps(
 
 def _release_steps(cfg: BuildConfig, ctx: BuildContext) -> list[Step]:
     key = cfg.release.signing_key
+    resign = cfg.release.update_key is not None and ctx.update_signing_key is not None
     steps = [
         Step(
             "collect",
-            "copy images, update payloads and qemu_uefi images out; write SHA256SUMS and manifest.json",
+            "copy images, update payloads and qemu_uefi images out; write SHA256SUMS and manifest.json"
+            + (
+                "; check that build_image's package list names our coreos-au-key"
+                if cfg.release.update_key
+                else ""
+            ),
             Action.COLLECT,
             inputs=tuple(str(ctx.images_dir(b)) for b in cfg.boards),
             outputs=(str(ctx.staging_dir),),
             always=True,
         )
     ]
+    what = []
+    if resign:
+        what.append(
+            "sign each update payload for release.update_key with the private key in "
+            f"{ctx.update_signing_key} (read, never copied or logged) and update manifest.json and SHA256SUMS"
+        )
     if key is not None:
+        what.append(f"gpg --detach-sign --armor -u {key} SHA256SUMS and each update payload")
+    if what:
         steps.append(
             Step(
                 "sign",
-                f"gpg --detach-sign --armor -u {key} SHA256SUMS and each update payload",
+                "; then ".join(what),
                 Action.SIGN,
-                argv=("gpg", "--batch", "--yes", "--armor", "--detach-sign", "--local-user", key),
+                argv=("gpg", "--batch", "--yes", "--armor", "--detach-sign", "--local-user", key)
+                if key
+                else (),
                 inputs=(str(ctx.staging_dir),),
                 outputs=(str(ctx.staging_dir),),
                 always=True,
             )
         )
+    checks = ["check every checksum"]
+    if key:
+        checks.append("gpg --verify every signature")
+    if resign:
+        checks.append("verify every update payload against release.update_key as update_engine does")
     steps.append(
         Step(
             "verify",
-            ("check every checksum and gpg --verify every signature, " if key else "check every checksum, ")
-            + f"then move the release into {cfg.release.output_dir}",
+            ", ".join(checks) + f", then move the release into {cfg.release.output_dir}",
             Action.VERIFY,
             inputs=(str(ctx.staging_dir),),
             outputs=(cfg.release.output_dir,),
