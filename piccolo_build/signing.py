@@ -111,3 +111,89 @@ def verify_payloads(root: Path, key: RSAPublicKey, log: Callable[[str], None]) -
     for rel in found:
         payload.verify_payload(root / rel, key)
         log(f"good update signature on {rel} by {payload.key_id(key)}")
+
+
+# --- a published release, signed and verified after the build (``piccolo-build release``) -----------
+
+_SMALL = 1 << 20  # files below this are copied into the working copy, larger ones hard-linked
+
+
+def _working_copy(root: Path) -> Path:
+    """A sibling copy of ``root`` to sign in: large files hard-linked (signing replaces a payload
+    whole, never writes into it), small ones (manifest, sums, signatures) copied."""
+    import shutil
+    import tempfile
+
+    copy = Path(tempfile.mkdtemp(prefix=f".{root.name}.signing.", dir=root.parent))
+    for src in sorted(root.rglob("*")):
+        dst = copy / src.relative_to(root)
+        if src.is_dir():
+            dst.mkdir(exist_ok=True)
+        elif src.stat().st_size < _SMALL:
+            shutil.copy2(src, dst)
+        else:
+            os.link(src, dst)
+    return copy
+
+
+def sign_release(
+    root: Path,
+    *,
+    update_key_pem: bytes | None,
+    key_path: Path | None,
+    gpg_key: str | None,
+    log: Callable[[str], None],
+) -> None:
+    """Sign the release in ``root`` after the build: its update payloads for ``release.update_key``,
+    then (with ``release.signing_key``) SHA256SUMS and the payloads with gpg; verify everything; swap
+    the result into place in one step (a failure leaves ``root`` as it was)."""
+    import shutil
+
+    from piccolo_build import release
+
+    if not release.is_release(root):
+        raise PiccoloError(f"{root}: no piccolo release here ({release.MANIFEST} missing or not ours)")
+    key = None
+    if update_key_pem is not None:
+        if key_path is None:
+            raise PiccoloError(
+                "release.update_key is set but no update signing key was given",
+                hint=f"--update-signing-key FILE or ${KEY_VARIABLE}",
+            )
+        check_key_location(key_path, {"the release": root})
+        key = load_signing_key(key_path, update_key_pem)
+    elif key_path is not None:
+        load_signing_key(key_path, None)  # explains that release.update_key is missing
+    if key is None and gpg_key is None:
+        raise PiccoloError(
+            "nothing to sign: release.update_key and release.signing_key are both unset",
+            hint="set release.update_key (payloads) and/or release.signing_key (gpg)",
+        )
+    fpr = release.key_fingerprint(gpg_key) if gpg_key else None
+    copy = _working_copy(root)
+    try:
+        if key is not None:
+            sign_payloads(copy, key, log)
+        for stale in copy.rglob("*.asc"):
+            stale.unlink()  # made for the bytes before; SHA256SUMS may have changed
+        if fpr is not None:
+            release.sign_release(copy, fpr, log)
+        verify_release(copy, update_key_pem=update_key_pem, gpg_fingerprint=fpr, log=log)
+        release.publish(copy, root)
+    except BaseException:
+        shutil.rmtree(copy, ignore_errors=True)
+        raise
+
+
+def verify_release(
+    root: Path, *, update_key_pem: bytes | None, gpg_fingerprint: str | None, log: Callable[[str], None]
+) -> None:
+    """Checksums, gpg signatures (with a fingerprint) and update payload signatures (with an update
+    key) of the release in ``root``; a one-line error for the first that does not hold."""
+    from piccolo_build import release
+
+    if not release.is_release(root):
+        raise PiccoloError(f"{root}: no piccolo release here ({release.MANIFEST} missing or not ours)")
+    release.verify_release(root, gpg_fingerprint, log)
+    if update_key_pem is not None:
+        verify_payloads(root, payload.parse_public_key(update_key_pem), log)

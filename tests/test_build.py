@@ -190,6 +190,7 @@ def test_full_build_runs_the_exact_sdk_commands_and_publishes_a_signed_release(p
         "SHA256SUMS.asc",
         "amd64-usr/flatcar_production_image.bin",
         "amd64-usr/flatcar_production_image.vmlinuz",
+        "amd64-usr/flatcar_production_image_contents.txt",
         "amd64-usr/flatcar_production_image_packages.txt",
         "amd64-usr/flatcar_production_qemu_uefi.sh",
         "amd64-usr/flatcar_production_qemu_uefi_efi_code.qcow2",

@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 
 import pytest
+from cryptography.hazmat.primitives.asymmetric import rsa
 
 from piccolo_build import payload
 from piccolo_build.errors import PiccoloError
@@ -54,9 +55,8 @@ def dev_key(flatcar: FlatcarTrees, tmp_path_factory: pytest.TempPathFactory) -> 
     return private, public
 
 
-def public(path: Path) -> payload.RSAPublicKey:
+def public(path: Path) -> rsa.RSAPublicKey:
     from cryptography.hazmat.primitives import serialization
-    from cryptography.hazmat.primitives.asymmetric import rsa
 
     key = serialization.load_pem_public_key(path.read_bytes())
     assert isinstance(key, rsa.RSAPublicKey)
