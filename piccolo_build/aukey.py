@@ -82,7 +82,7 @@ def set_update_key(scripts_dir: Path, pem: bytes) -> tuple[bool, str]:
     changed = False
     key = source.parent / "files" / KEY_FILE
     if not key.is_file():
-        raise PiccoloError(f"{key}: missing", hint=HINT)
+        raise PiccoloError(f"{key}: missing", hint=HINT)  # the tree's own official key file
     if key.read_bytes() != pem:
         atomic_write(key, pem)
         changed = True
@@ -143,5 +143,8 @@ def check_image_reports(images: Path, version: str) -> str:
         )
     contents = images / "flatcar_production_image_contents.txt"
     if contents.is_file() and INSTALLED_PRIVATE_KEY in read_text(contents):
-        raise PiccoloError(f"{contents}: the image carries {INSTALLED_PRIVATE_KEY}, a private update key")
+        raise PiccoloError(
+            f"{contents}: the image carries {INSTALLED_PRIVATE_KEY}, a private update key",
+            hint="coreos-au-key was built without USE=official: run the build again from update-key",
+        )
     return f"{wanted} in the image"

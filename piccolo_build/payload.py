@@ -73,6 +73,14 @@ class PayloadError(PiccoloError):
 
     exit_code = 1
 
+    def __init__(self, message: str, *, hint: str | None = None) -> None:
+        super().__init__(
+            message,
+            hint=hint
+            or "update payloads are what build_image makes (flatcar_test_update*.gz); "
+            "docs/release.md, 'The update key'",
+        )
+
 
 # --- a minimal protobuf wire-format reader and writer ------------------------------------------------
 
@@ -350,7 +358,10 @@ def load_private_key(path: Path, passphrase: bytes | None = None) -> RSAPrivateK
     try:
         data = path.read_bytes()
     except OSError as exc:
-        raise PiccoloError(f"{path}: cannot read the update signing key: {exc.strerror or exc}") from None
+        raise PiccoloError(
+            f"{path}: cannot read the update signing key: {exc.strerror or exc}",
+            hint="--update-signing-key or $PICCOLO_UPDATE_SIGNING_KEY names the private key file",
+        ) from None
     try:
         key = serialization.load_pem_private_key(data, password=passphrase)
     except TypeError:
@@ -367,7 +378,9 @@ def load_private_key(path: Path, passphrase: bytes | None = None) -> RSAPrivateK
         ) from None
     problem = _rsa_problem(key, str(path))
     if problem:
-        raise PiccoloError(problem)
+        raise PiccoloError(
+            problem, hint="openssl genpkey -algorithm RSA -pkeyopt rsa_keygen_bits:4096 makes one"
+        )
     assert isinstance(key, rsa.RSAPrivateKey)
     return key
 

@@ -71,6 +71,7 @@ def load_signing_key(path: Path, update_key_pem: bytes | None) -> RSAPrivateKey:
         raise PiccoloError(
             f"{path}: the update signing key ({payload.key_id(key.public_key())}) is not the private half "
             f"of release.update_key ({payload.key_id(payload.parse_public_key(update_key_pem))})",
+            hint="give the private key whose public half release.update_key names (openssl pkey -pubout)",
         )
     return key
 
@@ -88,7 +89,9 @@ def sign_payloads(root: Path, key: RSAPrivateKey, log: Callable[[str], None]) ->
 
     signed = update_payloads(root)
     if not signed:
-        raise PiccoloError(f"{root}: the release has no update payload to sign")
+        raise PiccoloError(
+            f"{root}: the release has no update payload to sign", hint="is this a release `build` published?"
+        )
     for rel in signed:
         key_id = payload.sign_payload(root / rel, root / rel, key)
         log(f"signed {rel} for {key_id}")
@@ -107,7 +110,9 @@ def verify_payloads(root: Path, key: RSAPublicKey, log: Callable[[str], None]) -
     """Every update payload under ``root`` must verify against ``key`` as update_engine checks it."""
     found = update_payloads(root)
     if not found:
-        raise PiccoloError(f"{root}: the release has no update payload")
+        raise PiccoloError(
+            f"{root}: the release has no update payload", hint="is this a release `build` published?"
+        )
     for rel in found:
         payload.verify_payload(root / rel, key)
         log(f"good update signature on {rel} by {payload.key_id(key)}")
@@ -152,7 +157,10 @@ def sign_release(
     from piccolo_build import release
 
     if not release.is_release(root):
-        raise PiccoloError(f"{root}: no piccolo release here ({release.MANIFEST} missing or not ours)")
+        raise PiccoloError(
+            f"{root}: no piccolo release here ({release.MANIFEST} missing or not ours)",
+            hint="give the directory `piccolo-build build` published (default: release.output_dir)",
+        )
     key = None
     if update_key_pem is not None:
         if key_path is None:
@@ -193,7 +201,10 @@ def verify_release(
     from piccolo_build import release
 
     if not release.is_release(root):
-        raise PiccoloError(f"{root}: no piccolo release here ({release.MANIFEST} missing or not ours)")
+        raise PiccoloError(
+            f"{root}: no piccolo release here ({release.MANIFEST} missing or not ours)",
+            hint="give the directory `piccolo-build build` published (default: release.output_dir)",
+        )
     release.verify_release(root, gpg_fingerprint, log)
     if update_key_pem is not None:
         verify_payloads(root, payload.parse_public_key(update_key_pem), log)

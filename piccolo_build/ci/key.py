@@ -41,7 +41,10 @@ def resolve_release(release: str, scripts_url: str) -> tuple[str, str]:
             commits[m["tag"]] = m["sha"]  # an annotated tag's peeled line names its commit
     tag = releases.newest(channel, commits) if releases.is_channel(release) else release
     if tag is None or tag not in commits:
-        raise PiccoloError(f"flatcar.release: {release} names no tag in {scripts_url}")
+        raise PiccoloError(
+            f"flatcar.release: {release} names no tag in {scripts_url}",
+            hint="a channel (lts, stable, beta, alpha) or a tag that exists there",
+        )
     return tag, commits[tag]
 
 

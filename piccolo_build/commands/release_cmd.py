@@ -12,8 +12,8 @@ from piccolo_build.commands.build_cmd import UpdateSigningKeyOption, development
 from piccolo_build.commands.config_cmd import ConfigOption, SetOption, load_for_cli
 
 ReleaseDir = Annotated[
-    Path | None,
-    typer.Argument(help="The release directory (default: release.output_dir).", file_okay=False),
+    Path,
+    typer.Argument(help="The release directory (what build published in release.output_dir).", metavar="DIR"),
 ]
 
 
@@ -28,7 +28,7 @@ def register(app: typer.Typer) -> None:
 
     @group.command("sign")
     def sign(
-        directory: ReleaseDir = None,
+        directory: ReleaseDir,
         config: ConfigOption = None,
         sets: SetOption = None,
         update_signing_key: UpdateSigningKeyOption = None,
@@ -39,7 +39,7 @@ def register(app: typer.Typer) -> None:
         from piccolo_build.config import update_key_pem
 
         cfg = load_for_cli(config, sets)
-        root = directory or Path(cfg.release.output_dir)
+        root = directory
         key = cfg.release.update_key
         signing.sign_release(
             root,
@@ -52,14 +52,14 @@ def register(app: typer.Typer) -> None:
         development_key_warning(cfg)
 
     @group.command("verify")
-    def verify(directory: ReleaseDir = None, config: ConfigOption = None, sets: SetOption = None) -> None:
+    def verify(directory: ReleaseDir, config: ConfigOption = None, sets: SetOption = None) -> None:
         """Check every checksum, every gpg signature (release.signing_key) and every update payload's
         signature against release.update_key, as update_engine checks it. Exit 1 when one fails."""
         from piccolo_build import release, signing
         from piccolo_build.config import update_key_pem
 
         cfg = load_for_cli(config, sets)
-        root = directory or Path(cfg.release.output_dir)
+        root = directory
         gpg = cfg.release.signing_key
         key = cfg.release.update_key
         signing.verify_release(
