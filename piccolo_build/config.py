@@ -146,13 +146,17 @@ def update_url(value: str) -> str:
     return value
 
 
-def signing_key(value: str | None) -> str | None:
-    if value is None:
-        return None
-    _full(_KEY_ID, value, "GnuPG key (fingerprint, key id or e-mail)")
+def _not_an_option(value: str) -> str:
+    """A value passed to a program as an argument must not read as one of its options."""
     if value.startswith("-"):
         raise ValueError(f"must not start with '-': {value!r}")
     return value
+
+
+def signing_key(value: str | None) -> str | None:
+    if value is None:
+        return None
+    return _not_an_option(_full(_KEY_ID, value, "GnuPG key (fingerprint, key id or e-mail)"))
 
 
 def _releases(values: tuple[str, ...]) -> tuple[str, ...]:
@@ -168,10 +172,9 @@ def key_path(value: str | None) -> str | None:
     :meth:`BuildConfig.validate`."""
     if value is None:
         return None
-    _full(_KEY_PATH, value, "file path (letters, digits, '.', '_', '+', '-', '/', '@')")
-    if value.startswith("-"):
-        raise ValueError(f"must not start with '-': {value!r}")
-    return value
+    return _not_an_option(
+        _full(_KEY_PATH, value, "file path (letters, digits, '.', '_', '+', '-', '/', '@')")
+    )
 
 
 def output_dir(value: str) -> str:

@@ -17,14 +17,11 @@ from piccolo_build.errors import PiccoloError
 
 
 def register(app: typer.Typer) -> None:
-    from piccolo_build.cli import help_without_command
+    from piccolo_build.cli import command_group
 
-    group = typer.Typer(
-        help="The CI workflow for this project's piccolo.yaml, and a build's cache key.",
-        context_settings={"help_option_names": ["-h", "--help"]},
+    group = command_group(
+        app, "ci", "The CI workflow for this project's piccolo.yaml, and a build's cache key."
     )
-    app.add_typer(group, name="ci")
-    group.callback(invoke_without_command=True)(help_without_command)
 
     @group.command("init")
     def init(

@@ -18,13 +18,9 @@ ReleaseDir = Annotated[
 
 
 def register(app: typer.Typer) -> None:
-    from piccolo_build.cli import help_without_command
+    from piccolo_build.cli import command_group
 
-    group = typer.Typer(
-        help="Sign and verify a built release.", context_settings={"help_option_names": ["-h", "--help"]}
-    )
-    app.add_typer(group, name="release")
-    group.callback(invoke_without_command=True)(help_without_command)
+    group = command_group(app, "release", "Sign and verify a built release.")
 
     @group.command("sign")
     def sign(
