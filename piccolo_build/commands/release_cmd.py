@@ -23,18 +23,35 @@ def register(app: typer.Typer) -> None:
     group = command_group(app, "release", "Sign and verify a built release.")
 
     @group.command("sign")
-    def sign(
+    def sign(  # noqa: PLR0917 - Typer passes every option by keyword
         directory: ReleaseDir,
         config: ConfigOption = None,
         sets: SetOption = None,
         update_signing_key: UpdateSigningKeyOption = None,
+        production: Annotated[
+            bool, typer.Option("--production", help="Refuse unless release.update_key is set.")
+        ] = False,
+        require_signature: Annotated[
+            bool, typer.Option("--require-signature", help="Refuse unless release.signing_key is set.")
+        ] = False,
     ) -> None:
         """Sign the update payloads for release.update_key (and SHA256SUMS and the payloads with gpg when
         release.signing_key is set), verify, and put the signed release in place of DIR."""
         from piccolo_build import signing
         from piccolo_build.config import update_key_pem
+        from piccolo_build.errors import PiccoloError
 
         cfg = load_for_cli(config, sets)
+        if production and cfg.release.update_key is None:
+            raise PiccoloError(
+                "--production: release.update_key is not set, the images trust Flatcar's development key",
+                hint="set release.update_key to the public key the images were built to trust",
+            )
+        if require_signature and cfg.release.signing_key is None:
+            raise PiccoloError(
+                "--require-signature: release.signing_key is not set, the release would not be gpg-signed",
+                hint="set PICCOLO_RELEASE_SIGNING_KEY or --set release.signing_key=KEY",
+            )
         root = directory
         key = cfg.release.update_key
         signing.sign_release(
