@@ -70,6 +70,17 @@ def test_every_tag_chooses_the_update_key_as_we_rely_on(flatcar: FlatcarTrees, t
     assert aukey.ebuild(tree).name == "coreos-au-key-0.0.2.ebuild"
 
 
+def _overlay_copy(flatcar: FlatcarTrees, tag: str, dest: Path) -> Path:
+    """A checkout of ``tag`` as far as the update-key edit and portage's profiles reach: a writable copy
+    of its coreos-overlay, its portage-stable (read only) linked in."""
+    third = Path("sdk_container/src/third_party")
+    tree = flatcar.tree(tag)
+    (dest / third).mkdir(parents=True)
+    shutil.copytree(tree / third / "coreos-overlay", dest / third / "coreos-overlay", symlinks=True)
+    (dest / third / "portage-stable").symlink_to(tree / third / "portage-stable")
+    return dest
+
+
 def _install(tree: Path, ebuild: Path, use: str, dest: Path) -> dict[str, bytes]:
     """Run the ebuild's own src_install under ``use`` with PMS's insinto/newins, as portage would."""
     script = r"""
@@ -115,7 +126,7 @@ def _package_use(scripts: Path, profile: str) -> set[str]:
 def test_on_every_tag_the_board_installs_our_key_alone(
     flatcar: FlatcarTrees, tmp_path: Path, keypair: tuple[Path, Path], tag: str
 ) -> None:
-    scripts = flatcar.copy(tag, tmp_path / "scripts")
+    scripts = _overlay_copy(flatcar, tag, tmp_path / "scripts")
     pem = update_key_pem(str(keypair[1]))
     changed, version = aukey.set_update_key(scripts, pem)
     assert changed and version == f"0.0.2-r{aukey.revision(pem)}"
@@ -144,7 +155,7 @@ def test_on_every_tag_the_board_installs_our_key_alone(
 def test_a_tree_that_chooses_the_key_differently_is_refused(
     flatcar: FlatcarTrees, tmp_path: Path, keypair: tuple[Path, Path]
 ) -> None:
-    scripts = flatcar.copy(NEWEST_STABLE, tmp_path / "scripts")
+    scripts = _overlay_copy(flatcar, NEWEST_STABLE, tmp_path / "scripts")
     ebuild = scripts / EBUILD
     ebuild.write_text(ebuild.read_text().replace("official-v2.pub.pem", "official-v3.pub.pem"))
     with pytest.raises(PiccoloError, match=r"does not install official-v2\.pub\.pem"):
