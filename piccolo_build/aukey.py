@@ -119,6 +119,26 @@ def _link_revision(source: Path, version: str) -> bool:
     return True
 
 
+def reset(scripts_dir: Path) -> bool:
+    """Without ``release.update_key``: undo an earlier build's edits, so the checkout chooses the key
+    as the tag does (a checkout of the same tag keeps edited files). Returns whether anything changed."""
+    from piccolo_build.run import run
+
+    paths = [str(PACKAGE_DIR), str(PACKAGE_USE)]
+    ours = [
+        p
+        for p in (scripts_dir / PACKAGE_DIR).glob("*.ebuild")
+        if _REVISION.fullmatch(p.name) and p.is_symlink()
+    ]
+    status = run(["git", "status", "--porcelain", "--", *paths], cwd=scripts_dir).stdout.strip()
+    if not status and not ours:
+        return False
+    for path in ours:
+        path.unlink()
+    run(["git", "checkout", "HEAD", "--", *paths], cwd=scripts_dir)
+    return True
+
+
 def check_image_reports(images: Path, version: str) -> str:
     """What build_image reports about the image in ``images``: its package list must name our
     coreos-au-key, and its file list (when there is one) no private update key. Returns a summary."""

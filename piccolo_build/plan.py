@@ -231,6 +231,7 @@ def _prepare_steps(cfg: BuildConfig, ctx: BuildContext, facts: Facts) -> list[St
             always=True,
         ),
         _distfiles_step(ctx, facts),
+        _update_key_step(cfg, ctx),
         Step(
             "coreos-rdepend",
             f"add {facts.rdepend_atom} to RDEPEND of coreos-base/coreos and bump its -rN symlink",
@@ -248,31 +249,40 @@ def _prepare_steps(cfg: BuildConfig, ctx: BuildContext, facts: Facts) -> list[St
             outputs=(str(ctx.lsb_release_script),),
             always=True,
         ),
-        *_update_key_step(cfg, ctx),
     ]
 
 
-def _update_key_step(cfg: BuildConfig, ctx: BuildContext) -> list[Step]:
-    """The board's coreos-au-key made to install release.update_key alone (piccolo_build.aukey)."""
+def _update_key_step(cfg: BuildConfig, ctx: BuildContext) -> Step:
+    """The board's coreos-au-key made to install release.update_key alone (piccolo_build.aukey), or,
+    without one, left as the tag has it (an earlier build's edits undone)."""
+    from piccolo_build import aukey
+
+    outputs = (str(ctx.scripts_dir / aukey.PACKAGE_DIR), str(ctx.scripts_dir / aukey.PACKAGE_USE))
     if cfg.release.update_key is None:
-        return []
-    from piccolo_build import aukey, payload
+        return Step(
+            "update-key",
+            f"release.update_key is not set: keep the tag's own {aukey.PACKAGE} (the images trust Flatcar's "
+            "development key, whose private half is public: not for production); undo the edits of an "
+            "earlier build with an update key",
+            Action.UPDATE_KEY,
+            outputs=outputs,
+            always=True,
+        )
+    from piccolo_build import payload
     from piccolo_build.config import update_key_pem
 
     key_id = payload.key_id(payload.parse_public_key(update_key_pem(cfg.release.update_key)))
-    return [
-        Step(
-            "update-key",
-            f"make the board's {aukey.PACKAGE} install release.update_key ({key_id}) as update_engine's "
-            f"only key, through the tree's own USE=official: its files/{aukey.KEY_FILE} becomes that key, "
-            f"'{aukey.USE_LINE}' goes into the board profiles' package.use (the SDK keeps its development "
-            "keys), and a -rN revision symlink makes portage build it",
-            Action.UPDATE_KEY,
-            inputs=(key_id,),
-            outputs=(str(ctx.scripts_dir / aukey.PACKAGE_DIR), str(ctx.scripts_dir / aukey.PACKAGE_USE)),
-            always=True,
-        )
-    ]
+    return Step(
+        "update-key",
+        f"make the board's {aukey.PACKAGE} install release.update_key ({key_id}) as update_engine's "
+        f"only key, through the tree's own USE=official: its files/{aukey.KEY_FILE} becomes that key, "
+        f"'{aukey.USE_LINE}' goes into the board profiles' package.use (the SDK keeps its development "
+        "keys), and a -rN revision symlink makes portage build it",
+        Action.UPDATE_KEY,
+        inputs=(key_id,),
+        outputs=outputs,
+        always=True,
+    )
 
 
 def _distfiles_step(ctx: BuildContext, facts: Facts) -> Step:

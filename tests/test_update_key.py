@@ -307,18 +307,28 @@ def test_without_an_update_key_plan_and_build_say_development_key(build: Build, 
         r = cli("build", *base, "--production", *extra, cwd=build.root)
         assert r.returncode == 2 and "--production: release.update_key is not set" in r.stderr, r.stderr
         assert not (build.root / "build" / "state.json").exists()
-    r = cli(
-        "build",
-        *base,
-        "--scripts-url",
-        str(fakesdk.upstream),
-        "--no-sdk-image-check",
-        "--to",
-        "update-server",
-        cwd=build.root,
-    )
+    # A build with an update key edits the checkout; the next one without undoes it, and says so.
+    assert build.run("--to", "update-server").returncode == 0
+    scripts = build.root / "build" / "scripts"
+    package_use = scripts / aukey.PACKAGE_USE
+    assert aukey.USE_LINE in package_use.read_text()
+    fresh = ["--scripts-url", str(fakesdk.upstream), "--no-sdk-image-check", "--to", "update-server"]
+    r = cli("build", *base, *fresh, cwd=build.root)
     assert r.returncode == 0, r.stderr
     assert r.stderr.strip().splitlines()[-1].startswith("warning: release.update_key is not set")
+    assert aukey.USE_LINE not in package_use.read_text()
+    assert sorted(p.name for p in (scripts / aukey.PACKAGE_DIR).glob("*.ebuild")) == [
+        "coreos-au-key-0.0.2.ebuild"
+    ]
+    status = subprocess.run(
+        ["git", "status", "--porcelain", "--", str(aukey.PACKAGE_DIR), str(aukey.PACKAGE_USE)],
+        cwd=scripts,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    assert status == ""
+    assert "earlier build's edits undone" in (build.root / "build" / "logs" / "update-key.log").read_text()
 
 
 def test_plan_render_and_stage_hold_no_private_key(tmp_path: Path, keypair: tuple[Path, Path]) -> None:
