@@ -66,7 +66,7 @@ def test_build_to_the_last_step_before_the_sdk_on_the_real_tree(
     seed_distfiles(locked_distfiles, tmp_path / "build")
     r = _build(flatcar, tmp_path, "--set", f"flatcar.release={tag}", "--to", "update-server")
     assert r.returncode == 0, r.stdout + r.stderr
-    assert r.stdout == "build finished: 10 steps ran, 0 skipped; output in build\n"
+    assert r.stdout == "build finished: 11 steps ran, 0 skipped; output in build\n"
     work, scripts = tmp_path / "build", tmp_path / "build" / "scripts"
 
     # A real clone of the repository the variable names, checked out at the tag's commit.
@@ -130,7 +130,7 @@ def test_an_unsupported_pinned_tag_is_refused_in_preflight(
     assert r.returncode == 2, r.stdout + r.stderr  # a user error (docs/flatcar.md)
     errors = [line for line in r.stderr.splitlines() if line.startswith("error:")]
     assert errors == [f"error: flatcar.release: {row.tested_tag} is not supported: {row.reason}"]
-    assert "<== [1/16] preflight FAILED (exit code 2)" in r.stderr
+    assert "<== [1/17] preflight FAILED (exit code 2)" in r.stderr
     assert not (tmp_path / "build" / "scripts").exists()  # refused before the clone
 
 
