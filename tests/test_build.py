@@ -244,7 +244,7 @@ def test_full_build_runs_the_exact_sdk_commands_and_publishes_a_signed_release(p
 
     # Progress and logs.
     assert "==> [14/18] build-image-amd64-usr" in err
-    assert re.search(r"<== \[13/17\] build-image-amd64-usr ok in 0:00:\d\d", err)
+    assert re.search(r"<== \[14/18\] build-image-amd64-usr ok in 0:00:\d\d", err)
     log = (project.work / "logs" / "build-image-amd64-usr.log").read_text()
     assert "$ ./run_sdk_container -a all -- ./build_image --board=amd64-usr" in log
     assert "Done. Image(s) created in" in log
@@ -414,7 +414,7 @@ def test_live_progress_shows_step_elapsed_time_and_log_tail(
     )
     text = out.getvalue()
     assert re.search(
-        r"^\.\.\. \[11/16\] build-packages-amd64-usr 0:00:0\d \| build_packages: working, line \d+$",
+        r"^\.\.\. \[12/17\] build-packages-amd64-usr 0:00:0\d \| build_packages: working, line \d+$",
         text,
         re.M,
     )
