@@ -51,6 +51,14 @@ UpdateSigningKeyOption = Annotated[
         dir_okay=False,
     ),
 ]
+ProductionOption = Annotated[
+    bool,
+    typer.Option(
+        "--production",
+        help="Refuse (exit 2, also with --dry-run) unless release.update_key is set: production images "
+        "must not trust Flatcar's development key.",
+    ),
+]
 MirrorOption = Annotated[
     str | None,
     typer.Option(
@@ -98,6 +106,18 @@ def _context(
         config_file=config_path(config),
         update_signing_key=signing_key_path(update_signing_key),
     )
+
+
+def refuse_development_key(cfg: BuildConfig) -> None:
+    """``--production``: a user error when the images would trust Flatcar's development key."""
+    from piccolo_build.errors import PiccoloError
+
+    if cfg.release.update_key is None:
+        raise PiccoloError(
+            "--production: release.update_key is not set, the images would trust Flatcar's development "
+            "key, whose private half is public",
+            hint="make an update key pair (docs/release.md) and set release.update_key to its public key",
+        )
 
 
 def development_key_warning(cfg: BuildConfig) -> None:
@@ -277,27 +297,15 @@ def register(app: typer.Typer) -> None:
                 "and no update signing key is given (for release pipelines).",
             ),
         ] = False,
-        production: Annotated[
-            bool,
-            typer.Option(
-                "--production",
-                help="Refuse (exit 2, also with --dry-run) unless release.update_key is set: production "
-                "images must not trust Flatcar's development key.",
-            ),
-        ] = False,
+        production: ProductionOption = False,
         update_signing_key: UpdateSigningKeyOption = None,
     ) -> None:
         """Run the build: flatcar/scripts checkout, overlay, SDK steps per board, signed release."""
-        from piccolo_build.errors import PiccoloError
         from piccolo_build.sdk import Executor, Options
 
         cfg = load_for_cli(config, sets)
-        if production and cfg.release.update_key is None:
-            raise PiccoloError(
-                "--production: release.update_key is not set, the images would trust Flatcar's development "
-                "key, whose private half is public",
-                hint="make an update key pair (docs/release.md) and set release.update_key to its public key",
-            )
+        if production:
+            refuse_development_key(cfg)
         ctx = dataclasses.replace(
             _context(
                 config, work_dir, scripts_dir, scripts_url, sdk_image, update_signing_key=update_signing_key

@@ -8,7 +8,12 @@ from typing import Annotated
 
 import typer
 
-from piccolo_build.commands.build_cmd import UpdateSigningKeyOption, development_key_warning
+from piccolo_build.commands.build_cmd import (
+    ProductionOption,
+    UpdateSigningKeyOption,
+    development_key_warning,
+    refuse_development_key,
+)
 from piccolo_build.commands.config_cmd import ConfigOption, SetOption, load_for_cli
 
 ReleaseDir = Annotated[
@@ -28,9 +33,7 @@ def register(app: typer.Typer) -> None:
         config: ConfigOption = None,
         sets: SetOption = None,
         update_signing_key: UpdateSigningKeyOption = None,
-        production: Annotated[
-            bool, typer.Option("--production", help="Refuse unless release.update_key is set.")
-        ] = False,
+        production: ProductionOption = False,
         require_signature: Annotated[
             bool, typer.Option("--require-signature", help="Refuse unless release.signing_key is set.")
         ] = False,
@@ -42,11 +45,8 @@ def register(app: typer.Typer) -> None:
         from piccolo_build.errors import PiccoloError
 
         cfg = load_for_cli(config, sets)
-        if production and cfg.release.update_key is None:
-            raise PiccoloError(
-                "--production: release.update_key is not set, the images trust Flatcar's development key",
-                hint="set release.update_key to the public key the images were built to trust",
-            )
+        if production:
+            refuse_development_key(cfg)
         if require_signature and cfg.release.signing_key is None:
             raise PiccoloError(
                 "--require-signature: release.signing_key is not set, the release would not be gpg-signed",
