@@ -28,6 +28,7 @@ from piccolod.model import to_plain
 
 if TYPE_CHECKING:
     from piccolo_build.gentoo import OverlayFile
+    from cryptography.hazmat.primitives.asymmetric.rsa import RSAPublicKey
 
 
 @dataclass
@@ -94,9 +95,46 @@ def preflight(env: ActionEnv) -> str | None:
         env.log(f"signing key {env.cfg.release.signing_key} usable: fingerprint {fpr}")
     else:
         env.log("release.signing_key is not set: the release will not be signed")
+    _preflight_update_key(env)
     if env.cfg.flatcar.sdk_version and env.ctx.check_sdk_image:
         _check_image(env, env.cfg.flatcar.sdk_version)
     return fpr
+
+
+def _preflight_update_key(env: ActionEnv) -> None:
+    """The update signing key, when given: outside the build tree, readable, the half of
+    release.update_key. ``--require-signature`` wants it whenever release.update_key is set."""
+    from piccolo_build import signing
+
+    update_key = env.cfg.release.update_key
+    path = env.ctx.update_signing_key
+    if path is None:
+        if update_key and env.ctx.require_signature:
+            raise PiccoloError(
+                "--require-signature: release.update_key is set but no update signing key was given, the "
+                "update payloads would keep the SDK's development-key signature",
+                hint=f"set ${signing.KEY_VARIABLE} or --update-signing-key to the private key file",
+            )
+        if update_key:
+            env.log("no update signing key: sign the payloads later with `piccolo-build release sign`")
+        return
+    protected = {**release.protected_dirs(env.ctx), "release.output_dir": Path(env.cfg.release.output_dir)}
+    signing.check_key_location(path, protected)
+    key = signing.load_signing_key(path, _update_key_pem(env))
+    env.log(f"update signing key usable: the private half of {_key_id(key.public_key())}")
+
+
+def _update_key_pem(env: ActionEnv) -> bytes | None:
+    from piccolo_build.config import update_key_pem
+
+    path = env.cfg.release.update_key
+    return None if path is None else update_key_pem(path)
+
+
+def _key_id(key: RSAPublicKey) -> str:
+    from piccolo_build.payload import key_id
+
+    return key_id(key)
 
 
 def _check_image(env: ActionEnv, version: str) -> str:
@@ -318,6 +356,26 @@ def update_server(env: ActionEnv) -> str | None:
     return hashlib.sha256(script.read_bytes()).hexdigest()
 
 
+def update_key(env: ActionEnv) -> str | None:
+    from piccolo_build import aukey
+
+    pem = _update_key_pem(env)
+    if pem is None:
+        undone = aukey.reset(env.ctx.scripts_dir)
+        env.log(
+            f"release.update_key is not set: {aukey.PACKAGE} as the tag has it"
+            + (" (an earlier build's edits undone)" if undone else "")
+            + "; the images trust Flatcar's development key"
+        )
+        return None
+    changed, version = aukey.set_update_key(env.ctx.scripts_dir, pem)
+    env.log(
+        f"{aukey.PACKAGE}-{version} {'now installs' if changed else 'already installs'} release.update_key "
+        f"as {aukey.INSTALLED_KEY} on the board (USE=official); the SDK keeps its development keys"
+    )
+    return f"{version} {hashlib.sha256(pem).hexdigest()}"
+
+
 def _need(env: ActionEnv, step: str) -> str:
     value = env.results.get(step)
     if not value:
@@ -338,14 +396,30 @@ def collect(env: ActionEnv) -> str | None:
         config_sha256=config_digest(env.cfg),
     )
     images = {str(b): env.ctx.images_dir(str(b)) for b in env.cfg.boards}
+    if env.cfg.release.update_key is not None:
+        from piccolo_build import aukey
+
+        version = _need(env, "update-key").split(" ")[0]
+        for board, directory in sorted(images.items()):
+            env.log(f"{board}: {aukey.check_image_reports(directory, version)}")
     release.collect(images, env.ctx.dist_dir / sdist_name, info, env.ctx.staging_dir, env.log)
     return hashlib.sha256((env.ctx.staging_dir / release.SUMS).read_bytes()).hexdigest()
 
 
 def sign(env: ActionEnv) -> str | None:
-    fpr = _need(env, "preflight")
-    release.sign_release(env.ctx.staging_dir, fpr, env.log)
-    return fpr
+    from piccolo_build import signing
+
+    result = []
+    path = env.ctx.update_signing_key
+    if env.cfg.release.update_key is not None and path is not None:
+        key = signing.load_signing_key(path, _update_key_pem(env))
+        signing.sign_payloads(env.ctx.staging_dir, key, env.log)
+        result.append(_key_id(key.public_key()))
+    if env.cfg.release.signing_key:
+        fpr = _need(env, "preflight")
+        release.sign_release(env.ctx.staging_dir, fpr, env.log)
+        result.append(fpr)
+    return " ".join(result)
 
 
 def verify(env: ActionEnv) -> str | None:
@@ -354,6 +428,16 @@ def verify(env: ActionEnv) -> str | None:
         raise PiccoloError(f"{staging}: nothing staged to verify", hint="run the build --from collect")
     fpr = env.results.get("preflight") if env.cfg.release.signing_key else None
     release.verify_release(staging, fpr, env.log)
+    pem = _update_key_pem(env)
+    if pem is not None and env.ctx.update_signing_key is not None:
+        from piccolo_build import payload, signing
+
+        signing.verify_payloads(staging, payload.parse_public_key(pem), env.log)
+    elif pem is not None:
+        env.log(
+            "the update payloads still carry the SDK's development-key signature: sign them with "
+            "`piccolo-build release sign` before they go to an update server"
+        )
     out = Path(env.cfg.release.output_dir)
     release.publish(staging, out, release.protected_dirs(env.ctx))
     env.log(f"release verified and published in {out}")
@@ -371,6 +455,7 @@ ACTIONS: dict[Action, Callable[[ActionEnv], str | None]] = {
     Action.DISTFILES: distfiles,
     Action.RDEPEND: rdepend,
     Action.UPDATE_SERVER: update_server,
+    Action.UPDATE_KEY: update_key,
     Action.COLLECT: collect,
     Action.SIGN: sign,
     Action.VERIFY: verify,

@@ -70,6 +70,14 @@ def _root(
     help_without_command(ctx)
 
 
+def command_group(parent: typer.Typer, name: str, help_text: str) -> typer.Typer:
+    """A group of subcommands (``piccolo-build NAME ...``) that prints its help without a subcommand."""
+    group = typer.Typer(help=help_text, context_settings={"help_option_names": ["-h", "--help"]})
+    parent.add_typer(group, name=name)
+    group.callback(invoke_without_command=True)(help_without_command)
+    return group
+
+
 _registered = False
 
 

@@ -1,9 +1,9 @@
 """The builder's configuration: ``piccolo.yaml`` as a frozen, typed model.
 
 Key names (the contract other tools and the docs rely on): ``version``, ``boards``,
-``flatcar: {release, sdk_version}``, ``update: {group, server}``, ``package: {category, name, license}``,
-``release: {signing_key, output_dir}``, plus the ``health_policy`` and ``agent`` blocks of ``docs/agent.md``,
-validated by piccolod's own policy model.
+``flatcar: {release, releases, sdk_version}``, ``update: {group, server}``,
+``package: {category, name, license}``, ``release: {signing_key, update_key, output_dir}``, plus the
+``health_policy`` and ``agent`` blocks of ``docs/agent.md``, validated by piccolod's own policy model.
 
 Precedence: CLI flags (``overrides``: dotted key -> string) > ``PICCOLO_*`` environment (the dotted key
 upper-cased with ``.`` as ``_``: ``PICCOLO_FLATCAR_RELEASE``, ``PICCOLO_BOARDS``) > file > built-in
@@ -93,6 +93,8 @@ _SDK = re.compile(r"\d+\.\d+\.\d+([.+_-][A-Za-z0-9._+-]+)?")
 _URL_CHARS = re.compile(r"[A-Za-z0-9._:/%@+,=-]+")
 _KEY_ID = re.compile(r"[A-Za-z0-9@._+-]{1,128}")
 _REL_PATH = re.compile(r"[A-Za-z0-9._/+-]+")
+_KEY_PATH = re.compile(r"[A-Za-z0-9._/+@-]{1,4096}")
+MAX_KEY_FILE = 64 * 1024  # a PEM public key is under 2 KiB
 _STATE_DIR = re.compile(r"/var/lib/(?!\.\.?$)[A-Za-z0-9._-]+")  # one name; not . or ..
 
 
@@ -144,13 +146,35 @@ def update_url(value: str) -> str:
     return value
 
 
-def signing_key(value: str | None) -> str | None:
-    if value is None:
-        return None
-    _full(_KEY_ID, value, "GnuPG key (fingerprint, key id or e-mail)")
+def _not_an_option(value: str) -> str:
+    """A value passed to a program as an argument must not read as one of its options."""
     if value.startswith("-"):
         raise ValueError(f"must not start with '-': {value!r}")
     return value
+
+
+def signing_key(value: str | None) -> str | None:
+    if value is None:
+        return None
+    return _not_an_option(_full(_KEY_ID, value, "GnuPG key (fingerprint, key id or e-mail)"))
+
+
+def _releases(values: tuple[str, ...]) -> tuple[str, ...]:
+    for i, value in enumerate(values):
+        flatcar_release(value)
+        if value in values[:i]:
+            raise ValueError(f"'{value}' is listed twice")
+    return values
+
+
+def key_path(value: str | None) -> str | None:
+    """A file path (absolute, or relative to the current directory); its content is checked by
+    :meth:`BuildConfig.validate`."""
+    if value is None:
+        return None
+    return _not_an_option(
+        _full(_KEY_PATH, value, "file path (letters, digits, '.', '_', '+', '-', '/', '@')")
+    )
 
 
 def output_dir(value: str) -> str:
@@ -183,9 +207,20 @@ class Flatcar:
             check=flatcar_release,
         ),
     )
+    releases: tuple[str, ...] = field(
+        default=(),
+        metadata=meta(
+            "the releases CI builds, one build each (piccolo-build ci init); empty: just flatcar.release",
+            check=_releases,
+        ),
+    )
     sdk_version: str | None = field(
         default=None, metadata=meta("SDK container version; null uses the release's own", check=sdk_version)
     )
+
+    def build_releases(self) -> tuple[str, ...]:
+        """The releases a CI run builds: ``releases``, or ``release`` alone."""
+        return self.releases or (self.release,)
 
 
 @dataclass(frozen=True)
@@ -220,6 +255,14 @@ class Release:
         default=None,
         metadata=meta("GnuPG key that signs artefacts; null leaves them unsigned", check=signing_key),
     )
+    update_key: str | None = field(
+        default=None,
+        metadata=meta(
+            "PEM file of the RSA public key update payloads are signed for; the image trusts it alone."
+            " null: the image trusts Flatcar's development key (not for production)",
+            check=key_path,
+        ),
+    )
     output_dir: str = field(
         default="release", metadata=meta("where artefacts are collected", check=output_dir)
     )
@@ -249,6 +292,8 @@ class BuildConfig:
                 "must be /var/lib/<name> (letters, digits, '.', '_', '-'): the unit's StateDirectory= and"
                 f" the tmpfiles entry are made from it, got {self.agent.state_dir!r}",
             )
+        if self.release.update_key is not None:
+            update_key_pem(self.release.update_key)
         for path, value in _strings(self, ()):
             if "$(" in value or "`" in value or "${" in value:
                 raise FieldError(path, "must not contain '$(', '${' or backticks")
@@ -256,6 +301,23 @@ class BuildConfig:
                 safe_text(value)
             except ValueError as exc:
                 raise FieldError(path, str(exc)) from None
+
+
+def update_key_pem(path: str) -> bytes:
+    """``release.update_key``'s public key as the image carries it (PEM SubjectPublicKeyInfo, the form
+    update_engine reads); a :class:`FieldError` when the file is missing or not such a key."""
+    from piccolo_build import payload
+    from piccolod.model import read_bounded
+
+    where = ("release", "update_key")
+    try:
+        data = read_bounded(Path(path), MAX_KEY_FILE)
+    except ModelError as exc:
+        raise FieldError(where, f"{path}: {exc.message}") from None
+    try:
+        return payload.public_pem(payload.parse_public_key(data, path))
+    except ValueError as exc:
+        raise FieldError(where, str(exc)) from None
 
 
 def _strings(obj: Any, path: KeyPath) -> Iterator[tuple[KeyPath, str]]:
@@ -369,4 +431,5 @@ __all__ = [
     "Update",
     "env_name",
     "load_config",
+    "update_key_pem",
 ]

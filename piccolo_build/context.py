@@ -51,6 +51,9 @@ class BuildContext:
     check_sdk_image: bool = True  # check the SDK image through the Docker API before any SDK step
     distfiles_mirror: str | None = None  # replaces https://files.pythonhosted.org/packages/ in downloads
     require_signature: bool = False  # preflight fails when release.signing_key is null
+    # The private key update payloads are signed with in the release step (a file outside the build
+    # tree; --update-signing-key or $PICCOLO_UPDATE_SIGNING_KEY). Read, never copied or logged.
+    update_signing_key: Path | None = None
 
     @property
     def scripts_dir(self) -> Path:

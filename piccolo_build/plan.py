@@ -71,6 +71,7 @@ class Action(enum.StrEnum):
     DISTFILES = "distfiles"
     RDEPEND = "rdepend"
     UPDATE_SERVER = "update-server"
+    UPDATE_KEY = "update-key"
     COLLECT = "collect"
     SIGN = "sign"
     VERIFY = "verify"
@@ -243,6 +244,7 @@ def _prepare_steps(cfg: BuildConfig, ctx: BuildContext, facts: Facts) -> list[St
             always=True,
         ),
         _distfiles_step(ctx, facts),
+        _update_key_step(cfg, ctx),
         Step(
             "coreos-rdepend",
             f"add {facts.rdepend_atom} to RDEPEND of coreos-base/coreos and bump its -rN symlink",
@@ -261,6 +263,39 @@ def _prepare_steps(cfg: BuildConfig, ctx: BuildContext, facts: Facts) -> list[St
             always=True,
         ),
     ]
+
+
+def _update_key_step(cfg: BuildConfig, ctx: BuildContext) -> Step:
+    """The board's coreos-au-key made to install release.update_key alone (piccolo_build.aukey), or,
+    without one, left as the tag has it (an earlier build's edits undone)."""
+    from piccolo_build import aukey
+
+    outputs = (str(ctx.scripts_dir / aukey.PACKAGE_DIR), str(ctx.scripts_dir / aukey.PACKAGE_USE))
+    if cfg.release.update_key is None:
+        return Step(
+            "update-key",
+            f"release.update_key is not set: keep the tag's own {aukey.PACKAGE} (the images trust Flatcar's "
+            "development key, whose private half is public: not for production); undo the edits of an "
+            "earlier build with an update key",
+            Action.UPDATE_KEY,
+            outputs=outputs,
+            always=True,
+        )
+    from piccolo_build import payload
+    from piccolo_build.config import update_key_pem
+
+    key_id = payload.key_id(payload.parse_public_key(update_key_pem(cfg.release.update_key)))
+    return Step(
+        "update-key",
+        f"make the board's {aukey.PACKAGE} install release.update_key ({key_id}) as update_engine's "
+        f"only key, through the tree's own USE=official: its files/{aukey.KEY_FILE} becomes that key, "
+        f"'{aukey.USE_LINE}' goes into the board profiles' package.use (the SDK keeps its development "
+        "keys), and a -rN revision symlink makes portage build it",
+        Action.UPDATE_KEY,
+        inputs=(key_id,),
+        outputs=outputs,
+        always=True,
+    )
 
 
 def _distfiles_step(ctx: BuildContext, facts: Facts) -> Step:
@@ -377,33 +412,53 @@ def _board_steps(
 
 def _release_steps(cfg: BuildConfig, ctx: BuildContext) -> list[Step]:
     key = cfg.release.signing_key
+    resign = cfg.release.update_key is not None and ctx.update_signing_key is not None
     steps = [
         Step(
             "collect",
-            "copy images, update payloads and qemu_uefi images out; write SHA256SUMS and manifest.json",
+            "copy images, update payloads and qemu_uefi images out; write SHA256SUMS and manifest.json"
+            + (
+                "; check that build_image's package list names our coreos-au-key"
+                if cfg.release.update_key
+                else ""
+            ),
             Action.COLLECT,
             inputs=tuple(str(ctx.images_dir(b)) for b in cfg.boards),
             outputs=(str(ctx.staging_dir),),
             always=True,
         )
     ]
+    what = []
+    if resign:
+        what.append(
+            "sign each update payload for release.update_key with the private key in "
+            f"{ctx.update_signing_key} (read, never copied or logged) and update manifest.json and SHA256SUMS"
+        )
     if key is not None:
+        what.append(f"gpg --detach-sign --armor -u {key} SHA256SUMS and each update payload")
+    if what:
         steps.append(
             Step(
                 "sign",
-                f"gpg --detach-sign --armor -u {key} SHA256SUMS and each update payload",
+                "; then ".join(what),
                 Action.SIGN,
-                argv=("gpg", "--batch", "--yes", "--armor", "--detach-sign", "--local-user", key),
+                argv=("gpg", "--batch", "--yes", "--armor", "--detach-sign", "--local-user", key)
+                if key
+                else (),
                 inputs=(str(ctx.staging_dir),),
                 outputs=(str(ctx.staging_dir),),
                 always=True,
             )
         )
+    checks = ["check every checksum"]
+    if key:
+        checks.append("gpg --verify every signature")
+    if resign:
+        checks.append("verify every update payload against release.update_key as update_engine does")
     steps.append(
         Step(
             "verify",
-            ("check every checksum and gpg --verify every signature, " if key else "check every checksum, ")
-            + f"then move the release into {cfg.release.output_dir}",
+            ", ".join(checks) + f", then move the release into {cfg.release.output_dir}",
             Action.VERIFY,
             inputs=(str(ctx.staging_dir),),
             outputs=(cfg.release.output_dir,),

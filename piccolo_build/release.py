@@ -271,29 +271,30 @@ def check_sums(root: Path) -> int:
 # --- gpg ---------------------------------------------------------------------------------------
 
 
-def key_fingerprint(key: str) -> str:
-    """The fingerprint of the one secret key ``key`` names; a clear error when there is none."""
-    r = run(
-        ["gpg", "--batch", "--with-colons", "--list-secret-keys", "--", key], check=False, timeout=GPG_TIMEOUT
-    )
+def key_fingerprint(key: str, *, secret: bool = True) -> str:
+    """The fingerprint of the one secret (or, with ``secret=False``, public) key ``key`` names; a clear
+    error when there is none."""
+    listing = "--list-secret-keys" if secret else "--list-keys"
+    r = run(["gpg", "--batch", "--with-colons", listing, "--", key], check=False, timeout=GPG_TIMEOUT)
     fprs: list[str] = []
     after_sec = False
     for line in r.stdout.splitlines():
         fields = line.split(":")
-        if fields[0] == "sec":
+        if fields[0] == ("sec" if secret else "pub"):
             after_sec = True
         elif fields[0] == "fpr" and after_sec:
             fprs.append(fields[9])
             after_sec = False
+    kind = "secret" if secret else "public"
     if r.returncode != 0 or not fprs:
         home = os.environ.get("GNUPGHOME", "~/.gnupg")
         raise PiccoloError(
-            f"release.signing_key: no secret key {key!r} in the GnuPG home {home}",
+            f"release.signing_key: no {kind} key {key!r} in the GnuPG home {home}",
             hint="import the key (gpg --import) or set GNUPGHOME to the keyring that holds it",
         )
     if len(fprs) > 1:
         raise PiccoloError(
-            f"release.signing_key: {key!r} matches {len(fprs)} secret keys",
+            f"release.signing_key: {key!r} matches {len(fprs)} {kind} keys",
             hint="name the key by its full fingerprint",
         )
     return fprs[0]

@@ -196,6 +196,7 @@ def test_full_build_runs_the_exact_sdk_commands_and_publishes_a_signed_release(p
         "SHA256SUMS.asc",
         "amd64-usr/flatcar_production_image.bin",
         "amd64-usr/flatcar_production_image.vmlinuz",
+        "amd64-usr/flatcar_production_image_contents.txt",
         "amd64-usr/flatcar_production_image_packages.txt",
         "amd64-usr/flatcar_production_qemu_uefi.sh",
         "amd64-usr/flatcar_production_qemu_uefi_efi_code.qcow2",
@@ -261,8 +262,8 @@ def test_full_build_runs_the_exact_sdk_commands_and_publishes_a_signed_release(p
     assert not [m for m in listing if "piccolo_build" in m]
 
     # Progress and logs.
-    assert "==> [13/17] build-image-amd64-usr" in err
-    assert re.search(r"<== \[13/17\] build-image-amd64-usr ok in 0:00:\d\d", err)
+    assert "==> [14/18] build-image-amd64-usr" in err
+    assert re.search(r"<== \[14/18\] build-image-amd64-usr ok in 0:00:\d\d", err)
     log = (project.work / "logs" / "build-image-amd64-usr.log").read_text()
     assert "$ ./run_sdk_container -a all -- ./build_image --board=amd64-usr" in log
     assert "Done. Image(s) created in" in log
@@ -284,7 +285,7 @@ def test_a_second_build_skips_what_is_done_and_repairs_the_overlay(project: Proj
     ):
         assert f"{step}: done for the same inputs, skipped" in err
     assert "image-to-vm-amd64-usr: done for the same inputs, skipped" in err
-    assert "build finished: 12 steps ran, 5 skipped" in r.stdout
+    assert "build finished: 13 steps ran, 5 skipped" in r.stdout
     assert not stale.exists()  # the overlay step replaces package directories whole
     assert (project.out / "SHA256SUMS.asc").is_file()
 
@@ -443,12 +444,12 @@ def test_dry_run_runs_nothing(project: Project) -> None:
     _ok(r)
     assert not project.work.exists() or not project.scripts.exists()
     assert project.sdk_calls() == []
-    assert "[13/17] build-image-amd64-usr: would run: ./run_sdk_container -a all -- ./build_image" in r.stderr
+    assert "[14/18] build-image-amd64-usr: would run: ./run_sdk_container -a all -- ./build_image" in r.stderr
 
     _ok(project.build())
     project.fake.reset_calls()
     r = project.build("--dry-run")
-    assert "[13/17] build-image-amd64-usr: would skip" in r.stderr
+    assert "[14/18] build-image-amd64-usr: would skip" in r.stderr
     assert project.sdk_calls() == []
 
 
@@ -473,7 +474,7 @@ def test_live_progress_shows_step_elapsed_time_and_log_tail(
     )
     text = out.getvalue()
     assert re.search(
-        r"^\.\.\. \[11/16\] build-packages-amd64-usr 0:00:0\d \| build_packages: working, line \d+$",
+        r"^\.\.\. \[12/17\] build-packages-amd64-usr 0:00:0\d \| build_packages: working, line \d+$",
         text,
         re.M,
     )
@@ -484,7 +485,7 @@ def test_live_progress_shows_step_elapsed_time_and_log_tail(
         Options(from_step="build-packages-amd64-usr", to_step="build-packages-amd64-usr", tty=True)
     )
     drawn = tty.getvalue()
-    assert "\x1b[K... [11/16] build-packages-amd64-usr 0:00:0" in drawn
+    assert "\x1b[K... [12/17] build-packages-amd64-usr 0:00:0" in drawn
     assert re.search(r"\x1b\[K    build_packages: working, line \d+\n", drawn)
     assert "\x1b[4F\x1b[J" in drawn  # status line + 3 tail lines erased before the next draw
 
@@ -711,7 +712,7 @@ def test_a_newly_pinned_tag_is_fetched_into_an_existing_checkout(project: Projec
 def test_require_signature_fails_before_anything_when_no_key_is_set(project: Project) -> None:
     r = project.build("--require-signature", signed=False)
     assert r.returncode == 2, r.stdout + r.stderr
-    assert "<== [1/16] preflight FAILED (exit code 2)" in r.stderr
+    assert "<== [1/17] preflight FAILED (exit code 2)" in r.stderr
     errors = [line for line in r.stderr.splitlines() if line.startswith("error:")]
     assert errors == [
         "error: --require-signature: release.signing_key is not set, the release would be unsigned"

@@ -70,7 +70,7 @@ def test_render_then_check_passes_and_noop_keeps_mtimes(tmp_path: Path) -> None:
     assert snapshot(out) == before
     r = cli("check", "--config", DEFAULT_CONFIG, "--overlay", out)
     assert r.returncode == 0, r.stdout + r.stderr
-    assert r.stdout.count("ok  ") == 5
+    assert r.stdout.count("ok  ") == 6  # diff, systemd-analyze, bash -n, shellcheck, pkgcheck, workflow
 
 
 def test_committed_overlay_checks_clean() -> None:
@@ -204,11 +204,23 @@ def test_the_release_job_cannot_publish_an_unsigned_release() -> None:
     workflow = yaml.safe_load((ROOT / ".github" / "workflows" / "piccolo.yml").read_text())
     steps = workflow["jobs"]["release"]["steps"]
     names = [s.get("name", s.get("uses")) for s in steps]
-    build = next(s for s in steps if s.get("name") == "piccolo-build build")
-    assert "--require-signature" in build["run"].split()
-    assert build["env"]["PICCOLO_RELEASE_SIGNING_KEY"] == "${{ vars.PICCOLO_SIGNING_KEY_ID }}"
-    # The early check of the secret and the variable runs before anything is installed or built.
-    check = next(s for s in steps if s.get("name") == "the signing key is configured")
-    assert names.index("the signing key is configured") == 1
-    assert 'test -n "$SIGNING_KEY_ID"' in check["run"] and 'test -n "$SIGNING_KEY"' in check["run"]
+    sign = next(s for s in steps if s.get("name") == "piccolo-build release sign and verify")
+    assert "piccolo-build release sign --production --require-signature" in sign["run"]
+    assert sign["env"]["PICCOLO_RELEASE_SIGNING_KEY"] == "${{ vars.PICCOLO_SIGNING_KEY_ID }}"
+    # The early check of the secrets and the variable runs before anything is installed or signed.
+    check = next(s for s in steps if s.get("name") == "the signing keys are configured")
+    assert names.index("the signing keys are configured") == 0
+    for variable in ("UPDATE_SIGNING_KEY", "SIGNING_KEY", "SIGNING_KEY_ID"):
+        assert f'test -n "${variable}"' in check["run"]
     assert check["env"]["SIGNING_KEY_ID"] == "${{ vars.PICCOLO_SIGNING_KEY_ID }}"
+    assert check["env"]["UPDATE_SIGNING_KEY"] == "${{ secrets.PICCOLO_UPDATE_SIGNING_KEY }}"
+
+
+def test_release_sign_refuses_a_release_that_would_not_be_production(tmp_path: Path) -> None:
+    cases = (
+        ("--production", "release.update_key is not set"),
+        ("--require-signature", "signing_key is not set"),
+    )
+    for flag, message in cases:
+        r = cli("release", "sign", flag, tmp_path, "--config", DEFAULT_CONFIG, cwd=tmp_path)
+        assert r.returncode == 2 and message in r.stderr, r.stderr

@@ -43,10 +43,10 @@ def test_contract_key_names() -> None:
         "health_policy",
         "agent",
     ]
-    assert set(plain["flatcar"]) == {"release", "sdk_version"}
+    assert set(plain["flatcar"]) == {"release", "releases", "sdk_version"}
     assert set(plain["update"]) == {"group", "server"}
     assert set(plain["package"]) == {"category", "name", "license"}
-    assert set(plain["release"]) == {"signing_key", "output_dir"}
+    assert set(plain["release"]) == {"signing_key", "update_key", "output_dir"}
 
 
 def test_schema_rejects_extra_keys_and_lists_boards() -> None:

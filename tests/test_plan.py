@@ -43,6 +43,7 @@ def test_default_plan_order_and_commands() -> None:
         "tree-check",  # pkgcheck inside the checkout's real repositories, before any SDK step
         "bundle",
         "distfiles",
+        "update-key",  # without release.update_key: the tag's own coreos-au-key (development key)
         "coreos-rdepend",
         "update-server",  # build_image's set_lsb_release writes our SERVER= into update.conf
         "build-packages-amd64-usr",
@@ -100,7 +101,7 @@ def test_boards_sdk_version_group_and_signing_change_the_plan() -> None:
     )
     steps = plan(cfg, BuildContext(work_dir=Path("/w")), FACTS)
     names = [s.name for s in steps]
-    assert names[10:18] == [
+    assert names[11:19] == [
         f"{kind}-{board}"
         for board in ("amd64-usr", "arm64-usr")
         for kind in ("build-packages", "sysext-packages", "build-image", "image-to-vm")
@@ -238,7 +239,7 @@ def test_plan_command_prints_the_full_default_build_and_runs_nothing(tmp_path: P
     code, out = _cli("plan", "--config", str(ROOT / "piccolo.yaml"), cwd=tmp_path)
     assert code == 0, out
     numbered = re.findall(r"^\s*(\d+)\. (\S+) ", out, flags=re.M)
-    assert [int(i) for i, _ in numbered] == list(range(1, 17))
+    assert [int(i) for i, _ in numbered] == list(range(1, 18))
     assert [n for _, n in numbered] == [s.name for s in plan(_cfg(), BuildContext(), FACTS)]
     assert "$ ./run_sdk_container -a all -- ./build_image --board=amd64-usr --group=stable" in out
     assert "piccolod<separator>dev-lang/python&" in out  # our sysext entry, in the tree's syntax
@@ -296,9 +297,9 @@ def test_plan_json_matches_the_library(tmp_path: Path) -> None:
         "build-image-arm64-usr",
         "image-to-vm-arm64-usr",
     ]
-    assert steps[10]["name"] == "build-packages-arm64-usr"
-    assert steps[10]["argv"][0] == "./run_sdk_container"
-    assert steps[10]["cwd"] == "build/scripts"
+    assert steps[11]["name"] == "build-packages-arm64-usr"
+    assert steps[11]["argv"][0] == "./run_sdk_container"
+    assert steps[11]["cwd"] == "build/scripts"
     distfiles = next(s for s in steps if s["name"] == "distfiles")
     assert "build/distfiles/pyyaml-6.0.4.tar.gz" in distfiles["inputs"]
 

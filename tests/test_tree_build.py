@@ -68,7 +68,7 @@ def test_build_to_the_last_step_before_the_sdk_on_the_real_tree(
     seed_distfiles(locked_distfiles, tmp_path / "build")
     r = _build(flatcar, tmp_path, "--set", f"flatcar.release={tag}", "--to", "update-server")
     assert r.returncode == 0, r.stdout + r.stderr
-    assert r.stdout == "build finished: 10 steps ran, 0 skipped; output in build\n"
+    assert r.stdout == "build finished: 11 steps ran, 0 skipped; output in build\n"
     work, scripts = tmp_path / "build", tmp_path / "build" / "scripts"
 
     # A real clone of the repository the variable names, checked out at the tag's commit.
@@ -143,7 +143,7 @@ def test_a_release_that_does_not_build_is_refused_right_after_the_checkout(
     assert len(errors) == 1
     assert errors[0].startswith("error: step checkout failed with exit code 2 after ")
     assert f": flatcar.release: {tag} does not build: {UNSUPPORTED[tag]} (log: " in errors[0]
-    assert "<== [3/16] checkout FAILED (exit code 2)" in r.stderr
+    assert "<== [3/17] checkout FAILED (exit code 2)" in r.stderr
     # Read from the tree it checked out; nothing was copied into it.
     assert git(tmp_path / "build" / "scripts", "rev-parse", "HEAD") == git(
         flatcar.repo, "rev-parse", f"{tag}^{{commit}}"

@@ -43,6 +43,23 @@ NoImageCheckOption = Annotated[
         help="Do not check the SDK image through the Docker API first (run_sdk_container pulls it itself).",
     ),
 ]
+UpdateSigningKeyOption = Annotated[
+    Path | None,
+    typer.Option(
+        "--update-signing-key",
+        help="PEM private key the update payloads are signed with for release.update_key (default: "
+        "$PICCOLO_UPDATE_SIGNING_KEY); read in the release step, never copied or logged.",
+        dir_okay=False,
+    ),
+]
+ProductionOption = Annotated[
+    bool,
+    typer.Option(
+        "--production",
+        help="Refuse (exit 2, also with --dry-run) unless release.update_key is set: production images "
+        "must not trust Flatcar's development key.",
+    ),
+]
 MirrorOption = Annotated[
     str | None,
     typer.Option(
@@ -72,9 +89,16 @@ def facts(cfg: BuildConfig) -> Facts:
 
 
 def _context(
-    config: Path | None, work_dir: Path, scripts_dir: Path | None, scripts_url: str, sdk_image: str
+    config: Path | None,
+    work_dir: Path,
+    scripts_dir: Path | None,
+    scripts_url: str,
+    sdk_image: str,
+    *,
+    update_signing_key: Path | None = None,
 ) -> BuildContext:
     from piccolo_build.context import BuildContext
+    from piccolo_build.signing import signing_key_path
 
     return BuildContext(
         work_dir=work_dir,
@@ -82,7 +106,28 @@ def _context(
         scripts_url=scripts_url,
         sdk_image_repo=sdk_image,
         config_file=config_path(config),
+        update_signing_key=signing_key_path(update_signing_key),
     )
+
+
+def refuse_development_key(cfg: BuildConfig) -> None:
+    """``--production``: a user error when the images would trust Flatcar's development key."""
+    from piccolo_build.errors import PiccoloError
+
+    if cfg.release.update_key is None:
+        raise PiccoloError(
+            "--production: release.update_key is not set, the images would trust Flatcar's development "
+            "key, whose private half is public",
+            hint="make an update key pair (docs/release.md) and set release.update_key to its public key",
+        )
+
+
+def development_key_warning(cfg: BuildConfig) -> None:
+    """The one loud line, on stderr, when the images will trust Flatcar's development key."""
+    from piccolo_build.signing import DEVELOPMENT_KEY_WARNING
+
+    if cfg.release.update_key is None:
+        typer.echo(f"warning: {DEVELOPMENT_KEY_WARNING}", err=True)
 
 
 def _steps(cfg: BuildConfig, ctx: BuildContext, f: Facts, tree: TreeFacts | None = None) -> list[Step]:
@@ -204,6 +249,8 @@ def _resume(ctx: BuildContext, config: Path | None, sets: list[str] | None) -> s
         argv += ["--distfiles-mirror", ctx.distfiles_mirror]
     if ctx.require_signature:
         argv.append("--require-signature")
+    if ctx.update_signing_key is not None:
+        argv += ["--update-signing-key", str(ctx.update_signing_key)]
     return shlex.join(argv)
 
 
@@ -219,11 +266,15 @@ def register(app: typer.Typer) -> None:
         scripts_url: ScriptsUrlOption = DEFAULT_SCRIPTS_URL,
         sdk_image: SdkImageOption = DEFAULT_SDK_IMAGE,
         distfiles_mirror: MirrorOption = None,
+        update_signing_key: UpdateSigningKeyOption = None,
     ) -> None:
         """Print the ordered steps of a full build (commands, directories, inputs, outputs); run nothing."""
         cfg = load_for_cli(config, sets)
         ctx = dataclasses.replace(
-            _context(config, work_dir, scripts_dir, scripts_url, sdk_image), distfiles_mirror=distfiles_mirror
+            _context(
+                config, work_dir, scripts_dir, scripts_url, sdk_image, update_signing_key=update_signing_key
+            ),
+            distfiles_mirror=distfiles_mirror,
         )
         from piccolo_build.plan import tree_summary
 
@@ -233,7 +284,10 @@ def register(app: typer.Typer) -> None:
         sdk = sdk_summary(cfg, ctx)
         summary = tree_summary(tree, judge(ctx, f, tree))
         if as_json:
+            from piccolo_build.signing import DEVELOPMENT_KEY_WARNING
+
             doc = {
+                "warnings": [] if cfg.release.update_key else [DEVELOPMENT_KEY_WARNING],
                 "environment": environment(),
                 "sdk": sdk,
                 "tree": summary,
@@ -241,6 +295,7 @@ def register(app: typer.Typer) -> None:
             }
             typer.echo(json.dumps(doc, indent=2, sort_keys=True))
         else:
+            development_key_warning(cfg)
             typer.echo(render_plan(steps, sdk, summary), nl=False)
 
     @app.command("build")
@@ -268,16 +323,23 @@ def register(app: typer.Typer) -> None:
             bool,
             typer.Option(
                 "--require-signature",
-                help="Fail in preflight when release.signing_key is null (for release pipelines).",
+                help="Fail in preflight when release.signing_key is null, or when release.update_key is set "
+                "and no update signing key is given (for release pipelines).",
             ),
         ] = False,
+        production: ProductionOption = False,
+        update_signing_key: UpdateSigningKeyOption = None,
     ) -> None:
         """Run the build: flatcar/scripts checkout, overlay, SDK steps per board, signed release."""
         from piccolo_build.sdk import Executor, Options
 
         cfg = load_for_cli(config, sets)
+        if production:
+            refuse_development_key(cfg)
         ctx = dataclasses.replace(
-            _context(config, work_dir, scripts_dir, scripts_url, sdk_image),
+            _context(
+                config, work_dir, scripts_dir, scripts_url, sdk_image, update_signing_key=update_signing_key
+            ),
             allow_pull=pull,
             check_sdk_image=not no_sdk_image_check,
             distfiles_mirror=distfiles_mirror,
@@ -304,3 +366,4 @@ def register(app: typer.Typer) -> None:
                 cfg.release.output_dir if (to_step is None or to_step == steps[-1].name) else str(work_dir)
             )
             typer.echo(f"build finished: {ran} steps ran, {skipped} skipped; output in {where}")
+        development_key_warning(cfg)

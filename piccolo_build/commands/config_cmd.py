@@ -72,14 +72,9 @@ def load_for_cli(config: Path | None, sets: Sequence[str] | None = None) -> Buil
 
 
 def register(app: typer.Typer) -> None:
-    from piccolo_build.cli import help_without_command
+    from piccolo_build.cli import command_group
 
-    config = typer.Typer(
-        help="Show, validate and describe the build configuration.",
-        context_settings={"help_option_names": ["-h", "--help"]},
-    )
-    app.add_typer(config, name="config")
-    config.callback(invoke_without_command=True)(help_without_command)
+    config = command_group(app, "config", "Show, validate and describe the build configuration.")
 
     @config.command("show")
     def show(config_file: ConfigOption = None, sets: SetOption = None, as_json: JsonOption = False) -> None:

@@ -16,6 +16,7 @@ if TYPE_CHECKING:
     from piccolo_build.overlay import OverlayFile
 
 DEFAULT_OUTPUT = Path("overlays")
+WORKFLOW = Path(".github/workflows/piccolo.yml")  # piccolo_build.ci.workflow.DEFAULT_PATH
 
 
 def plan(cfg: BuildConfig, tree: Path | None = None) -> list[OverlayFile]:
@@ -59,7 +60,7 @@ def register(app: typer.Typer) -> None:
             typer.echo(f"{output}: {len(files)} files, {'updated' if changed else 'unchanged'}")
 
     @app.command("check")
-    def check(
+    def check(  # noqa: PLR0917 - Typer passes every option by keyword
         config_file: ConfigOption = None,
         sets: SetOption = None,
         overlay: Annotated[
@@ -76,16 +77,30 @@ def register(app: typer.Typer) -> None:
                 metavar="DIR",
             ),
         ] = None,
+        workflow: Annotated[
+            Path,
+            typer.Option(
+                "--workflow",
+                help="The CI workflow `piccolo-build ci init` wrote: it must equal a fresh one (checked "
+                "when the file exists and says it was generated).",
+                dir_okay=False,
+            ),
+        ] = WORKFLOW,
         as_json: JsonOption = False,
     ) -> None:
-        """Fail if OVERLAY differs from a fresh render; verify units and lint ebuilds."""
-        from piccolo_build.check import check_overlay
+        """Fail if OVERLAY (or the generated CI workflow) differs from a fresh render; verify units and
+        lint ebuilds."""
+        from piccolo_build.check import Step, check_overlay
+        from piccolo_build.ci import workflow as ci_workflow
 
         cfg = load_for_cli(config_file, sets)
         if tree is not None:
             tree_check(tree, plan(cfg, tree), [b.arch for b in cfg.boards], as_json=as_json)
             return
         report = check_overlay(cfg, plan(cfg), overlay)
+        if ci_workflow.is_generated(workflow):
+            diff = ci_workflow.drift(cfg, workflow)
+            report.steps.append(Step(f"workflow {workflow}", not diff, diff))
         if as_json:
             typer.echo(json.dumps(report.to_json(), indent=2))
         else:
@@ -98,7 +113,8 @@ def register(app: typer.Typer) -> None:
             failed = ", ".join(s.name for s in report.steps if not s.ok)
             raise PiccoloError(
                 f"check failed: {failed}",
-                hint="run `piccolo-build render` if the diff is intended",
+                hint="run `piccolo-build render` (overlay) or `piccolo-build ci init` (workflow) if the diff "
+                "is intended",
                 exit_code=1,
             )
 
