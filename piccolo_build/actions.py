@@ -27,8 +27,9 @@ from piccolo_build.versionfile import read_sdk_version, sdk_version_or_none
 from piccolod.model import to_plain
 
 if TYPE_CHECKING:
-    from piccolo_build.gentoo import OverlayFile
     from cryptography.hazmat.primitives.asymmetric.rsa import RSAPublicKey
+
+    from piccolo_build.gentoo import OverlayFile
 
 
 @dataclass
