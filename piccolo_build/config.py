@@ -267,6 +267,9 @@ def _strings(obj: Any, path: KeyPath) -> Iterator[tuple[KeyPath, str]]:
     elif isinstance(obj, tuple):
         for i, item in enumerate(obj):
             yield from _strings(item, (*path, i))
+    elif isinstance(obj, Mapping):  # the policy's checks of the operator's own
+        for key, item in obj.items():
+            yield from _strings(item, (*path, str(key)))
 
 
 # --- loading with precedence ---------------------------------------------------------------------

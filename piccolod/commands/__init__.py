@@ -28,8 +28,9 @@ def add_config_option(p: argparse.ArgumentParser) -> None:
         "--config",
         metavar="FILE",
         type=Path,
-        help="use exactly this policy file (default: the vendor policy "
-        "/usr/lib/piccolod/health-policy.yaml overridden key by key by /etc/piccolod/health-policy.yaml)",
+        help="use this policy file and the drop-in directories beside it (checks.d/, required.d/, "
+        "wanted.d/) instead of the vendor layer /usr/lib/piccolod/health-policy.yaml overridden by "
+        "the administrator's /etc/piccolod/health-policy.yaml",
     )
 
 
