@@ -36,6 +36,7 @@ _lock = threading.Lock()
 _READ = 64 * 1024
 _EXIT_POLL_SECONDS = 0.05  # how often a program whose output pipe stays open is asked whether it exited
 _DRAIN_READS = 16  # after the program exits: at most this many reads of what is still in the pipe
+_GROUP_GONE_SECONDS = 0.5  # how long a killed group may take to disappear before the check returns
 
 
 @dataclass(frozen=True)
@@ -113,6 +114,18 @@ def _kill_group(pgid: int) -> None:
         os.killpg(pgid, signal.SIGKILL)
 
 
+def _gone(pgid: int, within: float = _GROUP_GONE_SECONDS) -> None:
+    """Wait (bounded) until process group ``pgid`` is empty: SIGKILL takes effect when each member is
+    next scheduled, and the orphans are reaped by PID 1."""
+    end = time.monotonic() + within
+    while time.monotonic() < end:
+        try:
+            os.killpg(pgid, 0)
+        except (ProcessLookupError, PermissionError):
+            return
+        time.sleep(0.005)
+
+
 def run_check(argv: Sequence[str], timeout: float, env: Mapping[str, str], *, keep: int = 4096) -> Captured:
     """Run a check's program for at most ``timeout`` seconds (see the module's docstring).
 
@@ -172,6 +185,7 @@ def run_check(argv: Sequence[str], timeout: float, env: Mapping[str, str], *, ke
                     open_pipe = take(1)
         _kill_group(proc.pid)  # the program's leftovers, or all of it at the deadline
         proc.wait()
+        _gone(proc.pid)
     finally:
         if proc.poll() is None:
             _kill_group(proc.pid)
