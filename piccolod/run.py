@@ -126,6 +126,48 @@ def _gone(pgid: int, within: float = _GROUP_GONE_SECONDS) -> None:
         time.sleep(0.005)
 
 
+class _Tail:
+    """The last ``keep`` bytes a non-blocking pipe delivers, and how many it delivered in all."""
+
+    def __init__(self, fd: int, keep: int) -> None:
+        self.fd = fd
+        self.keep = keep
+        self.data = bytearray()
+        self.total = 0
+
+    def take(self, reads: int) -> bool:
+        """Read what the pipe holds, at most ``reads`` times; False at the end of the output."""
+        for _ in range(reads):
+            try:
+                chunk = os.read(self.fd, _READ)
+            except BlockingIOError:
+                return True
+            if not chunk:
+                return False
+            self.total += len(chunk)
+            self.data = (self.data + chunk)[-self.keep :] if self.keep else self.data
+        return True
+
+
+def _follow(pid: int, tail: _Tail, deadline: float) -> bool:
+    """Read the program's output until it exits or ``deadline`` passes; True if it is still running."""
+    with selectors.DefaultSelector() as sel:
+        sel.register(tail.fd, selectors.EVENT_READ)
+        open_pipe = True
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return not _exited(pid)
+            if _exited(pid):
+                if open_pipe:
+                    tail.take(_DRAIN_READS)
+                return False
+            if not open_pipe:  # it closed its output and runs on: wait, a poll at a time
+                time.sleep(min(left, _EXIT_POLL_SECONDS))
+            elif sel.select(min(left, _EXIT_POLL_SECONDS)):
+                open_pipe = tail.take(1)
+
+
 def run_check(argv: Sequence[str], timeout: float, env: Mapping[str, str], *, keep: int = 4096) -> Captured:
     """Run a check's program for at most ``timeout`` seconds (see the module's docstring).
 
@@ -145,44 +187,10 @@ def run_check(argv: Sequence[str], timeout: float, env: Mapping[str, str], *, ke
         _live.add(proc)
         _groups.add(proc.pid)
     assert proc.stdout is not None
-    fd = proc.stdout.fileno()
-    os.set_blocking(fd, False)
-    tail = bytearray()
-    total = 0
-    deadline = time.monotonic() + max(timeout, 0.0)
-    timed_out = False
-
-    def take(limit: int) -> bool:
-        """Read what the pipe holds, up to ``limit`` reads; False at the end of the output."""
-        nonlocal tail, total
-        for _ in range(limit):
-            try:
-                chunk = os.read(fd, _READ)
-            except BlockingIOError:
-                return True
-            if not chunk:
-                return False
-            total += len(chunk)
-            tail = (tail + chunk)[-keep:] if keep else tail
-        return True
-
+    os.set_blocking(proc.stdout.fileno(), False)
+    tail = _Tail(proc.stdout.fileno(), keep)
     try:
-        with selectors.DefaultSelector() as sel:
-            sel.register(fd, selectors.EVENT_READ)
-            open_pipe = True
-            while True:
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    timed_out = not _exited(proc.pid)
-                    break
-                if _exited(proc.pid):
-                    if open_pipe:
-                        take(_DRAIN_READS)
-                    break
-                if not open_pipe:  # it closed its output and runs on: wait, a poll at a time
-                    time.sleep(min(left, _EXIT_POLL_SECONDS))
-                elif sel.select(min(left, _EXIT_POLL_SECONDS)):
-                    open_pipe = take(1)
+        timed_out = _follow(proc.pid, tail, time.monotonic() + max(timeout, 0.0))
         _kill_group(proc.pid)  # the program's leftovers, or all of it at the deadline
         proc.wait()
         _gone(proc.pid)
@@ -195,7 +203,7 @@ def run_check(argv: Sequence[str], timeout: float, env: Mapping[str, str], *, ke
         with _lock:
             _live.discard(proc)
             _groups.discard(proc.pid)
-    return Captured(None if timed_out else proc.returncode, bytes(tail), total)
+    return Captured(None if timed_out else proc.returncode, bytes(tail.data), tail.total)
 
 
 def kill_all() -> int:

@@ -419,3 +419,51 @@ def test_json_match_equality_is_jsons() -> None:
     assert same("ok", "ok") and same(1, 1.0) and same(None, None) and same(True, True)
     assert not same(True, 1) and not same(1, True) and not same("1", 1) and not same(None, False)
     assert JsonMatch(field="a", equals=None).equals is None
+
+
+@pytest.mark.parametrize("end", ["low", "high"])
+def test_every_option_works_at_either_end_of_its_range(tmp_path: Path, end: str) -> None:
+    """Each option at its smallest and largest value: the policy loads, the engine and the hysteresis
+    run with it, and the verdict is an answer, not an exception (no OverflowError, no negative wait)."""
+    from piccolod.assess import Assessor
+    from piccolod.hysteresis import Hysteresis, Rule
+
+    low = end == "low"
+    options = {
+        "timeout_seconds": 0.05 if low else 3600,
+        "interval_seconds": 0.06 if low else 86400,
+        "failure_threshold": 1 if low else 1000,
+        "success_threshold": 1 if low else 1000,
+        "start_period_seconds": 0 if low else 86400,
+        "run_on": ["runtime"] if low else ["gate", "runtime"],
+    }
+    prog = script(tmp_path / "true", "exit 0")
+    text = yaml.safe_dump(
+        {
+            "health_policy": {
+                "startup": {"required_components": ["x", "u"], "optional_components": []},
+                "checks": {
+                    "x": {"kind": "exec", "command": [str(prog)], **options},
+                    "u": {
+                        "kind": "systemd_unit",
+                        "unit": "x.service",
+                        "max_restarts": 0 if low else 1_000_000,
+                    },
+                },
+            }
+        }
+    )
+    p = load_policy(write(tmp_path / "p.yaml", text))
+    eff = p.health_policy.options("x")
+    assert (eff.timeout_seconds, eff.interval_seconds) == (
+        options["timeout_seconds"],
+        options["interval_seconds"],
+    )
+    a = Assessor(
+        timeout_for=lambda name, pol: min(pol.health_policy.options(name).timeout_seconds, 2.0)
+    ).assess(p)
+    assert {r.component for r in a.results} == {"x", "u"}
+    rules = Hysteresis(
+        3, rules=lambda n: Rule(eff.failure_threshold, eff.success_threshold, eff.start_period_seconds)
+    )
+    assert rules.apply(a).status in {"healthy", "degraded", "unhealthy"}

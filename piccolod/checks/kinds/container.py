@@ -5,7 +5,8 @@ One request to the engine of ``checks.docker.host`` (as the built-in docker chec
 standard library): ``GET /containers/{name}/json``, by name or id. ``State.Running`` must be true;
 ``State.Health.Status`` (present only with a health check) ``healthy`` passes, ``unhealthy`` fails and
 ``starting`` is ``unknown`` (the gate keeps waiting); ``RestartCount`` (the engine's restarts under its
-restart policy) must not exceed ``max_restarts`` when that is set. No such container fails.
+restart policy) must not exceed ``max_restarts`` when that is set (judged first: a container in a
+restart loop is reported as that, whether or not it runs at the moment). No such container fails.
 """
 
 from __future__ import annotations
@@ -44,6 +45,16 @@ def check_container(  # noqa: PLR0911 - one return per verdict, in the order the
         health=str(health.get("Status"))[:32] if isinstance(health, dict) else None,
         restarts=restarts if isinstance(restarts, int) and not isinstance(restarts, bool) else None,
     )
+    if (
+        spec.max_restarts is not None
+        and details["restarts"] is not None
+        and details["restarts"] > spec.max_restarts
+    ):
+        return Outcome(
+            False,
+            f"container {spec.name} was restarted {details['restarts']} times, more than {spec.max_restarts}",
+            details,
+        )
     if state.get("Running") is not True:
         return Outcome(False, f"container {spec.name} is not running ({details['status']})", details)
     if details["health"] == "unhealthy":
@@ -54,16 +65,6 @@ def check_container(  # noqa: PLR0911 - one return per verdict, in the order the
             f"container {spec.name} is {details['health']} (its health check has not passed yet)",
             details,
             CheckState.UNKNOWN,
-        )
-    if (
-        spec.max_restarts is not None
-        and details["restarts"] is not None
-        and details["restarts"] > spec.max_restarts
-    ):
-        return Outcome(
-            False,
-            f"container {spec.name} was restarted {details['restarts']} times, more than {spec.max_restarts}",
-            details,
         )
     health_note = ", healthy" if details["health"] == "healthy" else ""
     return Outcome(True, f"container {spec.name} is running{health_note}", details)
