@@ -34,10 +34,11 @@ def add_config_option(p: argparse.ArgumentParser) -> None:
     )
 
 
-def load(args: argparse.Namespace) -> PolicyFile | None:
-    """The policy the command line asks for; prints the one-line error and returns None if it is bad."""
+def load(args: argparse.Namespace, *, lint: bool = True) -> PolicyFile | None:
+    """The policy the command line asks for; prints the one-line error and returns None if it is bad.
+    ``lint=False`` (``serve``) accepts a check whose program cannot run here: it runs as refused."""
     try:
-        return load_policy(args.config)
+        return load_policy(args.config, lint=lint)
     except ModelError as exc:
         print(printable(f"piccolod: {exc}"), file=sys.stderr)
         return None

@@ -69,7 +69,7 @@ def run(args: argparse.Namespace) -> int:
     logs.setup()
     policy_error: str | None = None
     if args.config is not None:
-        policy = load(args)
+        policy = load(args, lint=False)
         if policy is None:
             return EXIT_CANNOT_START
     else:
