@@ -243,3 +243,51 @@ def test_a_refused_script_is_shown_and_counts_against_the_machine(tmp_path: Path
         "20-notes": (CheckState.REFUSED, True),
     }
     assert a.status == "unhealthy"
+
+
+def test_serve_runs_a_refused_script_and_shows_it(tmp_path: Path) -> None:
+    """``piccolod serve`` (a real process) does not refuse the policy for a script it cannot run: it
+    runs the check as refused, which the health document and the metrics show. (In the gate, the refusal
+    also stops the wait for the other script: cancelled; at runtime every check is waited for.)"""
+    import json as json_
+
+    from tests.agent_helpers import free_port, get, wait_for
+    from tests.test_metrics import value
+
+    port = free_port()
+    policy = greenboot(tmp_path, {"10-ok": "exit 0"})
+    (tmp_path / "required.d" / "20-notes").write_text("no program\n")
+    policy.write_text(
+        "health_policy:\n"
+        "  startup: {timeout_seconds: 0.5, required_components: [], optional_components: []}\n"
+        "  runtime: {check_interval_seconds: 0.5}\n"
+        f"agent: {{listen: '127.0.0.1:{port}', state_dir: '{tmp_path / 'state'}', "
+        f"boot: {{cmdline: '{tmp_path / 'no-cmdline'}'}}}}\n"
+    )
+    log = tmp_path / "serve.log"
+    with log.open("wb") as out:  # a file, not a pipe nobody reads while the agent logs every check
+        proc = subprocess.Popen(
+            [*PICCOLOD, "serve", "--config", str(policy)], stdout=out, stderr=subprocess.STDOUT
+        )
+    try:
+
+        def runtime() -> bool:  # the gate (an unknown slot: fail closed) is over, a runtime run is in
+            try:
+                doc = json_.loads(get(port, "/api/v1/system/health", timeout=1)[2])
+            except (OSError, ValueError):
+                return False
+            return bool(doc["checks"]["10-ok"]["state"] == "passed")
+
+        wait_for(runtime, timeout=20, what="a runtime assessment")
+        doc = json_.loads(get(port, "/api/v1/system/health")[2])
+        metrics = get(port, "/metrics")[2].decode()
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+    assert proc.returncode == 0, log.read_text(errors="replace")[-2000:]
+    notes = doc["checks"]["20-notes"]
+    assert (notes["state"], notes["required"]) == ("refused", True)
+    script = tmp_path / "required.d" / "20-notes"
+    assert notes["reason"] == f"refused: {script} is not executable (chmod +x, and start it with a #! line)"
+    assert doc["checks"]["10-ok"]["state"] == "passed" and doc["status"] == "unhealthy"
+    assert value(metrics, "piccolod_check_state", component="20-notes", state="refused") == 1
