@@ -467,3 +467,21 @@ def test_every_option_works_at_either_end_of_its_range(tmp_path: Path, end: str)
         3, rules=lambda n: Rule(eff.failure_threshold, eff.success_threshold, eff.start_period_seconds)
     )
     assert rules.apply(a).status in {"healthy", "degraded", "unhealthy"}
+
+
+def test_the_documented_example_policy_is_valid(tmp_path: Path) -> None:
+    """docs/agent.md's example under "Checks of your own" loads as it is written."""
+    doc = (Path(__file__).resolve().parent.parent / "docs" / "agent.md").read_text()
+    section = doc.split("## Checks of your own", 1)[1]
+    example = section.split("```yaml\n", 1)[1].split("```", 1)[0]
+    hp = load_policy(write(tmp_path / "policy.yaml", example), lint=False).health_policy
+    assert hp.checked() == (
+        Component.DOCKER, Component.CONTAINERS, Component.TPM, Component.STORAGE, Component.API,
+        "ingest", "sock", "sshd", "web",
+    )  # fmt: skip
+    assert {d.name: d.disabled for d in hp.catalog() if d.disabled} == {
+        "network": "not named in startup.required_components or optional_components",
+        "app": "not named in startup.required_components or optional_components",
+        "ns": "not named in startup.required_components or optional_components",
+    }
+    assert hp.options("tpm").timeout_seconds == 20 and hp.options("ingest").interval_seconds == 300
