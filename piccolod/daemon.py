@@ -252,9 +252,7 @@ class Daemon:
     def run(self) -> int:
         if threading.current_thread() is threading.main_thread():
             self._install_signals()
-        for declared in self.policy.health_policy.catalog():
-            if not declared.enabled:
-                logs.log_disabled(declared)
+        logs.log_disabled(self.policy.health_policy.catalog())
         try:
             self.start_api()
             try:

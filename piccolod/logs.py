@@ -2,7 +2,7 @@
 
 :func:`setup` is called once at the entry point. :func:`log_check` writes one record per check with the
 fields docs/agent.md names (component, healthy, details, timestamp, boot_id) plus state, reason and
-duration; :func:`log_disabled` one per declared check that does not run. With a
+duration; :func:`log_disabled` one naming the declared checks that do not run. With a
 non-terminal stream every record is one JSON object per line, the extra fields at top level; on a
 terminal it is one human line per record.
 
@@ -17,6 +17,7 @@ import datetime
 import json
 import logging
 import sys
+from collections.abc import Iterable
 from typing import Any, TextIO
 
 from piccolod.policy import Declared
@@ -86,16 +87,15 @@ def verdict_word(result: CheckResult) -> str:
     return str(state) if not result.counted else str(state).upper()
 
 
-def log_disabled(declared: Declared, logger: logging.Logger | None = None) -> None:
-    """One record for a declared check that does not run (once, when the agent starts): never silent."""
+def log_disabled(declared: Iterable[Declared], logger: logging.Logger | None = None) -> None:
+    """One record, when the agent starts, naming every declared check that does not run and why (the
+    field ``disabled``: name -> reason): a check switched off is never silent."""
+    off = {d.name: d.disabled for d in declared if d.disabled is not None}
+    if not off:
+        return
     logger = logger or logging.getLogger(LOGGER)
-    fields = {
-        "component": declared.name,
-        "kind": declared.kind,
-        "state": "disabled",
-        "reason": declared.disabled,
-    }
-    logger.warning("check %s disabled: %s", declared.name, declared.disabled, extra={FIELDS: fields})
+    text = "; ".join(f"{name}: {why}" for name, why in off.items())
+    logger.warning("checks disabled: %s", text, extra={FIELDS: {"disabled": off}})
 
 
 def log_check(result: CheckResult, boot_id: str, logger: logging.Logger | None = None) -> None:

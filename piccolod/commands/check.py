@@ -25,16 +25,16 @@ EXIT_CODES = {Status.HEALTHY: 0, Status.DEGRADED: 1, Status.UNHEALTHY: 2}
 
 
 def render_text(assessment: Assessment, catalog: tuple[Declared, ...] = ()) -> str:
+    disabled = [d for d in catalog if d.disabled is not None]
+    width = max([10, *(len(r.component) for r in assessment.results), *(len(d.name) for d in disabled)])
     lines = [f"status: {assessment.status} ({assessment.duration_seconds:.3f}s)"]
     for r in assessment.results:
         verdict = verdict_word(r)
         weight = "required" if r.required else "optional"
-        lines.append(
-            f"  {r.component:<10} {verdict:<7} {weight:<8} {r.duration_seconds:7.3f}s  {printable(r.reason)}"
-        )
-    for d in catalog:
-        if d.disabled is not None:
-            lines.append(f"  {d.name:<10} {'disabled':<7} {'':<8} {'':>8}  {printable(d.disabled)}")
+        took = f"{r.duration_seconds:7.3f}s"
+        lines.append(f"  {r.component:<{width}} {verdict:<7} {weight:<8} {took}  {printable(r.reason)}")
+    for d in disabled:
+        lines.append(f"  {d.name:<{width}} {'disabled':<7} {'':<8} {'':>8}  {printable(d.disabled or '')}")
     return "\n".join(lines)
 
 
