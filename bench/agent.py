@@ -69,6 +69,7 @@ from piccolod.policy import Component, PolicyFile, TpmCheck  # noqa: E402
 from piccolod.result import Outcome, Status  # noqa: E402
 from tests.fixtures.daemons import BUSYBOX_IMAGE, Dockerd, Swtpm  # noqa: E402
 from tests.fixtures.gptdisk import USR_A, cmdline_for, gptprio_next, install_update, make_flatcar_image  # noqa: E402
+from tests.fixtures.httpserve import serving  # noqa: E402
 
 HEALTH = "/api/v1/system/health"
 DEADLINE = 2.0  # network and TPM deadline in the bench policy
@@ -731,14 +732,8 @@ def ready_server() -> Iterator[str]:
         def log_message(self, format: str, *args: object) -> None:
             pass
 
-    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Ready)
-    httpd.daemon_threads = True
-    threading.Thread(target=httpd.serve_forever, daemon=True).start()
-    try:
+    with serving(ThreadingHTTPServer(("127.0.0.1", 0), Ready)) as httpd:
         yield f"http://127.0.0.1:{httpd.server_address[1]}/ready"
-    finally:
-        httpd.shutdown()
-        httpd.server_close()
 
 
 def custom_checks(tmp: Path, n: int, target: str, url: str, container: str) -> dict[str, Any]:

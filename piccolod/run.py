@@ -29,6 +29,7 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 _live: set[subprocess.Popen[bytes]] = set()
 _groups: set[int] = set()  # process groups of check programs still running
@@ -56,21 +57,30 @@ class ChildTimeout(TimeoutError):
         self.stderr = stderr
 
 
-def run(argv: Sequence[str], timeout: float, env: Mapping[str, str]) -> Finished:
-    """Run ``argv`` with environment ``env`` for at most ``timeout`` seconds; kill it if it overruns.
-
-    Raises :class:`ChildTimeout` when killed at the deadline, :class:`OSError` when it cannot start.
-    """
+def _start(argv: Sequence[str], env: Mapping[str, str], **popen: Any) -> subprocess.Popen[bytes]:
+    """Start a child (no stdin, stdout piped) and remember it, with its process group when it has one
+    of its own, so that :func:`kill_all` finds it."""
     with _lock:
         proc = subprocess.Popen(
             list(argv),
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
             env=dict(env),
             close_fds=True,
+            **popen,
         )
         _live.add(proc)
+        if popen.get("start_new_session"):
+            _groups.add(proc.pid)
+    return proc
+
+
+def run(argv: Sequence[str], timeout: float, env: Mapping[str, str]) -> Finished:
+    """Run ``argv`` with environment ``env`` for at most ``timeout`` seconds; kill it if it overruns.
+
+    Raises :class:`ChildTimeout` when killed at the deadline, :class:`OSError` when it cannot start.
+    """
+    proc = _start(argv, env, stderr=subprocess.PIPE)
     try:
         try:
             out, err = proc.communicate(timeout=max(timeout, 0.0))
@@ -173,19 +183,7 @@ def run_check(argv: Sequence[str], timeout: float, env: Mapping[str, str], *, ke
 
     Raises :class:`OSError` when it cannot start (ENOEXEC: no ``#!`` line, EACCES...).
     """
-    with _lock:
-        proc = subprocess.Popen(
-            list(argv),
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            env=dict(env),
-            cwd="/",
-            close_fds=True,
-            start_new_session=True,
-        )
-        _live.add(proc)
-        _groups.add(proc.pid)
+    proc = _start(argv, env, stderr=subprocess.STDOUT, cwd="/", start_new_session=True)
     assert proc.stdout is not None
     os.set_blocking(proc.stdout.fileno(), False)
     tail = _Tail(proc.stdout.fileno(), keep)

@@ -23,6 +23,7 @@ from piccolod.checkspec import DnsCheck, HttpCheck, JsonMatch, TcpCheck
 from piccolod.policy import PolicyFile
 from piccolod.result import Outcome
 from tests.fixtures.dnsns import in_netns
+from tests.fixtures.httpserve import serving
 from tests.test_checks_network import black_hole, listener, refused  # noqa: F401 - fixtures
 
 POLICY = PolicyFile()
@@ -90,15 +91,11 @@ def server6() -> Iterator[str]:
 def _serve(cls: type[ThreadingHTTPServer], host: str, shown: str) -> Iterator[str]:
     release = threading.Event()
     handler = type("H", (Handler,), {"release": release})
-    httpd = cls((host, 0), handler)
-    httpd.daemon_threads = True
-    threading.Thread(target=httpd.serve_forever, daemon=True).start()
-    try:
-        yield f"http://{shown}:{httpd.server_address[1]}"
-    finally:
-        release.set()
-        httpd.shutdown()
-        httpd.server_close()
+    with serving(cls((host, 0), handler)) as httpd:
+        try:
+            yield f"http://{shown}:{httpd.server_address[1]}"
+        finally:
+            release.set()  # before the shutdown: a handler may be waiting on it
 
 
 def http(url: str, timeout: float = 3.0, **kw: Any) -> tuple[Outcome, float]:
