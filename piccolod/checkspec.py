@@ -66,6 +66,7 @@ class Phase(enum.StrEnum):
     RUNTIME = "runtime"
 
 
+BUILT_IN = frozenset(c.value for c in Component)
 NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 RESERVED = frozenset({"piccolod"})  # the agent's own entry in the health document
 
@@ -85,7 +86,7 @@ def check_name(value: str) -> str:
         )
     if value in RESERVED:
         raise ValueError(f"{value!r} is the agent's own name, not a check")
-    return Component(value) if value in Component.__members__.values() else value
+    return Component(value) if value in BUILT_IN else value
 
 
 def _run_on(values: tuple[Phase, ...]) -> tuple[Phase, ...]:
@@ -433,7 +434,7 @@ class Checks:
 
     def spec(self, name: str) -> AnyCheck | None:
         """The settings of check ``name`` (None: no such check)."""
-        if name in Component.__members__.values():
+        if name in BUILT_IN:
             found: AnyCheck = getattr(self, str(name))
             return found
         return self.custom.get(name)

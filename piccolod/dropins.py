@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from piccolod.checkspec import Component, Kind, check_name
+from piccolod.checkspec import BUILT_IN, Component, Kind, check_name
 from piccolod.model import KeyPath, MissingFile, ModelError, Source, load_file
 
 CHECKS_DIR = "checks.d"
@@ -149,7 +149,7 @@ def read_layer(policy: Path, directory: Path | None, *, must_exist: bool = False
         return layer
     defined = _Definitions()
     for name in _checks_of(data) or {}:
-        if name not in Component.__members__.values():
+        if name not in BUILT_IN:
             defined.add(name, f"{policy}:{src.locate((*CHECKS, name))[1] or '?'}")
     checks, layer.weights = _dropins(directory, defined, src)
     if checks:
