@@ -19,7 +19,12 @@ It prints four figures against their targets:
    the agent's RSS growth (< 2 MB), its open descriptors, and how long it takes to recover;
 6. the first-boot gate of a real ``piccolod serve`` (an sgdisk GPT image, the booted slot unmarked) under
    each attack: the TPM comes up only after the attack is in full swing, so the gate's assessment that
-   must pass runs while the agent is under attack; it passes when ``READY=1`` arrives and no reboot.
+   must pass runs while the agent is under attack; it passes when ``READY=1`` arrives and no reboot;
+7. ``--custom N`` checks of the operator's own (``exec`` programs sleeping 20 to 200 ms, ``http``
+   against a local server, ``tcp``, ``dns`` and ``container``) in one assessment vs the slowest of them
+   alone (about 1x: they run in parallel);
+8. the resident memory of ``piccolod serve`` running the six built-in checks and those N every second
+   for ``--custom-soak-seconds`` (<= 25 MiB).
 
 The TPM check runs its probe in a child process (``piccolod/checks/tpm_probe.py``); the cost of that
 child is printed with figure 1 (wall time, CPU and peak resident memory per TPM check), and figure 4 adds
@@ -31,6 +36,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import http.client
+import json
 import multiprocessing
 import os
 import shutil
@@ -56,13 +62,14 @@ sys.path.insert(0, str(ROOT))
 from piccolod import run as child  # noqa: E402
 from piccolod.api import listen_socket  # noqa: E402
 from piccolod.assess import Assessor, Check  # noqa: E402
-from piccolod.checks import CHECKS, timeout_for  # noqa: E402
+from piccolod.checks import CHECKS, check_for, timeout_for  # noqa: E402
 from piccolod.daemon import Daemon, ready_after_first_assessment  # noqa: E402
 from piccolod.model import Source, build  # noqa: E402
 from piccolod.policy import Component, PolicyFile, TpmCheck  # noqa: E402
 from piccolod.result import Outcome, Status  # noqa: E402
 from tests.fixtures.daemons import BUSYBOX_IMAGE, Dockerd, Swtpm  # noqa: E402
 from tests.fixtures.gptdisk import USR_A, cmdline_for, gptprio_next, install_update, make_flatcar_image  # noqa: E402
+from tests.fixtures.httpserve import serving  # noqa: E402
 
 HEALTH = "/api/v1/system/health"
 DEADLINE = 2.0  # network and TPM deadline in the bench policy
@@ -183,8 +190,8 @@ print(json.dumps([statistics.median(walls), max(walls), (ru.ru_utime + ru.ru_sti
 
 
 def bench_assessment(policy: PolicyFile, runs: int) -> int:
-    singles: dict[Component, float] = {}
-    cpu: dict[Component, float] = {}
+    singles: dict[str, float] = {}
+    cpu: dict[str, float] = {}
     for comp in policy.health_policy.checked():
         check, timeout = CHECKS[comp], timeout_for(comp, policy)
         check(policy, timeout)  # warm-up (imports, first connections)
@@ -270,7 +277,7 @@ def bench_hang(policy: PolicyFile, runs: int) -> None:
         release.wait()
         return Outcome(True, "released")
 
-    checks: dict[Component, Check] = dict(CHECKS)
+    checks: dict[str, Check] = dict(CHECKS)
     checks[Component.TPM] = hang
     deadline = timeout_for(Component.TPM, policy)
     times = []
@@ -671,6 +678,7 @@ def start_container(dockerd: Dockerd) -> None:
         c = client.containers.run(
             BUSYBOX_IMAGE,
             ["sleep", "36000"],
+            name=BENCH_CONTAINER,
             detach=True,
             healthcheck={"test": ["CMD", "true"], "interval": 1_000_000_000, "retries": 1},
         )
@@ -702,6 +710,130 @@ def bench_engine(tmp: Path, dockerd: Dockerd, swtpm: Swtpm, target: str, args: a
     return tpm_peak
 
 
+# --- 7 and 8: checks of the operator's own ---------------------------------------------------------------
+
+SCRIPT_SLEEPS = (0.02, 0.05, 0.1, 0.15, 0.2)
+BENCH_CONTAINER = "pbench-app"
+
+
+@contextmanager
+def ready_server() -> Iterator[str]:
+    """A 127.0.0.1 HTTP server answering ``/ready`` with ``{"status": "ok"}``, for the http checks."""
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    class Ready(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            body = b'{"status": "ok"}'
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, format: str, *args: object) -> None:
+            pass
+
+    with serving(ThreadingHTTPServer(("127.0.0.1", 0), Ready)) as httpd:
+        yield f"http://127.0.0.1:{httpd.server_address[1]}/ready"
+
+
+def custom_checks(tmp: Path, n: int, target: str, url: str, container: str) -> dict[str, Any]:
+    """``n`` checks of every kind but systemd_unit (no systemd here), half exec programs."""
+    bin_dir = tmp / "bin"
+    bin_dir.mkdir(exist_ok=True)
+    others: list[dict[str, Any]] = [
+        {"kind": "http", "url": url, "json": {"field": "status", "equals": "ok"}},
+        {"kind": "tcp", "address": target},
+        {"kind": "dns", "name": "localhost"},
+        {"kind": "container", "name": container},
+    ]
+    checks: dict[str, Any] = {}
+    for i in range(n):
+        if i % 2 == 0:
+            sleep = SCRIPT_SLEEPS[(i // 2) % len(SCRIPT_SLEEPS)]
+            prog = bin_dir / f"check-{i}"
+            prog.write_text(f"#!/bin/sh\nsleep {sleep}\necho ok\n")
+            prog.chmod(0o755)
+            checks[f"c{i:02d}"] = {"kind": "exec", "command": [str(prog)]}
+        else:
+            checks[f"c{i:02d}"] = json.loads(json.dumps(others[(i // 2) % len(others)]))  # no YAML aliases
+    return checks
+
+
+def custom_policy_data(base: dict[str, Any], checks: dict[str, Any]) -> dict[str, Any]:
+    """``base`` with ``checks`` declared and named optional."""
+    hp = base["health_policy"]
+    startup = {**hp["startup"], "optional_components": [*hp["startup"]["optional_components"], *checks]}
+    return {**base, "health_policy": {**hp, "startup": startup, "checks": {**hp["checks"], **checks}}}
+
+
+def bench_custom(tmp: Path, dockerd: Dockerd, swtpm: Swtpm, target: str, args: argparse.Namespace) -> None:
+    with ready_server() as url:
+        checks = custom_checks(tmp, args.custom, target, url, BENCH_CONTAINER)
+        port = free_port()
+        base = policy_data(tmp, dockerd.host, swtpm.tcti, target, port, interval=3600)
+        only_custom = custom_policy_data(base, checks)
+        only_custom["health_policy"]["startup"] = {
+            "required_components": [],
+            "optional_components": list(checks),
+        }
+        policy = build(PolicyFile, only_custom, Source("<bench>"))
+        singles: dict[str, float] = {}
+        for name in checks:
+            check, timeout = check_for(name, policy), timeout_for(name, policy)
+            assert check is not None
+            check(policy, timeout)
+            times = []
+            for _ in range(args.runs):
+                t0 = time.perf_counter()
+                out = check(policy, timeout)
+                times.append(time.perf_counter() - t0)
+                if not out.healthy:
+                    raise SystemExit(f"bench set-up broken: {name} is not healthy: {out.reason}")
+            singles[name] = statistics.median(times)
+        assessor = Assessor()
+        walls = []
+        for _ in range(args.runs):
+            t0 = time.perf_counter()
+            a = assessor.assess(policy)
+            walls.append(time.perf_counter() - t0)
+            if a.status is not Status.HEALTHY:
+                raise SystemExit(f"bench set-up broken: {a.failing()}")
+        slowest = max(singles, key=singles.__getitem__)
+        wall = statistics.median(walls)
+        kinds = sorted({str(c["kind"]) for c in checks.values()})
+        print(
+            f"7. {len(checks)} checks of the operator's own ({', '.join(kinds)}) in one assessment: "
+            f"{ms(wall)} median over {args.runs}, the slowest alone ({slowest}) {ms(singles[slowest])}, "
+            f"sum of all alone {ms(sum(singles.values()))}: {wall / singles[slowest]:.2f}x the slowest  "
+            f"target about 1x (<= 1.2x)  {verdict(wall <= 1.2 * singles[slowest])}"
+        )
+        config = tmp / "custom-policy.yaml"
+        data = custom_policy_data(policy_data(tmp, dockerd.host, swtpm.tcti, target, port, 1.0), checks)
+        config.write_text(yaml.safe_dump(data))
+        log = tmp / "custom-serve.log"
+        proc = serve(config, log=log)
+        try:
+            try:
+                wait_answering(port, proc)
+            except SystemExit:
+                print(log.read_text()[-3000:])
+                raise
+            time.sleep(2)
+            rss_start, _ = rss_kib(proc.pid)
+            time.sleep(args.custom_soak_seconds)
+            rss, hwm = rss_kib(proc.pid)
+            assessments = metric(port, "piccolod_assessments_total")
+            threads = status_kib(proc.pid, "Threads")[0]
+        finally:
+            stop_serve(proc)
+        print(
+            f"8. resident memory of piccolod serve with the six built-in checks and {len(checks)} more, all "
+            f"every 1 s: {rss_start / 1024:.1f} MiB after start, {rss / 1024:.1f} MiB after "
+            f"{args.custom_soak_seconds:g} s more ({assessments:g} assessments), peak {hwm / 1024:.1f} MiB, "
+            f"{threads} threads  target <= 25 MiB  {verdict(rss <= 25 * 1024)}"
+        )
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
     ap.add_argument("--runs", type=int, default=10, help="repetitions for figures 1 and 2 (default 10)")
@@ -715,9 +847,11 @@ def main() -> None:
     )
     ap.add_argument("--no-gate", action="store_true", help="skip figure 6")
     ap.add_argument(
-        "--only", choices=("all", "memory", "attacks"), default="all",
-        help="memory: figures 3 and 4; attacks: figures 5 and 6 (default: all six)",
+        "--only", choices=("all", "memory", "attacks", "custom"), default="all",
+        help="memory: figures 3 and 4; attacks: figures 5 and 6; custom: 7 and 8 (default: all)",
     )  # fmt: skip
+    ap.add_argument("--custom", type=int, default=20, help="checks of the operator's own for 7 and 8")
+    ap.add_argument("--custom-soak-seconds", type=float, default=60.0)
     ap.add_argument("--serve-nice", type=int, default=0, help="run piccolod serve at this nice value")
     args = ap.parse_args()
     global SERVE_NICE  # noqa: PLW0603 - one knob for every piccolod serve this run starts
@@ -755,6 +889,8 @@ def main() -> None:
                         bench_attacks(tmp, dockerd, swtpm, target, args.attack_seconds, names)
                         if not args.no_gate:
                             bench_gate_attacks(tmp, swtpm, names)
+                    if args.only in ("all", "custom"):
+                        bench_custom(tmp, dockerd, swtpm, target, args)
             finally:
                 swtpm.stop()
         finally:

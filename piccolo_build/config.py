@@ -325,10 +325,14 @@ def _strings(obj: Any, path: KeyPath) -> Iterator[tuple[KeyPath, str]]:
         yield path, str(obj)
     elif is_dataclass(obj) and not isinstance(obj, type):
         for f in fields(obj):
-            yield from _strings(getattr(obj, f.name), (*path, f.name))
+            # The keys of the operator's own (the policy's checks) sit beside the fields, as in the file.
+            yield from _strings(getattr(obj, f.name), path if f.metadata.get("extra") else (*path, f.name))
     elif isinstance(obj, tuple):
         for i, item in enumerate(obj):
             yield from _strings(item, (*path, i))
+    elif isinstance(obj, Mapping):  # the policy's checks of the operator's own
+        for key, item in obj.items():
+            yield from _strings(item, (*path, str(key)))
 
 
 # --- loading with precedence ---------------------------------------------------------------------

@@ -8,9 +8,13 @@
    :func:`ready_after_first_assessment`, runs one assessment and then sends ``READY=1``; the first-boot
    gate replaces it (it may assess repeatedly, update :class:`~piccolod.state.State`, count outcomes in
    :class:`~piccolod.metrics.Metrics`, call :meth:`Daemon.ready` or never do so);
-4. the runtime loop: an assessment every ``check_interval_seconds`` through the
-   :class:`~piccolod.hysteresis.Hysteresis` filter, one log record per check, metrics, ``STATUS=``, and
-   ``WATCHDOG=1`` from this same loop when systemd asked for a watchdog.
+4. the runtime loop: each check every ``interval_seconds`` of its own (``check_interval_seconds`` unless
+   it says otherwise; checks that are due together run together, in one assessment that carries the
+   others' last results), through the :class:`~piccolod.hysteresis.Hysteresis` filter, one log record
+   per check that ran, metrics, ``STATUS=``, and ``WATCHDOG=1`` from this same loop when systemd asked
+   for a watchdog.
+
+Every declared check that does not run is logged once at the start, with why.
 
 SIGTERM/SIGINT send ``STOPPING=1``, end any wait at once (an assessment in progress is cancelled, not
 waited for: :meth:`Assessor.cancel <piccolod.assess.Assessor.cancel>`), kill the checks' helper processes,
@@ -26,15 +30,18 @@ import socket
 import threading
 import time
 from collections.abc import Callable, Mapping
+from dataclasses import replace
 from types import FrameType
 
 from piccolod import document, logs, notify
 from piccolod import run as child
 from piccolod.api import ApiServer, Response, listen_socket, publish, unpublish
-from piccolod.assess import Assessment, Assessor, Cancelled
-from piccolod.hysteresis import Hysteresis
+from piccolod.assess import Assessment, Assessor, Cancelled, verdict
+from piccolod.checkspec import Phase
+from piccolod.hysteresis import Hysteresis, Rule
 from piccolod.metrics import CONTENT_TYPE, GateOutcome, Metrics
 from piccolod.policy import PolicyFile
+from piccolod.result import CheckResult
 from piccolod.state import State
 
 log = logging.getLogger("piccolod")
@@ -80,9 +87,9 @@ class Daemon:
         self.gate = gate
         self.env = env
         self.facts = facts if facts is not None else document.current_facts(hp.checks.storage.mounts)
-        self.state = State(self.facts, hp.checked(), policy_error)
-        self.metrics = Metrics(hp.checked())
-        self.hysteresis = Hysteresis(hp.runtime.failure_threshold)
+        self.state = State(self.facts, hp.checked(), policy_error, hp.catalog())
+        self.metrics = Metrics(hp.checked(), hp.catalog())
+        self.hysteresis = Hysteresis(hp.runtime.failure_threshold, rules=self._rule)
         self.stopping = threading.Event()
         self.is_ready = threading.Event()
         self.watchdog = notify.watchdog_seconds(env)
@@ -99,6 +106,8 @@ class Daemon:
         self.server: ApiServer | None = None
         self._last_assessment = 0.0
         self._last_ping = 0.0
+        self._due: dict[str, float] = {}  # when each check runs next at runtime (time.monotonic())
+        self._last: dict[str, CheckResult] = {}  # each check's last raw result, gate or runtime
 
     # --- what the gate hook may use -----------------------------------------------------------------
 
@@ -114,23 +123,62 @@ class Daemon:
         self.notify(notify.READY, f"STATUS={text}")
         log.info("ready: %s", text)
 
-    def assess(self, *, hysteresis: bool = True) -> Assessment:
+    def _rule(self, name: str) -> Rule:
+        eff = self.policy.health_policy.options(name)
+        return Rule(eff.failure_threshold, eff.success_threshold, eff.start_period_seconds)
+
+    def assess(
+        self,
+        *,
+        hysteresis: bool = True,
+        phase: Phase = Phase.RUNTIME,
+        stop_on_required_failure: bool = False,
+        names: tuple[str, ...] | None = None,
+    ) -> Assessment:
         """Run one assessment, log each check, publish it to metrics, state and systemd; return it raw.
 
         With ``hysteresis=False`` (the startup gate) failures count at once and the failure counters
-        of the runtime filter are left alone.
+        of the runtime filter are left alone. ``names``: run only these checks (those due); the others
+        carry their last result into the assessment.
         """
-        raw = self.assessor.assess(self.policy)
-        for res in raw.results:
+        hp = self.policy.health_policy
+        if names is not None:  # the checks that never run in this phase are reported skipped
+            names = (*names, *(n for n in hp.checked() if not hp.runs_in(n, phase) and n not in names))
+        ran = self.assessor.assess(
+            self.policy, names, phase=phase, stop_on_required_failure=stop_on_required_failure
+        )
+        now = time.monotonic()
+        fresh = {r.component for r in ran.results if r.counted}
+        for res in ran.results:
             logs.log_check(res, self.facts.boot_id)
-        effective = self.hysteresis.apply(raw) if hysteresis else raw
+            self._last[res.component] = res
+            if res.component in fresh:
+                self._due[res.component] = now + hp.options(res.component).interval_seconds
+        raw = ran if names is None else self._whole(ran)
+        effective = self.hysteresis.apply(raw, fresh) if hysteresis else raw
         failures = dict(self.hysteresis.failures) if hysteresis else None
-        self.metrics.observe(effective, failures)
+        self.metrics.observe(effective, failures, fresh)
         self.state.update(assessment=effective, raw=raw)
-        self._last_assessment = time.monotonic()
+        self._last_assessment = now
         self.notify(f"STATUS={status_line(effective)}")
         self.ping_watchdog(force=True)
         return raw
+
+    def _whole(self, ran: Assessment) -> Assessment:
+        """``ran`` (some checks) completed with the last result of every other check the policy runs."""
+        hp = self.policy.health_policy
+        results = tuple(self._last[n] for n in hp.checked() if n in self._last)
+        return replace(ran, status=verdict(results, ran.optional_all_failed), results=results)
+
+    def due(self) -> tuple[tuple[str, ...], float]:
+        """The runtime checks due now, and (when none is) the seconds until the next one is."""
+        hp = self.policy.health_policy
+        names = [n for n in hp.checked() if hp.runs_in(n, Phase.RUNTIME)]
+        now = time.monotonic()
+        ready = tuple(n for n in names if self._due.get(n, 0.0) <= now)
+        if ready or not names:
+            return ready, 0.0 if ready else hp.runtime.check_interval_seconds
+        return (), min(self._due[n] for n in names) - now
 
     def sleep(self, seconds: float) -> bool:
         """Wait up to ``seconds``, keeping the watchdog fed; True if the agent is stopping."""
@@ -190,19 +238,21 @@ class Daemon:
         return self.server
 
     def loop(self) -> None:
-        interval = self.policy.health_policy.runtime.check_interval_seconds
         while not self.stopping.is_set():
-            due = self._last_assessment + interval if self._last_assessment else 0.0
-            if self.sleep(due - time.monotonic()):
-                break
+            names, wait = self.due()
+            if not names:
+                if self.sleep(wait):
+                    break
+                continue
             try:
-                self.assess()
+                self.assess(names=names)
             except Cancelled:
                 break
 
     def run(self) -> int:
         if threading.current_thread() is threading.main_thread():
             self._install_signals()
+        logs.log_disabled(self.policy.health_policy.catalog())
         try:
             self.start_api()
             try:

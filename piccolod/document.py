@@ -3,9 +3,12 @@
 It carries every field of the seed's example with real values (status, timestamp, version, boot_id,
 uptime_seconds, components with their seed fields, update_status, disk_encryption,
 startup_health_check) plus what explains a verdict: each component's reason, duration and whether it
-is required, the rollback reason and the last assessment's timing. ``timestamp`` and ``uptime_seconds``
-are taken when the document is built (once per assessment or state change), so a request only copies
-bytes. The machine facts it reads (boot id, uptime, disk encryption) have small, path-injectable readers.
+is required, the rollback reason and the last assessment's timing. The operator's own checks that run
+are components too (with their ``kind`` and ``details``), and ``checks`` lists every declared check,
+run or not, with its state: a disabled, skipped or refused check is never silently absent.
+``timestamp`` and ``uptime_seconds`` are taken when the document is built (once per assessment or
+state change), so a request only copies bytes. The machine facts it reads (boot id, uptime, disk
+encryption) have small, path-injectable readers.
 """
 
 from __future__ import annotations
@@ -21,8 +24,8 @@ from typing import Any
 from piccolod import __version__
 from piccolod.assess import Assessment
 from piccolod.logs import rfc3339
-from piccolod.policy import Component
-from piccolod.result import Status
+from piccolod.policy import Component, Declared
+from piccolod.result import CheckResult, CheckState, Status
 
 STARTING = "starting"  # the status before the first assessment
 
@@ -112,17 +115,59 @@ def disk_encryption(
     return "none"
 
 
-def _component(res: Any, comp: Component) -> dict[str, Any]:
+def _status(res: CheckResult) -> str:
+    if not res.counted:
+        return str(res.state)
+    return "healthy" if res.healthy else "unhealthy"
+
+
+def _component(res: CheckResult | None, comp: Component) -> dict[str, Any]:
     fields = SEED_FIELDS[comp]
     if res is None:
         return {"status": "not_checked", **dict.fromkeys(fields)}
     return {
-        "status": "healthy" if res.healthy else "unhealthy",
+        "status": _status(res),
         **{k: res.details.get(k) for k in fields},
         "required": res.required,
         "reason": res.reason,
         "duration_seconds": round(res.duration_seconds, 6),
     }
+
+
+def _custom(res: CheckResult | None, declared: Declared) -> dict[str, Any]:
+    """A check of the operator's own that runs, as a component."""
+    if res is None:
+        return {"status": "pending", "kind": declared.kind, "required": declared.required}
+    return {
+        "status": _status(res),
+        "kind": declared.kind,
+        "required": res.required,
+        "reason": res.reason,
+        "duration_seconds": round(res.duration_seconds, 6),
+        "details": dict(res.details),
+    }
+
+
+def _checks(assessment: Assessment | None, catalog: tuple[Declared, ...]) -> dict[str, Any]:
+    """Every declared check: its kind, weight, where it runs, and the state of its last run."""
+    out: dict[str, Any] = {}
+    for d in catalog:
+        res = assessment.result(d.name) if assessment is not None and d.enabled else None
+        if res is not None:
+            state, reason = str(res.state), res.reason
+        elif d.disabled is not None:
+            state, reason = str(CheckState.DISABLED), d.disabled
+        else:
+            state, reason = str(CheckState.PENDING), None
+        out[d.name] = {
+            "kind": d.kind,
+            "enabled": d.enabled,
+            "required": d.required,
+            "run_on": [str(p) for p in d.run_on],
+            "state": state,
+            "reason": reason,
+        }
+    return out
 
 
 def build(
@@ -132,11 +177,13 @@ def build(
     startup_health_check: str,
     update_status: str,
     rollback_reason: str | None,
-    checked: tuple[Component, ...],
+    checked: tuple[str, ...],
     now: float | None = None,
     policy_error: str | None = None,
+    catalog: tuple[Declared, ...] = (),
 ) -> dict[str, Any]:
-    """The document as plain data. ``assessment`` is the effective one (after hysteresis)."""
+    """The document as plain data. ``assessment`` is the effective one (after hysteresis); ``catalog``
+    the policy's declared checks (:meth:`~piccolod.policy.HealthPolicy.catalog`)."""
     now = time.time() if now is None else now
     comps: dict[str, Any] = {
         "piccolod": {
@@ -154,6 +201,9 @@ def build(
         comps[str(comp)] = entry
     containers = comps[Component.CONTAINERS]
     comps[Component.DOCKER]["containers_running"] = containers.get("containers_running")
+    for d in catalog:
+        if d.enabled and not isinstance(d.name, Component):
+            comps[d.name] = _custom(assessment.result(d.name) if assessment is not None else None, d)
     doc: dict[str, Any] = {
         "status": str(assessment.status) if assessment is not None else STARTING,
         "timestamp": rfc3339(now),
@@ -166,6 +216,7 @@ def build(
         "startup_health_check": startup_health_check,
         "rollback_reason": rollback_reason,
         "last_assessment": None,
+        "checks": _checks(assessment, catalog),
     }
     if policy_error is not None:  # the configured policy did not load: this one is a fallback
         doc["policy_error"] = policy_error

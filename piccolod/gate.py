@@ -33,6 +33,7 @@ from piccolod import record as rec
 from piccolod.assess import Assessment, Cancelled
 from piccolod.journal import BootGate, GateVerdict, Store
 from piccolod.policy import Component, FailureCondition, PolicyFile
+from piccolod.result import CheckState
 from piccolod.slot import BootSlot, SlotState
 
 log = logging.getLogger("piccolod.gate")
@@ -70,7 +71,7 @@ class Verdict:
 
 def decide(
     slot: SlotState,
-    failing: Sequence[Component] | None,
+    failing: Sequence[str] | None,
     *,
     elapsed: float,
     deadline: float,
@@ -114,7 +115,7 @@ def decide(
     return Verdict(Decision.FAIL, reason, condition, reboot)
 
 
-def _names(failing: Sequence[Component] | None) -> str:
+def _names(failing: Sequence[str] | None) -> str:
     return ", ".join(str(c) for c in failing) if failing else "none answered yet"
 
 
@@ -153,8 +154,12 @@ Assess = Callable[[], Assessment]
 Reboot = Callable[[Sequence[str]], str | None]
 
 
-def required_failing(a: Assessment) -> tuple[Component, ...]:
-    return tuple(r.component for r in a.results if r.required and not r.healthy)
+def required_failing(a: Assessment) -> tuple[str, ...]:
+    """The required checks that did not pass: failed, unknown or refused ones, or (should none be) the
+    cancelled ones; a check skipped in the gate does not count."""
+    judged = [r for r in a.results if r.required and not r.healthy and r.counted]
+    answered = tuple(r.component for r in judged if r.state is not CheckState.CANCELLED)
+    return answered or tuple(r.component for r in judged)
 
 
 def _assess_within(assess: Assess, seconds: float) -> Assessment | None:

@@ -2,7 +2,9 @@
 
 :func:`first_boot_gate` reads the booted slot and the journal, reports a rollback found from an earlier
 boot (``update_status: rolled_back``, ``piccolod_rollbacks_total``), runs :func:`piccolod.gate.run_gate`
-with the daemon's own assessments (no hysteresis: the gate judges what the checks answer), publishes
+with the daemon's own assessments (no hysteresis: the gate judges what the checks answer; every check
+whose ``run_on`` has the gate runs in parallel, and an attempt stops waiting at the first required
+failure, the others reported ``cancelled``), publishes
 ``startup_health_check`` and the gate outcome metric, and then tells systemd and the guard:
 
 - **passed** (or ``skipped`` on a marked slot): the pass token for the guard (:mod:`piccolod.passtoken`),
@@ -27,6 +29,7 @@ from typing import TYPE_CHECKING
 
 from piccolod import manager, passtoken
 from piccolod import record as rec
+from piccolod.checkspec import Phase
 from piccolod.gate import GateResult, Interrupted, Reboot, no_reboot_reason, run_gate
 from piccolod.journal import Store
 from piccolod.metrics import GateOutcome
@@ -94,7 +97,7 @@ def first_boot_gate(
         result = run_gate(
             policy,
             slot,
-            lambda: daemon.assess(hysteresis=False),
+            lambda: daemon.assess(hysteresis=False, phase=Phase.GATE, stop_on_required_failure=True),
             notify=daemon.notify,
             boot_id=boot_id,
             store=store,

@@ -1,7 +1,8 @@
 """Logging for the agent: JSON lines for journald, readable text on a terminal.
 
 :func:`setup` is called once at the entry point. :func:`log_check` writes one record per check with the
-fields docs/agent.md names (component, healthy, details, timestamp, boot_id) plus reason and duration. With a
+fields docs/agent.md names (component, healthy, details, timestamp, boot_id) plus state, reason and
+duration; :func:`log_disabled` one naming the declared checks that do not run. With a
 non-terminal stream every record is one JSON object per line, the extra fields at top level; on a
 terminal it is one human line per record.
 
@@ -16,9 +17,11 @@ import datetime
 import json
 import logging
 import sys
+from collections.abc import Iterable
 from typing import Any, TextIO
 
-from piccolod.result import CheckResult
+from piccolod.policy import Declared
+from piccolod.result import CheckResult, CheckState
 from piccolod.text import printable
 
 LOGGER = "piccolod"
@@ -73,21 +76,44 @@ def setup(stream: TextIO | None = None, level: int = logging.INFO, *, json_lines
     logger.propagate = False
 
 
+def verdict_word(result: CheckResult) -> str:
+    """``healthy``, ``FAILED``, or the state in capitals when it says more (``UNKNOWN``, ``CANCELLED``,
+    ``REFUSED``; ``skipped``, which is no failure)."""
+    if result.healthy:
+        return "healthy"
+    state = result.state
+    if state is CheckState.FAILED:
+        return "FAILED"
+    return str(state) if not result.counted else str(state).upper()
+
+
+def log_disabled(declared: Iterable[Declared], logger: logging.Logger | None = None) -> None:
+    """One record, when the agent starts, naming every declared check that does not run and why (the
+    field ``disabled``: name -> reason): a check switched off is never silent."""
+    off = {d.name: d.disabled for d in declared if d.disabled is not None}
+    if not off:
+        return
+    logger = logger or logging.getLogger(LOGGER)
+    text = "; ".join(f"{name}: {why}" for name, why in off.items())
+    logger.warning("checks disabled: %s", text, extra={FIELDS: {"disabled": off}})
+
+
 def log_check(result: CheckResult, boot_id: str, logger: logging.Logger | None = None) -> None:
     """One structured record for one check."""
     logger = logger or logging.getLogger(LOGGER)
     fields = {
         "component": str(result.component),
         "healthy": result.healthy,
+        "state": str(result.state),
         "reason": result.reason,
         "details": dict(result.details),
         "duration_seconds": round(result.duration_seconds, 6),
         "timestamp": rfc3339(result.timestamp),
         "boot_id": boot_id,
     }
-    verdict = "healthy" if result.healthy else "FAILED"
+    verdict = verdict_word(result)
     logger.log(
-        logging.INFO if result.healthy else logging.WARNING,
+        logging.INFO if result.healthy or not result.counted else logging.WARNING,
         "check %s %s: %s (%.3fs)",
         result.component,
         verdict,

@@ -3,7 +3,10 @@
 Every labelled series is created at zero before the first event, so dashboards and alerts see a 0
 rather than a missing series: a status gauge and a duration histogram per component the policy checks
 (a component it does not check has no series, so a ``== 0`` alert never fires for it), counters of
-assessments by status, of gate outcomes and of rollbacks.
+assessments by status, of gate outcomes and of rollbacks. Every check the policy *declares*, run or
+not, has ``piccolod_check_enabled`` (1 or 0: a check switched off shows, never silently) and
+``piccolod_check_state``, 1 for the state of its last run (passed, failed, unknown, refused, cancelled,
+skipped) or for disabled or pending, 0 for the others.
 
 The writer is ours (a few dozen lines instead of a client library that costs the agent several MiB):
 ``# HELP`` and ``# TYPE`` per family, label values escaped (``\\``, ``"``, newline) and help texts
@@ -22,8 +25,8 @@ from collections.abc import Iterable
 
 from piccolod import __version__
 from piccolod.assess import Assessment
-from piccolod.policy import Component
-from piccolod.result import Status
+from piccolod.policy import Component, Declared
+from piccolod.result import CheckState, Status
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
@@ -126,8 +129,11 @@ class _Histogram(_Family):
 
 
 class Metrics:
-    def __init__(self, components: Iterable[Component] = tuple(Component)) -> None:
-        """``components``: those the policy checks (``HealthPolicy.checked()``); default all."""
+    def __init__(
+        self, components: Iterable[str] = tuple(Component), catalog: Iterable[Declared] = ()
+    ) -> None:
+        """``components``: those the policy checks (``HealthPolicy.checked()``); default all.
+        ``catalog``: every check it declares (``HealthPolicy.catalog()``)."""
         self._lock = threading.Lock()
         self._rendered: bytes | None = None
         self.duration = _Histogram(
@@ -163,6 +169,23 @@ class Metrics:
         self.last_assessment = _Family(
             "piccolod_last_assessment_timestamp_seconds", "gauge", "Wall-clock time of the last assessment"
         )
+        self.check_enabled = _Family(
+            "piccolod_check_enabled",
+            "gauge",
+            "1 when the declared check runs, 0 when it is disabled (enabled: false, or named in neither "
+            "startup list)",
+            ("component",),
+        )
+        self.check_state = _Family(
+            "piccolod_check_state",
+            "gauge",
+            "1 for the state of the check's last run (passed, failed, unknown, refused, cancelled, "
+            "skipped) or disabled or pending, 0 for the others",
+            ("component", "state"),
+        )
+        for d in catalog:
+            self.check_enabled.set(1 if d.enabled else 0, d.name)
+            self._state(d.name, CheckState.PENDING if d.enabled else CheckState.DISABLED)
         info = _Family("piccolod_build_info", "gauge", "Agent version", ("version",))
         info.set(1, __version__)
         for comp in components:
@@ -185,14 +208,32 @@ class Metrics:
             self.gate_outcomes,
             self.rollbacks,
             self.last_assessment,
+            self.check_enabled,
+            self.check_state,
             info,
         )
 
-    def observe(self, effective: Assessment, failures: dict[Component, int] | None = None) -> None:
-        """Record one (effective) assessment: durations, per-component status, the counter."""
+    def _state(self, name: str, state: CheckState) -> None:
+        for one in CheckState:
+            self.check_state.set(1 if one is state else 0, name, one)
+
+    def observe(
+        self,
+        effective: Assessment,
+        failures: dict[str, int] | None = None,
+        fresh: Iterable[str] | None = None,
+    ) -> None:
+        """Record one (effective) assessment: durations of the checks that ran (``fresh``; None: all),
+        per-component status and state, the counter."""
+        ran = None if fresh is None else set(fresh)
         with self._lock:
             for res in effective.results:
                 comp = res.component
+                self._state(comp, res.state)
+                if ran is not None and comp not in ran:
+                    continue
+                if not res.counted:
+                    continue
                 self.duration.observe(res.duration_seconds, comp)
                 self.check_status.set(1 if res.healthy else 0, comp)
                 if failures is not None:

@@ -13,6 +13,17 @@ A field's help text and value check live in its ``metadata``::
 A ``check`` returns the (possibly normalised) value or raises ``ValueError`` with the reason.
 Cross-field rules go in a ``validate()`` method that raises :class:`FieldError` with the key path
 (relative to that object) of the offending key.
+
+Two shapes beyond plain nesting, both for the checks an operator names:
+
+- **keys of the user's own**: a mapping whose known keys are fields and whose other keys are names the
+  user chose. The one ``dict[str, T]`` field marked ``meta(..., extra=True)`` collects every key that is
+  not another field (its own name is not a key); :func:`to_plain` writes them back beside the fields.
+- **a union of dataclasses told apart by ``kind``**: every member has a ``kind: str`` field whose
+  default names it; the value's ``kind`` picks the member, so an error names the right keys.
+
+A field marked ``meta(..., omit_default=True)`` is left out by ``to_plain(..., omit_defaults=True)``
+while it holds its default (the serialised vendor policy lists options only where they are set).
 """
 
 from __future__ import annotations
@@ -64,9 +75,38 @@ class FieldError(ValueError):
         super().__init__(message)
 
 
-def meta(help: str, *, check: Callable[[Any], Any] | None = None) -> dict[str, Any]:
-    """Field metadata: a help text for the schema and ``--help``, and an optional value check."""
-    return {"help": help, "check": check}
+def meta(
+    help: str,
+    *,
+    check: Callable[[Any], Any] | None = None,
+    extra: bool = False,
+    omit_default: bool = False,
+) -> dict[str, Any]:
+    """Field metadata: a help text for the schema and ``--help``, an optional value check; ``extra``
+    marks the field that collects the keys of the user's own, ``omit_default`` a field that
+    ``to_plain(omit_defaults=True)`` leaves out while it holds its default."""
+    return {"help": help, "check": check, "extra": extra, "omit_default": omit_default}
+
+
+def extra_field(cls: type[Any]) -> dataclasses.Field[Any] | None:
+    """The field of ``cls`` that collects the keys of the user's own, if it has one."""
+    return next((f for f in dataclasses.fields(cls) if f.metadata.get("extra")), None)
+
+
+KIND = "kind"
+
+
+def kinds_of(members: tuple[Any, ...]) -> dict[str, type[Any]] | None:
+    """``{kind: dataclass}`` when ``members`` are dataclasses told apart by their ``kind`` default."""
+    out: dict[str, type[Any]] = {}
+    for tp in members:
+        if not (dataclasses.is_dataclass(tp) and isinstance(tp, type)):
+            return None
+        kind = next((f.default for f in dataclasses.fields(tp) if f.name == KIND), None)
+        if not isinstance(kind, str) or kind in out:
+            return None
+        out[kind] = tp
+    return out or None
 
 
 def dotted(path: KeyPath) -> str:
@@ -234,6 +274,9 @@ def _convert(tp: Any, value: Any, src: Source, path: KeyPath) -> Any:  # noqa: P
         inner = [a for a in args if a is not type(None)]
         if len(inner) == 1:
             return _convert(inner[0], value, src, path)
+        kinds = kinds_of(tuple(inner))
+        if kinds is not None:
+            return _convert_kind(kinds, value, src, path)
         errors = []
         for arg in inner:
             try:
@@ -293,17 +336,33 @@ def _kind(value: Any) -> str:
     return f"{type(value).__name__} {value!r}"
 
 
+def _convert_kind(kinds: Mapping[str, type[Any]], value: Any, src: Source, path: KeyPath) -> Any:
+    """One member of a union told apart by ``kind``: the one the value's ``kind`` names."""
+    names = ", ".join(kinds)
+    if not isinstance(value, dict):
+        raise src.error(path, f"expected a mapping with a kind ({names}), got {_kind(value)}")
+    if KIND not in value:
+        raise src.error(path, f"needs a kind: one of {names}")
+    kind = value[KIND]
+    if not isinstance(kind, str) or kind not in kinds:
+        raise src.error((*path, KIND), f"must be one of {names}; got {kind!r}")
+    return _convert_dataclass(kinds[kind], value, src, path)
+
+
 def _convert_dataclass(cls: type[Any], value: Any, src: Source, path: KeyPath) -> Any:
     if value is None:
         value = {}
     if not isinstance(value, dict):
         raise src.error(path, f"expected a mapping, got {_kind(value)}")
-    fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
-    for key in value:
-        if key not in fields:
-            raise src.error((*path, key), f"unknown key (expected one of: {', '.join(fields)})")
+    extra = extra_field(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls) if f.init and f is not extra}
+    unknown = next((key for key in value if key not in fields), None) if extra is None else None
+    if unknown is not None:
+        raise src.error((*path, unknown), f"unknown key (expected one of: {', '.join(fields)})")
     hints = _hints(cls)
     kwargs: dict[str, Any] = {}
+    if extra is not None:
+        kwargs[extra.name] = _convert_extra(hints[extra.name], value, fields, src, path)
     for name, f in fields.items():
         sub = (*path, name)
         if name not in value:
@@ -328,6 +387,25 @@ def _convert_dataclass(cls: type[Any], value: Any, src: Source, path: KeyPath) -
     return obj
 
 
+def _convert_extra(
+    tp: Any, value: dict[str, Any], fields: Mapping[str, Any], src: Source, path: KeyPath
+) -> dict[str, Any]:
+    """The keys of the user's own (those that are not ``fields``), each converted to the field's type."""
+    item_tp = typing.get_args(tp)[1]
+    out: dict[str, Any] = {}
+    for key, item in value.items():
+        if key in fields:
+            continue
+        try:
+            out[key] = _convert(item_tp, item, src, (*path, key))
+        except ModelError as exc:
+            if exc.key != dotted((*path, key)):
+                raise
+            # The entry itself is wrong (no kind, say): it may be a misspelt key of the known ones.
+            raise src.error((*path, key), f"{exc.message} (or a misspelt key: {', '.join(fields)})") from None
+    return out
+
+
 def default(cls: type[T]) -> T:
     """The model with every default (what an empty file gives)."""
     return build(cls, {}, Source("<defaults>"))
@@ -340,6 +418,8 @@ def leaves(cls: type[Any], path: KeyPath = ()) -> Iterator[tuple[KeyPath, Any, d
     """Every scalar-or-list key of the model: (path, type, field). Drives env overrides and docs."""
     hints = _hints(cls)
     for f in dataclasses.fields(cls):
+        if f.metadata.get("extra"):
+            continue  # keys of the user's own are not fixed keys
         tp = hints[f.name]
         if dataclasses.is_dataclass(tp):
             yield from leaves(typing.cast(type[Any], tp), (*path, f.name))
@@ -347,17 +427,34 @@ def leaves(cls: type[Any], path: KeyPath = ()) -> Iterator[tuple[KeyPath, Any, d
             yield (*path, f.name), tp, f
 
 
-def to_plain(obj: Any) -> Any:
-    """A dataclass tree as plain YAML/JSON-able data (enums as values, tuples as lists)."""
+def to_plain(obj: Any, *, omit_defaults: bool = False) -> Any:
+    """A dataclass tree as plain YAML/JSON-able data (enums as values, tuples as lists); the keys of the
+    user's own sit beside the fields, as in the file. ``omit_defaults`` leaves out the fields marked
+    ``omit_default`` while they hold their default."""
     if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
-        return {f.name: to_plain(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
+        out: dict[str, Any] = {}
+        for f in dataclasses.fields(obj):
+            value = getattr(obj, f.name)
+            if f.metadata.get("extra"):
+                out.update(to_plain(value, omit_defaults=omit_defaults))
+            elif not (omit_defaults and f.metadata.get("omit_default") and value == _default_of(f)):
+                out[f.name] = to_plain(value, omit_defaults=omit_defaults)
+        return out
     if isinstance(obj, enum.Enum):
         return obj.value
     if isinstance(obj, tuple | list):
-        return [to_plain(v) for v in obj]
+        return [to_plain(v, omit_defaults=omit_defaults) for v in obj]
     if isinstance(obj, Mapping):
-        return {str(k): to_plain(v) for k, v in obj.items()}
+        return {str(k): to_plain(v, omit_defaults=omit_defaults) for k, v in obj.items()}
     return obj
+
+
+def _default_of(f: dataclasses.Field[Any]) -> Any:
+    if f.default is not dataclasses.MISSING:
+        return f.default
+    if f.default_factory is not dataclasses.MISSING:
+        return f.default_factory()
+    return dataclasses.MISSING
 
 
 def json_schema(cls: type[Any], title: str | None = None) -> dict[str, Any]:
@@ -369,12 +466,28 @@ def json_schema(cls: type[Any], title: str | None = None) -> dict[str, Any]:
     return schema
 
 
+def _union_schema(args: tuple[Any, ...]) -> dict[str, Any]:
+    kinds = kinds_of(tuple(a for a in args if a is not type(None)))
+    if kinds is None:
+        return {"anyOf": [_schema_for(a, None) for a in args]}
+    members = []
+    for kind, member in kinds.items():
+        one = _schema_for(member, None)
+        one["properties"][KIND] = {"const": kind}
+        one["required"] = [KIND]
+        members.append(one)
+    return {"oneOf": members}
+
+
 def _schema_for(tp: Any, f: dataclasses.Field[Any] | None) -> dict[str, Any]:  # noqa: PLR0911
     origin = typing.get_origin(tp)
     if dataclasses.is_dataclass(tp) and isinstance(tp, type):
         hints = _hints(tp)
         props = {}
+        extra = extra_field(tp)
         for sub in dataclasses.fields(tp):
+            if sub is extra:
+                continue
             prop = _schema_for(hints[sub.name], sub)
             if sub.metadata.get("help"):
                 prop["description"] = sub.metadata["help"]
@@ -383,13 +496,13 @@ def _schema_for(tp: Any, f: dataclasses.Field[Any] | None) -> dict[str, Any]:  #
             elif sub.default_factory is not dataclasses.MISSING:
                 prop["default"] = to_plain(sub.default_factory())
             props[sub.name] = prop
-        out: dict[str, Any] = {"type": "object", "properties": props, "additionalProperties": False}
+        more: Any = False if extra is None else _schema_for(typing.get_args(hints[extra.name])[1], None)
+        out: dict[str, Any] = {"type": "object", "properties": props, "additionalProperties": more}
         if tp.__doc__ and not tp.__doc__.startswith(tp.__name__ + "("):
             out["description"] = " ".join(tp.__doc__.split())
         return out
     if origin in (typing.Union, types.UnionType):
-        args = typing.get_args(tp)
-        return {"anyOf": [_schema_for(a, None) for a in args]}
+        return _union_schema(typing.get_args(tp))
     if origin is tuple:
         return {"type": "array", "items": _schema_for(typing.get_args(tp)[0], None)}
     if origin is dict:

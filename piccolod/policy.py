@@ -2,34 +2,49 @@
 
 The file format extends the seed's ``health_policy`` block (see ``docs/agent.md``, whose key names are the
 contract). Vendor default ``/usr/lib/piccolod/health-policy.yaml``; the administrator's
-``/etc/piccolod/health-policy.yaml`` overrides it key by key; ``--config FILE`` uses exactly one file.
-The builder imports this module to validate the policy it bakes into the image.
+``/etc/piccolod/health-policy.yaml`` overrides it key by key; ``--config FILE`` uses that file alone.
+Checks can also come from drop-in directories beside each file (:mod:`piccolod.dropins`); what a check
+declares is in :mod:`piccolod.checkspec`, the value checks in :mod:`piccolod.values`. The builder
+imports this module to validate the policy it bakes into the image.
 """
 
 from __future__ import annotations
 
 import enum
-import ipaddress
-import math
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from piccolod import http_client
-from piccolod.model import FieldError, MissingFile, ModelError, Source, build, load_file, merge, meta
+from piccolod import dropins
+from piccolod.checkspec import (
+    ApiCheck,
+    Checks,
+    Component,
+    ContainersCheck,
+    DockerCheck,
+    Effective,
+    ExecCheck,
+    NetworkCheck,
+    Phase,
+    StorageCheck,
+    TpmCheck,
+    check_name,
+)
+from piccolod.model import FieldError, ModelError, Source, build, merge, meta
+from piccolod.values import (
+    Between,
+    absolute_path,
+    argv,
+    between,
+    each,
+    host_port,
+    safe_text,
+    split_host_port,
+    state_dir,
+)
 
 VENDOR_POLICY = Path("/usr/lib/piccolod/health-policy.yaml")
 ADMIN_POLICY = Path("/etc/piccolod/health-policy.yaml")
-
-
-class Component(enum.StrEnum):
-    DOCKER = "docker"
-    CONTAINERS = "containers"
-    TPM = "tpm"
-    STORAGE = "storage"
-    NETWORK = "network"
-    API = "api"
 
 
 class FailureCondition(enum.StrEnum):
@@ -45,138 +60,6 @@ class AllOptionalFailed(enum.StrEnum):
     DEGRADED = "degraded"
 
 
-# --- value checks (shared with the builder, which renders these values into units and YAML) -----
-
-
-def _finite(value: float) -> None:
-    if not math.isfinite(value):
-        raise ValueError(f"must be a finite number, got {value!r}")
-
-
-@dataclass(frozen=True)
-class Between:
-    """A check for a number the agent can use: finite and within ``[low, high]``.
-
-    Every duration and count of the policy has such a range (docs/agent.md lists them): a value outside
-    it would validate and then fail later, in a socket timeout, a thread wait or a unit file.
-    """
-
-    low: float
-    high: float
-    unit: str = ""
-
-    def __call__(self, value: float) -> float:
-        _finite(value)
-        if not self.low <= value <= self.high:
-            suffix = f" {self.unit}" if self.unit else ""
-            raise ValueError(f"must be between {self.low:g} and {self.high:g}{suffix}, got {value:g}")
-        return value
-
-
-def between(low: float, high: float, unit: str = "") -> Between:
-    return Between(low, high, unit)
-
-
-def safe_text(value: str) -> str:
-    """Reject text that cannot travel safely through a unit file, a shell or a log line."""
-    if any(ord(c) < 0x20 or ord(c) == 0x7F for c in value):
-        raise ValueError("must not contain control characters (newline, tab, ...)")
-    return value
-
-
-def absolute_path(value: str) -> str:
-    safe_text(value)
-    if not value.startswith("/"):
-        raise ValueError(f"must be an absolute path, got {value!r}")
-    if ".." in value.split("/"):
-        raise ValueError(f"must not contain '..', got {value!r}")
-    return value
-
-
-def state_dir(value: str) -> str:
-    """An absolute directory the agent may own: never the root directory itself."""
-    absolute_path(value)
-    if not value.strip("/"):
-        raise ValueError(f"must be a directory of its own, not the root directory, got {value!r}")
-    return value
-
-
-def host_port(value: str) -> str:
-    """``host:port`` or ``[v6]:port``; returns it unchanged. Used for targets and the listen address."""
-    split_host_port(value)
-    return value
-
-
-def split_host_port(value: str) -> tuple[str, int]:
-    safe_text(value)
-    if value.startswith("["):
-        host, sep, port = value[1:].partition("]:")
-        if not sep:
-            raise ValueError(f"expected [address]:port, got {value!r}")
-        ipaddress.IPv6Address(host)
-    else:
-        host, sep, port = value.rpartition(":")
-        if not sep or not host or ":" in host:
-            raise ValueError(f"expected host:port, got {value!r}")
-    if not port.isdigit() or not 0 < int(port) < 65536:
-        raise ValueError(f"port must be 1-65535, got {port!r} in {value!r}")
-    if any(c.isspace() for c in host) or host.startswith("-"):
-        raise ValueError(f"bad host name {host!r}")
-    return host, int(port)
-
-
-def hostname(value: str) -> str:
-    safe_text(value)
-    if (
-        not value
-        or len(value) > 253
-        or not all(part and len(part) <= 63 for part in value.rstrip(".").split("."))
-    ):
-        raise ValueError(f"not a valid DNS name: {value!r}")
-    if not all(c.isalnum() or c in "-._" for c in value):
-        raise ValueError(f"not a valid DNS name: {value!r}")
-    return value
-
-
-TCTI_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.+-]*")
-
-
-def tcti_string(value: str) -> str:
-    """A TCTI in tpm2-tools form, ``name[:config]``: a module name such as ``device``, ``swtpm``, ``mssim``
-    or ``tabrmd`` (or a library file name), and its configuration; ``device`` takes an absolute path."""
-    safe_text(value)
-    name, _, config = value.partition(":")
-    if not TCTI_NAME.fullmatch(name):
-        raise ValueError(
-            f"must be a TCTI as name:config (device:/dev/tpmrm0, swtpm:path=/run/swtpm.sock), got {value!r}"
-        )
-    if name == "device" and config and not config.startswith("/"):
-        raise ValueError(f"the device TCTI takes an absolute path (device:/dev/tpmrm0), got {value!r}")
-    return value
-
-
-def docker_endpoint(value: str | None) -> str | None:
-    """``unix:///absolute/path`` or ``tcp://host:port`` (the endpoints the checks speak), or null."""
-    if value is None:
-        return None
-    safe_text(value)
-    http_client.endpoint(value)  # ValueError names what is wrong
-    return value
-
-
-def _each(check: Any) -> Any:
-    def run(values: tuple[Any, ...]) -> tuple[Any, ...]:
-        return tuple(check(v) for v in values)
-
-    return run
-
-
-def _argv(values: tuple[str, ...]) -> tuple[str, ...]:
-    if not values:
-        raise ValueError("must name a command")
-    return tuple(safe_text(v) for v in values)
-
-
 # --- the model -----------------------------------------------------------------------------------
 
 
@@ -187,13 +70,13 @@ class Startup:
     timeout_seconds: float = field(
         default=120.0, metadata=meta("startup deadline (0.1-3600 s)", check=between(0.1, 3600, "seconds"))
     )
-    required_components: tuple[Component, ...] = field(
+    required_components: tuple[str, ...] = field(
         default=(Component.TPM, Component.STORAGE, Component.API),
-        metadata=meta("components that must pass for the slot to be marked good"),
+        metadata=meta("checks that must pass for the slot to be marked good", check=each(check_name)),
     )
-    optional_components: tuple[Component, ...] = field(
+    optional_components: tuple[str, ...] = field(
         default=(Component.DOCKER, Component.NETWORK),
-        metadata=meta("components that are checked and reported but only degrade the status"),
+        metadata=meta("checks that are run and reported but only degrade the status", check=each(check_name)),
     )
     optional_all_failed: AllOptionalFailed = field(
         default=AllOptionalFailed.UNHEALTHY,
@@ -202,7 +85,7 @@ class Startup:
 
     def validate(self) -> None:
         for name in ("required_components", "optional_components"):
-            items: tuple[Component, ...] = getattr(self, name)
+            items: tuple[str, ...] = getattr(self, name)
             for i, comp in enumerate(items):
                 if comp in items[:i]:
                     raise FieldError((name, i), f"'{comp}' is listed twice")
@@ -240,7 +123,7 @@ class Rollback:
         ),
     )
     reboot_command: tuple[str, ...] = field(
-        default=("systemctl", "reboot"), metadata=meta("argv run once to reboot", check=_argv)
+        default=("systemctl", "reboot"), metadata=meta("argv run once to reboot", check=argv)
     )
 
 
@@ -271,44 +154,18 @@ class Thresholds:
 
 
 @dataclass(frozen=True)
-class DockerCheck:
-    host: str | None = field(
-        default="unix:///var/run/docker.sock",
-        metadata=meta(
-            "Docker endpoint, unix:///path or tcp://host:port; null uses DOCKER_HOST", check=docker_endpoint
-        ),
-    )
+class Declared:
+    """A declared check as the API, the metrics and the logs show it, whether it runs or not."""
 
+    name: str
+    kind: str
+    required: bool | None  # None: neither list names it
+    disabled: str | None  # why it does not run (None: it runs)
+    run_on: tuple[Phase, ...]
 
-@dataclass(frozen=True)
-class TpmCheck:
-    tcti: str = field(default="device:/dev/tpmrm0", metadata=meta("TCTI name:config", check=tcti_string))
-
-
-@dataclass(frozen=True)
-class StorageCheck:
-    mounts: tuple[str, ...] = field(
-        default=("/", "/var"), metadata=meta("mount points", check=_each(absolute_path))
-    )
-
-
-@dataclass(frozen=True)
-class NetworkCheck:
-    targets: tuple[str, ...] = field(
-        default=("8.8.8.8:53", "piccolo.space:443"),
-        metadata=meta("host:port TCP targets", check=_each(host_port)),
-    )
-    dns_names: tuple[str, ...] = field(
-        default=("piccolo.space",), metadata=meta("names that must resolve", check=_each(hostname))
-    )
-
-
-@dataclass(frozen=True)
-class Checks:
-    docker: DockerCheck = field(default_factory=DockerCheck)
-    tpm: TpmCheck = field(default_factory=TpmCheck)
-    storage: StorageCheck = field(default_factory=StorageCheck)
-    network: NetworkCheck = field(default_factory=NetworkCheck)
+    @property
+    def enabled(self) -> bool:
+        return self.disabled is None
 
 
 @dataclass(frozen=True)
@@ -319,19 +176,90 @@ class HealthPolicy:
     thresholds: Thresholds = field(default_factory=Thresholds)
     checks: Checks = field(default_factory=Checks)
 
-    def checked(self) -> tuple[Component, ...]:
-        """Components checked, in a stable order: listed ones, plus containers whenever docker is."""
+    def validate(self) -> None:
+        declared = set(self.checks.names())
+        for key in ("required_components", "optional_components"):
+            for i, name in enumerate(getattr(self.startup, key)):
+                if name not in declared:
+                    raise FieldError(
+                        ("startup", key, i),
+                        f"must be one of the built-in checks ({', '.join(Component)}) or a check declared "
+                        f"under health_policy.checks; got {name!r}",
+                    )
+        for name in self.checks.names():
+            spec = self.checks.spec(name)
+            eff = self.options(name)
+            if spec is not None and spec.explicit_timing and eff.timeout_seconds >= eff.interval_seconds:
+                key = "timeout_seconds" if spec.timeout_seconds is not None else "interval_seconds"
+                raise FieldError(
+                    ("checks", name, key),
+                    f"the timeout ({eff.timeout_seconds:g}s) must be below the interval "
+                    f"({eff.interval_seconds:g}s): one run must end before the next is due",
+                )
+
+    def _listed(self) -> set[str]:
         listed = set(self.startup.required_components) | set(self.startup.optional_components)
         if Component.DOCKER in listed:
             listed.add(Component.CONTAINERS)
-        return tuple(c for c in Component if c in listed)
+        return listed
 
-    def required(self, comp: Component) -> bool:
+    def checked(self) -> tuple[str, ...]:
+        """Checks that run, in a stable order: the built-ins the startup lists name (containers whenever
+        docker is), then the operator's by name; none with ``enabled: false``."""
+        listed = self._listed()
+        return tuple(n for n in self.checks.names() if n in listed and self.options(n).enabled)
+
+    def declared(self) -> tuple[str, ...]:
+        """Every check the policy knows, run or not: the six built-ins and the operator's."""
+        return self.checks.names()
+
+    def disabled(self, name: str) -> str | None:
+        """Why a declared check does not run (None: it runs)."""
+        if name not in self._listed():
+            return "not named in startup.required_components or optional_components"
+        if not self.options(name).enabled:
+            return "enabled: false"
+        return None
+
+    def required(self, comp: str) -> bool:
         """Whether a failure of ``comp`` makes the machine unhealthy (containers follow docker)."""
         req = self.startup.required_components
-        if comp is Component.CONTAINERS and comp not in self.startup.optional_components:
+        if comp == Component.CONTAINERS and comp not in self.startup.optional_components:
             return comp in req or Component.DOCKER in req
         return comp in req
+
+    def options(self, name: str) -> Effective:
+        """Check ``name``'s options with the policy-wide values for the ones it leaves null."""
+        spec = self.checks.spec(name)
+        thresholds = self.thresholds
+        timeout = (
+            thresholds.tpm_operation_timeout_seconds
+            if name == Component.TPM
+            else thresholds.network_timeout_seconds
+        )
+        base = spec if spec is not None else ApiCheck()
+        return base.effective(
+            timeout=timeout,
+            interval=self.runtime.check_interval_seconds,
+            failure_threshold=self.runtime.failure_threshold,
+        )
+
+    def runs_in(self, name: str, phase: Phase) -> bool:
+        return phase in self.options(name).run_on
+
+    def catalog(self) -> tuple[Declared, ...]:
+        """Every declared check with its kind, weight and whether (and why not) it runs."""
+        listed = self._listed()
+        return tuple(
+            Declared(
+                name=name,
+                kind=self.checks.kind(name),
+                required=self.required(name) if name in listed else None,
+                disabled=self.disabled(name),
+                run_on=self.options(name).run_on,
+            )
+            for name in self.declared()
+        )
 
 
 @dataclass(frozen=True)
@@ -363,25 +291,63 @@ class PolicyFile:
 
 
 def load_policy(
-    config: Path | None = None, *, vendor: Path = VENDOR_POLICY, admin: Path = ADMIN_POLICY
+    config: Path | None = None,
+    *,
+    vendor: Path = VENDOR_POLICY,
+    admin: Path = ADMIN_POLICY,
+    lint: bool = True,
 ) -> PolicyFile:
-    """Load ``config`` alone, or the vendor file overlaid key by key with the admin file if present.
+    """Load ``config`` and the drop-ins beside it, or the vendor layer overlaid by the admin layer.
 
-    Missing vendor and admin files give the built-in defaults. Every other problem, whatever the file
-    holds, is a :class:`ModelError` (one line), so the daemon can always fall back.
+    A layer is a policy file and the drop-in directories beside it (:mod:`piccolod.dropins`): the vendor
+    file overlaid key by key with the admin file if present, each layer's drop-ins replacing whole
+    checks by name. Missing vendor and admin files give the built-in defaults; a missing ``config`` is
+    an error. ``lint`` also refuses what can only be seen on this machine: a check's program that is not
+    there or not executable (the daemon loads without it, and shows such a check as refused).
+
+    Every problem, whatever the files hold, is a :class:`ModelError` (one line), so the daemon can
+    always fall back.
     """
     if config is not None:
-        one, one_src = load_file(config)
-        return build(PolicyFile, one, one_src)
+        layers: list[tuple[Path, Path | None, bool]] = [(config, config.parent, True)]
+    else:
+        shared = vendor.parent == admin.parent  # one directory (tests): its drop-ins are read once
+        layers = [(vendor, None if shared else vendor.parent, False), (admin, admin.parent, False)]
     data: Any = {}
-    src = Source(str(vendor))
-    for path in (vendor, admin):
-        try:
-            more, more_src = load_file(path)
-        except MissingFile:
-            continue
-        data = merge(data, more, src, more_src)
-    return build(PolicyFile, data, src)
+    src = Source(str(layers[0][0]))
+    weights: dict[str, bool] = {}
+    for path, directory, must_exist in layers:
+        layer = dropins.read_layer(path, directory, must_exist=must_exist)
+        dropins.replace_dropins(data, layer)
+        data = merge(data, layer.data, src, layer.src)
+        weights.update(layer.weights)
+    defaults = Startup()
+    dropins.name_greenboot_checks(
+        data,
+        src,
+        weights,
+        {
+            "required_components": defaults.required_components,
+            "optional_components": defaults.optional_components,
+        },
+    )
+    policy = build(PolicyFile, data, src)
+    if lint:
+        _lint(policy, src)
+    return policy
+
+
+def _lint(policy: PolicyFile, src: Source) -> None:
+    """What the model cannot see: every ``exec`` check that runs has a program that can run here."""
+    from piccolod.run import not_runnable
+
+    hp = policy.health_policy
+    for name in hp.checked():
+        spec = hp.checks.spec(name)
+        if isinstance(spec, ExecCheck):
+            why = not_runnable(spec.command[0])
+            if why is not None:
+                raise src.error(("health_policy", "checks", name, "command", 0), why)
 
 
 __all__ = [
@@ -389,17 +355,26 @@ __all__ = [
     "VENDOR_POLICY",
     "Agent",
     "AllOptionalFailed",
+    "ApiCheck",
+    "Between",
     "Boot",
     "Checks",
     "Component",
+    "ContainersCheck",
+    "DockerCheck",
     "FailureCondition",
     "HealthPolicy",
     "ModelError",
+    "NetworkCheck",
+    "Phase",
     "PolicyFile",
     "Rollback",
     "Runtime",
     "Startup",
+    "StorageCheck",
     "Thresholds",
+    "TpmCheck",
     "load_policy",
+    "safe_text",
     "split_host_port",
 ]

@@ -31,15 +31,21 @@ ROLLED_BACK = "rolled_back"
 
 @dataclass(frozen=True)
 class ComponentVerdict:
+    """One check in a failed gate: its verdict and what its run said (``state``: passed, failed,
+    unknown, refused, cancelled, skipped; empty in records of agents before checks had states)."""
+
     component: str
     healthy: bool
     required: bool
     reason: str
     duration_seconds: float
+    state: str = ""
 
     @classmethod
     def of(cls, r: CheckResult) -> ComponentVerdict:
-        return cls(str(r.component), r.healthy, r.required, r.reason, round(r.duration_seconds, 4))
+        return cls(
+            str(r.component), r.healthy, r.required, r.reason, round(r.duration_seconds, 4), str(r.state)
+        )
 
 
 @dataclass(frozen=True)
@@ -125,7 +131,7 @@ def format_record(record: RollbackRecord | None) -> str:
         f"  attempts {record.attempts}  reboot requested: {'yes' if record.reboot_requested else 'no'}",
     ]
     for c in record.components:
-        verdict = "ok  " if c.healthy else "FAIL"
+        verdict = "ok  " if c.healthy else (c.state.upper() if c.state not in ("", "failed") else "FAIL")
         kind = "required" if c.required else "optional"
         lines.append(f"  {verdict} {c.component:10} {kind:8} {c.duration_seconds:7.3f}s  {c.reason}")
     return "\n".join(lines)

@@ -12,18 +12,23 @@ from typing import Any
 
 from piccolod import document
 from piccolod.assess import Assessment
-from piccolod.policy import Component
+from piccolod.policy import Declared
 
 STARTUP_VALUES = ("pending", "passed", "failed", "skipped")
 
 
 class State:
     def __init__(
-        self, facts: document.Facts, checked: tuple[Component, ...], policy_error: str | None = None
+        self,
+        facts: document.Facts,
+        checked: tuple[str, ...],
+        policy_error: str | None = None,
+        catalog: tuple[Declared, ...] = (),
     ) -> None:
         self.facts = facts
         self.policy_error = policy_error  # why the configured policy was not used (a fallback runs)
         self.checked = checked
+        self.catalog = catalog
         self._lock = threading.Lock()
         self.assessment: Assessment | None = None  # effective (after hysteresis)
         self.raw: Assessment | None = None  # as the checks answered
@@ -72,6 +77,7 @@ class State:
             rollback_reason=self.rollback_reason,
             checked=self.checked,
             policy_error=self.policy_error,
+            catalog=self.catalog,
         )
         self.document = doc
         self.health = (document.http_status(doc), document.encode(doc))

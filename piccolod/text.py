@@ -15,3 +15,10 @@ def printable(text: str, limit: int | None = 1000) -> str:
     if limit is None or len(out) <= limit:
         return out
     return f"{out[:limit]}... ({len(out) - limit} more characters)"
+
+
+def one_line(text: str, limit: int = 300) -> str:
+    """``text`` (say, what a program or a server answered) on one line of at most ``limit`` characters:
+    runs of white space become one space. :func:`printable` still applies where it is shown."""
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[: limit - 3] + "..."

@@ -19,11 +19,11 @@ from typing import Any
 import yaml
 
 from piccolod.api import listen_socket
-from piccolod.assess import Assessor, Check
+from piccolod.assess import Assessor, Table
 from piccolod.daemon import Daemon, GateHook, ready_after_first_assessment
 from piccolod.document import Facts
 from piccolod.model import Source, build
-from piccolod.policy import Component, PolicyFile
+from piccolod.policy import PolicyFile
 from piccolod.result import Outcome
 
 
@@ -78,7 +78,7 @@ FACTS = Facts(boot_id="00000000-test-boot-id", disk_encryption="none", pid=1, st
 
 @contextmanager
 def running_daemon(
-    checks: Mapping[Component, Check],
+    checks: Table,
     data: Mapping[str, Any],
     *,
     gate: GateHook = ready_after_first_assessment,

@@ -226,7 +226,7 @@ def test_the_seeds_stricter_rule_is_one_policy_edit() -> None:
     assert Assessor(checks, fixed(1)).assess(stricter).status is Status.UNHEALTHY
 
 
-def _result(comp: Component, healthy: bool, required: bool = True) -> CheckResult:
+def _result(comp: str, healthy: bool, required: bool = True) -> CheckResult:
     return CheckResult(comp, healthy, "r", {}, 0.0, 0.0, required)
 
 

@@ -1,20 +1,15 @@
 """The network check against real sockets: listeners on 127.0.0.x, refused ports, black holes, and DNS.
 
 TCP tests use loopback addresses only. DNS tests run in a network and mount namespace created for the
-test (``unshare``), where ``/etc/resolv.conf`` points at a small DNS responder on that namespace's own
-127.0.0.1:53, so no query ever leaves the machine (the host's resolver is a private-range address).
+test (``unshare``, :mod:`tests.fixtures.dnsns`), where ``/etc/resolv.conf`` points at a small DNS
+responder on that namespace's own 127.0.0.1:53, so no query ever leaves the machine (the host's
+resolver is a private-range address).
 """
 
 from __future__ import annotations
 
-import json
-import os
 import random
 import socket
-import struct
-import subprocess
-import sys
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -25,9 +20,7 @@ import pytest
 from piccolod.checks import CHECKS, timeout_for
 from piccolod.checks.network import check_network
 from piccolod.policy import Checks, Component, HealthPolicy, NetworkCheck, PolicyFile, Thresholds
-from tests.fixtures.daemons import require
-
-ROOT = Path(__file__).resolve().parent.parent
+from tests.fixtures.dnsns import in_netns
 
 
 def policy(targets: list[str], names: list[str] | None = None, timeout: float = 2.0) -> PolicyFile:
@@ -141,72 +134,22 @@ def test_registry_entry(listener: str) -> None:
 
 # --- DNS, inside a private network namespace -------------------------------------------------------
 
-ZONE = {"piccolo.test.": "127.0.0.9", "update.piccolo.test.": "127.0.0.10"}
-SILENT = "silent.test."  # the responder never answers for this name
 
-
-def _dns_answer(query: bytes) -> bytes | None:
-    """A minimal DNS responder (RFC 1035 section 4): A records from ZONE, NXDOMAIN otherwise."""
-    ident, _flags, qdcount = struct.unpack("!HHH", query[:6])
-    if qdcount != 1:
-        return None
-    labels, i = [], 12
-    while query[i]:
-        labels.append(query[i + 1 : i + 1 + query[i]].decode("ascii").lower())
-        i += 1 + query[i]
-    name = ".".join(labels) + "."
-    qtype = struct.unpack("!H", query[i + 1 : i + 3])[0]
-    question = query[12 : i + 5]
-    if name == SILENT:
-        return None
-    if name not in ZONE:
-        return struct.pack("!HHHHHH", ident, 0x8183, 1, 0, 0, 0) + question  # NXDOMAIN
-    if qtype != 1:
-        return struct.pack("!HHHHHH", ident, 0x8180, 1, 0, 0, 0) + question  # no data of that type
-    answer = struct.pack("!HHHIH", 0xC00C, 1, 1, 60, 4) + socket.inet_aton(ZONE[name])
-    return struct.pack("!HHHHHH", ident, 0x8180, 1, 1, 0, 0) + question + answer
-
-
-def _serve_dns(sock: socket.socket) -> None:
-    while True:
-        query, peer = sock.recvfrom(512)
-        reply = _dns_answer(query)
-        if reply is not None:
-            sock.sendto(reply, peer)
-
-
-def netns_child(cases_json: str) -> None:
-    """Runs inside the namespace: start the responder, run each case, print the outcomes as JSON."""
-    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    sock.bind(("127.0.0.1", 53))
-    threading.Thread(target=_serve_dns, args=(sock,), daemon=True).start()
+def netns_cases(cases: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Runs inside the namespace (:func:`tests.fixtures.dnsns.in_netns`): each case's outcome."""
     results = []
-    for case in json.loads(cases_json):
+    for case in cases:
         started = time.monotonic()
         outcome = check_network(policy(case["targets"], case["names"], case["timeout"]), case["timeout"])
         took = time.monotonic() - started
         results.append(
             {"healthy": outcome.healthy, "reason": outcome.reason, "details": outcome.details, "took": took}
         )
-    print(json.dumps(results))
+    return results
 
 
 def run_in_netns(tmp_path: Path, cases: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    resolv = tmp_path / "resolv.conf"
-    resolv.write_text("nameserver 127.0.0.1\noptions timeout:5 attempts:2\n")
-    hosts = tmp_path / "hosts"
-    hosts.write_text("127.0.0.1 localhost\n::1 localhost\n")
-    child = "import sys; from tests.test_checks_network import netns_child; netns_child(sys.argv[1])"
-    script = (
-        f"ip link set lo up && mount --bind {resolv} /etc/resolv.conf && mount --bind {hosts} /etc/hosts && "
-        f'exec "$0" -c "{child}" "$1"'
-    )
-    require("ip")
-    argv = [require("unshare"), "--net", "--mount", "sh", "-c", script, sys.executable, json.dumps(cases)]
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    proc = subprocess.run(argv, capture_output=True, text=True, cwd=ROOT, env=env, timeout=60, check=False)
-    assert proc.returncode == 0, proc.stderr
-    results: list[dict[str, Any]] = json.loads(proc.stdout)
+    results: list[dict[str, Any]] = in_netns(tmp_path, "tests.test_checks_network:netns_cases", cases)
     return results
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -245,3 +246,54 @@ def test_the_agent_refuses_the_root_directory_as_its_state_dir(tmp_path: Path, s
     assert str(exc.value).startswith(f"{path}:2: agent.state_dir: must be a directory of its own")
     path.write_text(f"agent:\n  state_dir: '{tmp_path}'\n")  # tests run the agent in a tmp dir
     assert load_policy(path).agent.state_dir == str(tmp_path)
+
+
+# --- checks the operator declares, baked into the image ----------------------------------------------
+
+DECLARED = """\
+version: 0.1.0
+health_policy:
+  startup: {required_components: [tpm, storage, api, web, ingest], optional_components: [docker, sock]}
+  checks:
+    tpm: {timeout_seconds: 20}
+    web: {kind: http, url: 'http://127.0.0.1:8080/ready', json: {field: status, equals: ok}}
+    sock: {kind: tcp, address: '127.0.0.1:5432', run_on: [runtime]}
+    ingest: {kind: exec, command: [/usr/libexec/acme/check-ingest, --quick]}
+"""
+
+
+def test_declared_checks_validate_and_land_in_the_vendor_policy(tmp_path: Path) -> None:
+    """``config validate`` lints the checks as the agent does (the exec program is not looked for on
+    the build machine: it is the device's), and ``render`` serialises them for the agent to read back."""
+    path = write(tmp_path, DECLARED)
+    r = cli("config", "validate", path, "--json")
+    assert r.returncode == 0 and json.loads(r.stdout)["valid"], r.stdout + r.stderr
+    out = tmp_path / "overlays"
+    r = cli("render", "-c", path, "-o", out)
+    assert r.returncode == 0, r.stderr
+    vendor = out / "coreos-overlay" / "app-admin" / "piccolod" / "files" / "health-policy.yaml"
+    text = vendor.read_text()
+    assert "    ingest:\n      kind: exec\n      command:\n      - /usr/libexec/acme/check-ingest\n" in text
+    assert "    tpm:\n      timeout_seconds: 20.0\n      tcti: device:/dev/tpmrm0\n" in text
+    assert " interval_seconds" not in text and "success_threshold" not in text  # options only where set
+    agent = load_policy(vendor, lint=False)
+    assert agent.health_policy == load_config(path).health_policy
+
+
+@pytest.mark.parametrize(
+    ("block", "line", "key", "words"),
+    [
+        ("web: {kind: htp}", 4, "health_policy.checks.web.kind", "must be one of exec"),
+        ("web: {kind: tcp, address: 'a:1', timeout_seconds: 70}", 4,
+         "health_policy.checks.web.timeout_seconds", "must be below the interval (60s)"),
+        ("x: {kind: exec, command: [/bin/sh, -c, 'echo $(id)']}", 4,
+         "health_policy.checks.x.command[2]", "must not contain '$('"),
+    ],
+)  # fmt: skip
+def test_bad_declared_checks_fail_validate_with_exit_2(
+    tmp_path: Path, block: str, line: int, key: str, words: str
+) -> None:
+    path = write(tmp_path, f"version: 0.1.0\nhealth_policy:\n  checks:\n    {block}\n")
+    r = cli("config", "validate", path)
+    assert r.returncode == 2, r.stdout + r.stderr
+    assert r.stderr.startswith(f"error: {path}:{line}: {key}: ") and words in r.stderr.splitlines()[0]

@@ -323,3 +323,117 @@ def test_a_damaged_build_state_means_the_steps_run_again(tmp_path: Path, content
     path.write_bytes(content)
     state = State(path)
     assert state.steps == ({"ok": {"digest": "abc", "result": None}} if b'"ok"' in content else {})
+
+
+# --- drop-in directories: every hostile file as a check, and hostile directories ------------------------
+
+
+@pytest.mark.parametrize("case", sorted(hostile.CASES))
+def test_a_hostile_drop_in_is_one_line_within_bounds(tmp_path: Path, case: str) -> None:
+    policy = tmp_path / "health-policy.yaml"
+    policy.write_text("health_policy:\n  startup: {required_components: [web], optional_components: []}\n")
+    dropin = tmp_path / "checks.d" / "web.yaml"
+    dropin.parent.mkdir()
+    dropin.write_bytes(hostile.CASES[case])
+    m = hostile.measure(hostile.check(policy))
+    assert (m.returncode, m.stdout) == (3, ""), m.stderr[-2000:]
+    lines = m.stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"piccolod: {dropin}"), m.stderr[-2000:]
+    assert lines[0].isprintable()
+    assert m.cpu_seconds < hostile.LIMIT_SECONDS, f"{m.cpu_seconds:.2f} s of CPU"
+    assert m.peak_rss_bytes < hostile.LIMIT_BYTES, f"{m.peak_rss_bytes / 2**20:.0f} MiB"
+
+
+def _hostile_directory(root: Path, attack: str) -> str:
+    """Lay ``attack`` out under ``root``; the words its one-line error must hold."""
+    import os
+
+    required = root / "required.d"
+    if attack == "symlink-loop":
+        (root / "checks.d").symlink_to(root / "checks.d")
+        return "checks.d: cannot read the directory: Too many levels of symbolic links"
+    if attack == "fifo-entry":
+        required.mkdir()
+        os.mkfifo(required / "10-fifo")
+        return "10-fifo is not a regular file"
+    if attack == "many-entries":
+        required.mkdir()
+        for i in range(20_000):
+            (required / f"s{i}").touch()
+        return "required.d: more than 256 entries"
+    if attack == "control-characters-in-a-name":
+        required.mkdir()
+        (required / "a\nb\x1b[31m").touch(mode=0o755)
+        return "cannot name a check: must not contain control characters"
+    if attack == "undecodable-name":
+        required.mkdir()
+        os.close(os.open(os.fsencode(required) + b"/\xff\xfe", os.O_CREAT | os.O_WRONLY, 0o755))
+        return "cannot name a check"
+    if attack == "dangling-symlink":
+        required.mkdir()
+        (required / "gone").symlink_to(root / "nowhere")
+        return "no such file or directory"
+    raise AssertionError(attack)
+
+
+@pytest.mark.parametrize(
+    "attack",
+    ["symlink-loop", "fifo-entry", "many-entries", "control-characters-in-a-name", "undecodable-name",
+     "dangling-symlink"],
+)  # fmt: skip
+def test_hostile_directories_are_one_line_within_bounds(tmp_path: Path, attack: str) -> None:
+    policy = tmp_path / "health-policy.yaml"
+    policy.write_text("health_policy:\n  startup: {required_components: [], optional_components: []}\n")
+    words = _hostile_directory(tmp_path, attack)
+    m = hostile.measure(hostile.check(policy), timeout=30)
+    assert (m.returncode, m.stdout) == (3, ""), m.stderr[-2000:]
+    lines = m.stderr.splitlines()
+    assert len(lines) == 1 and lines[0].isprintable() and words in lines[0], m.stderr[-2000:]
+    assert m.cpu_seconds < hostile.LIMIT_SECONDS and m.peak_rss_bytes < hostile.LIMIT_BYTES
+
+
+def test_a_hostile_admin_drop_in_falls_back_to_the_vendor_layer(tmp_path: Path) -> None:
+    """An administrator's broken drop-in must never keep the agent from starting (nor blame the vendor)."""
+    vendor = tmp_path / "usr" / "health-policy.yaml"
+    admin = tmp_path / "etc" / "health-policy.yaml"
+    vendor.parent.mkdir()
+    vendor.write_text(VENDOR_TEXT)
+    (admin.parent / "checks.d").mkdir(parents=True)
+    (admin.parent / "checks.d" / "web.yaml").write_bytes(hostile.CASES["alias-bomb"])
+    policy, error = load_default_policy(vendor=vendor, admin=admin)
+    assert policy == load_policy(vendor)
+    assert error is not None and error.startswith(str(admin.parent / "checks.d" / "web.yaml")), error
+
+
+CHECK_TEXT = """\
+kind: http
+url: 'http://127.0.0.1:8080/ready'
+status: 200
+json: {field: checks.db, equals: up}
+timeout_seconds: 2
+interval_seconds: 10
+run_on: [gate, runtime]
+"""
+
+
+def test_mutated_drop_ins_hold_the_contract(tmp_path: Path) -> None:
+    """Seeded mutations of a check drop-in, and of a greenboot directory's names."""
+    rng = random.Random(SEED + 16)
+    policy = tmp_path / "health-policy.yaml"
+    policy.write_text("health_policy:\n  startup: {required_components: [web], optional_components: []}\n")
+    dropin = tmp_path / "checks.d" / "web.yaml"
+    dropin.parent.mkdir()
+    loaded = 0
+    for n in range(400):
+        data = mutate(rng, CHECK_TEXT)
+        dropin.write_bytes(data)
+        start = time.process_time()
+        try:
+            load_policy(policy)
+            loaded += 1
+        except ModelError as exc:
+            _one_line(str(exc))
+        except Exception as exc:
+            pytest.fail(f"seed {SEED + 16}, input {n}: {type(exc).__name__}: {exc!r} for {data!r}")
+        assert time.process_time() - start < hostile.LIMIT_SECONDS
+    assert 0 < loaded < 400  # some mutations still make a valid check, most do not

@@ -57,13 +57,13 @@ def docker_host(policy: PolicyFile) -> str:
     return os.environ.get("DOCKER_HOST") or DEFAULT_HOST
 
 
-def _endpoint(policy: PolicyFile) -> http_client.Endpoint:
+def engine_endpoint(policy: PolicyFile) -> http_client.Endpoint:
     if policy.health_policy.checks.docker.host is None and os.environ.get("DOCKER_TLS_VERIFY"):
         raise ValueError("DOCKER_TLS_VERIFY is set, and piccolod speaks to the engine without TLS")
     return http_client.endpoint(docker_host(policy))
 
 
-def _ask(ep: http_client.Endpoint, path: str, deadline: float, timeout: float) -> Any:
+def ask(ep: http_client.Endpoint, path: str, deadline: float, timeout: float) -> Any:
     """The JSON answer to ``GET path``; :class:`EngineError` for an HTTP error answer."""
     left = deadline - time.monotonic()
     if left <= 0:
@@ -85,7 +85,7 @@ def _bare(path: str) -> str:
     return path.partition("?")[0]
 
 
-def _why(exc: BaseException) -> str:
+def why(exc: BaseException) -> str:
     """A one-line, bounded reason."""
     if isinstance(exc, OSError) and not isinstance(exc, TimeoutError) and exc.strerror:
         text = exc.strerror
@@ -99,10 +99,10 @@ def check_docker(policy: PolicyFile, timeout: float) -> Outcome:
     host = docker_host(policy)
     details: dict[str, Any] = {"version": None, "api_version": None, "host": host}
     try:
-        version = _ask(_endpoint(policy), "/version", time.monotonic() + timeout, timeout)
+        version = ask(engine_endpoint(policy), "/version", time.monotonic() + timeout, timeout)
         _expect(isinstance(version, dict), "GET /version did not answer a JSON object")
     except (OSError, ValueError, http_client.HttpError, EngineError) as exc:
-        return Outcome(False, f"Docker engine at {host} is not answering: {_why(exc)}", details)
+        return Outcome(False, f"Docker engine at {host} is not answering: {why(exc)}", details)
     details["version"] = _text(version.get("Version"))
     details["api_version"] = _text(version.get("ApiVersion"))
     return Outcome(True, f"Docker {details['version']} answers at {host}", details)
@@ -139,16 +139,16 @@ def _listed(answer: Any, path: str) -> list[dict[str, Any]]:
 def _states(ep: http_client.Endpoint, timeout: float) -> tuple[int, list[str], list[tuple[str, float]]]:
     """(running count, unhealthy names, (name, StartedAt) of those still starting)."""
     deadline = time.monotonic() + timeout
-    running = _listed(_ask(ep, "/containers/json", deadline, timeout), "/containers/json")
+    running = _listed(ask(ep, "/containers/json", deadline, timeout), "/containers/json")
     unhealthy_path, starting_path = _FILTER.format("unhealthy"), _FILTER.format("starting")
-    unhealthy = _listed(_ask(ep, unhealthy_path, deadline, timeout), unhealthy_path)
+    unhealthy = _listed(ask(ep, unhealthy_path, deadline, timeout), unhealthy_path)
     starting: list[tuple[str, float]] = []
-    for c in _listed(_ask(ep, starting_path, deadline, timeout), starting_path):
+    for c in _listed(ask(ep, starting_path, deadline, timeout), starting_path):
         cid = str(c.get("Id", ""))
         if not _CONTAINER_ID.fullmatch(cid):
             raise EngineError(f"the engine listed a container with the id {cid[:80]!r}")
         try:
-            state = _ask(ep, f"/containers/{cid}/json", deadline, timeout)
+            state = ask(ep, f"/containers/{cid}/json", deadline, timeout)
         except EngineError as exc:
             if " 404" in str(exc):  # gone since it was listed
                 continue
@@ -171,10 +171,10 @@ def check_containers(policy: PolicyFile, timeout: float) -> Outcome:
     limit = policy.health_policy.thresholds.container_startup_seconds
     host = docker_host(policy)
     try:
-        count, unhealthy, starting_since = _states(_endpoint(policy), timeout)
+        count, unhealthy, starting_since = _states(engine_endpoint(policy), timeout)
     except (OSError, ValueError, http_client.HttpError, EngineError) as exc:
         details = {"containers_running": 0, "unhealthy": [], "starting_too_long": [], "starting": []}
-        return Outcome(False, f"cannot list containers at {host}: {_why(exc)}", details)
+        return Outcome(False, f"cannot list containers at {host}: {why(exc)}", details)
 
     now = time.time()
     too_long = [name for name, since in starting_since if now - since > limit]

@@ -25,13 +25,13 @@ from piccolod.policy import PolicyFile, split_host_port
 from piccolod.result import Outcome
 
 
-def _connect(target: str, deadline: float) -> str:
+def connect(target: str, deadline: float) -> str:
     host, port = split_host_port(target)
     with socket.create_connection((host, port), timeout=remaining(deadline)):
         return "ok"
 
 
-def _resolve(name: str) -> list[str]:
+def resolve(name: str) -> list[str]:
     infos = socket.getaddrinfo(name, None, type=socket.SOCK_STREAM)
     return sorted({str(info[4][0]) for info in infos})
 
@@ -60,9 +60,9 @@ def check_network(policy: PolicyFile, timeout: float) -> Outcome:
     deadline = time.monotonic() + timeout
     jobs: dict[tuple[str, str], Callable[[], object]] = {}
     for target in config.targets:
-        jobs["tcp", target] = partial(_connect, target, deadline)
+        jobs["tcp", target] = partial(connect, target, deadline)
     for name in config.dns_names:
-        jobs["dns", name] = partial(_resolve, name)
+        jobs["dns", name] = partial(resolve, name)
     results = race(jobs, timeout)
 
     def shown(key: tuple[str, str]) -> Any:

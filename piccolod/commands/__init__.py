@@ -28,15 +28,17 @@ def add_config_option(p: argparse.ArgumentParser) -> None:
         "--config",
         metavar="FILE",
         type=Path,
-        help="use exactly this policy file (default: the vendor policy "
-        "/usr/lib/piccolod/health-policy.yaml overridden key by key by /etc/piccolod/health-policy.yaml)",
+        help="use this policy file and the drop-in directories beside it (checks.d/, required.d/, "
+        "wanted.d/) instead of the vendor layer /usr/lib/piccolod/health-policy.yaml overridden by "
+        "the administrator's /etc/piccolod/health-policy.yaml",
     )
 
 
-def load(args: argparse.Namespace) -> PolicyFile | None:
-    """The policy the command line asks for; prints the one-line error and returns None if it is bad."""
+def load(args: argparse.Namespace, *, lint: bool = True) -> PolicyFile | None:
+    """The policy the command line asks for; prints the one-line error and returns None if it is bad.
+    ``lint=False`` (``serve``) accepts a check whose program cannot run here: it runs as refused."""
     try:
-        return load_policy(args.config)
+        return load_policy(args.config, lint=lint)
     except ModelError as exc:
         print(printable(f"piccolod: {exc}"), file=sys.stderr)
         return None

@@ -1,8 +1,10 @@
 """``piccolod check``: one assessment in this process, printed; the exit code is the verdict.
 
 Exit codes follow the monitoring-plugin convention: 0 healthy, 1 degraded, 2 unhealthy, 3 could not
-assess (a bad policy, say). The ``api`` check probes the daemon at the configured address, so without a
-running daemon it fails: that is the truth about the machine.
+assess (a bad policy, say: this is also the policy's lint, which refuses what only this machine can
+show, such as an ``exec`` check whose program is not executable). The ``api`` check probes the daemon at
+the configured address, so without a running daemon it fails: that is the truth about the machine.
+Declared checks that do not run are listed as ``disabled``, with why.
 """
 
 from __future__ import annotations
@@ -14,20 +16,25 @@ import sys
 from piccolod import document
 from piccolod.assess import Assessment, Assessor
 from piccolod.commands import EXIT_CANNOT_ASSESS, add_config_option, load
+from piccolod.logs import verdict_word
+from piccolod.policy import Declared
 from piccolod.result import Status
 from piccolod.text import printable
 
 EXIT_CODES = {Status.HEALTHY: 0, Status.DEGRADED: 1, Status.UNHEALTHY: 2}
 
 
-def render_text(assessment: Assessment) -> str:
+def render_text(assessment: Assessment, catalog: tuple[Declared, ...] = ()) -> str:
+    disabled = [d for d in catalog if d.disabled is not None]
+    width = max([10, *(len(r.component) for r in assessment.results), *(len(d.name) for d in disabled)])
     lines = [f"status: {assessment.status} ({assessment.duration_seconds:.3f}s)"]
     for r in assessment.results:
-        verdict = "healthy" if r.healthy else "FAILED"
+        verdict = verdict_word(r)
         weight = "required" if r.required else "optional"
-        lines.append(
-            f"  {r.component:<10} {verdict:<7} {weight:<8} {r.duration_seconds:7.3f}s  {printable(r.reason)}"
-        )
+        took = f"{r.duration_seconds:7.3f}s"
+        lines.append(f"  {r.component:<{width}} {verdict:<7} {weight:<8} {took}  {printable(r.reason)}")
+    for d in disabled:
+        lines.append(f"  {d.name:<{width}} {'disabled':<7} {'':<8} {'':>8}  {printable(d.disabled or '')}")
     return "\n".join(lines)
 
 
@@ -49,10 +56,11 @@ def run(args: argparse.Namespace) -> int:
             update_status="up_to_date",
             rollback_reason=None,
             checked=policy.health_policy.checked(),
+            catalog=policy.health_policy.catalog(),
         )
         print(json.dumps(doc, indent=2, default=str))
     else:
-        print(render_text(assessment))
+        print(render_text(assessment, policy.health_policy.catalog()))
     return EXIT_CODES[assessment.status]
 
 

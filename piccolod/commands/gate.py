@@ -18,6 +18,7 @@ from piccolod.commands import EXIT_CANNOT_ASSESS, add_config_option, load
 from piccolod.daemon import Daemon
 from piccolod.gate import Decision, GateResult
 from piccolod.gatehook import detect_slot, first_boot_gate
+from piccolod.result import CheckState
 from piccolod.slot import SlotState, format_table
 
 EXIT_GATE_FAILED = 3
@@ -34,7 +35,9 @@ def describe(result: GateResult) -> str:
     lines = [f"decision: {v.decision}: {v.reason}", f"would: {action}"]
     if result.assessment is not None:
         for r in result.assessment.results:
-            verdict = "ok  " if r.healthy else "FAIL"
+            verdict = (
+                "ok  " if r.healthy else ("FAIL" if r.state is CheckState.FAILED else str(r.state).upper())
+            )
             kind = "required" if r.required else "optional"
             lines.append(f"  {verdict} {r.component:10} {kind:8} {r.duration_seconds:7.3f}s  {r.reason}")
     return "\n".join(lines)

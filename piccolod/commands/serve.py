@@ -8,6 +8,9 @@ stop it: a typo in the administrator's
 ``/etc/piccolod/health-policy.yaml`` must not block update-engine on a marked slot, so the agent logs the
 error loudly, falls back to the vendor policy alone (then to the built-in defaults) and reports the error
 as ``policy_error`` in the health document. Only an explicit ``--config`` that fails is fatal (exit 1).
+A check whose program cannot run here (not executable, missing) does not make the policy bad for
+``serve``: the check runs as ``refused``, which the API, the metrics and the logs show (``piccolod
+check`` refuses such a policy outright).
 """
 
 from __future__ import annotations
@@ -43,7 +46,7 @@ def load_default_policy(
     ModelError, and anything else (a bug) is caught too, because a policy that cannot be read must
     never keep update-engine from a good slot."""
     try:
-        return load_policy(vendor=vendor, admin=admin), None
+        return load_policy(vendor=vendor, admin=admin, lint=False), None
     except ModelError as exc:
         error = str(exc)
     except Exception as exc:
@@ -51,7 +54,7 @@ def load_default_policy(
         error = f"cannot load the policy: {type(exc).__name__}"
     log.critical("bad policy: %s; falling back to the vendor policy %s alone", error, vendor)
     try:
-        return load_policy(vendor), error
+        return load_policy(vendor, lint=False), error
     except MissingFile:
         return PolicyFile(), error
     except ModelError as exc:
@@ -66,7 +69,7 @@ def run(args: argparse.Namespace) -> int:
     logs.setup()
     policy_error: str | None = None
     if args.config is not None:
-        policy = load(args)
+        policy = load(args, lint=False)
         if policy is None:
             return EXIT_CANNOT_START
     else:
