@@ -10,7 +10,11 @@
    :class:`~piccolod.metrics.Metrics`, call :meth:`Daemon.ready` or never do so);
 4. the runtime loop: an assessment every ``check_interval_seconds`` through the
    :class:`~piccolod.hysteresis.Hysteresis` filter, one log record per check, metrics, ``STATUS=``, and
-   ``WATCHDOG=1`` from this same loop when systemd asked for a watchdog.
+   ``WATCHDOG=1`` from this same loop when systemd asked for a watchdog. After an assessment, at most
+   every ``refresh_seconds``, the **refresh hook** (``piccolod serve``'s:
+   :func:`piccolod.gatehook.refresh_machine`) re-reads what can change under a running agent: the slot
+   table (update-engine marks a slot good, or stages an update in the other one), the update group, the
+   update-loop pin.
 
 SIGTERM/SIGINT send ``STOPPING=1``, end any wait at once (an assessment in progress is cancelled, not
 waited for: :meth:`Assessor.cancel <piccolod.assess.Assessor.cancel>`), kill the checks' helper processes,
@@ -28,7 +32,7 @@ import time
 from collections.abc import Callable, Mapping
 from types import FrameType
 
-from piccolod import document, logs, notify
+from piccolod import document, logs, notify, osinfo
 from piccolod import run as child
 from piccolod.api import ApiServer, Response, listen_socket, publish, unpublish
 from piccolod.assess import Assessment, Assessor, Cancelled
@@ -40,7 +44,9 @@ from piccolod.state import State
 log = logging.getLogger("piccolod")
 
 HEALTH_PATH = "/api/v1/system/health"
+REFRESH_SECONDS = 60.0
 GateHook = Callable[["Daemon"], None]
+RefreshHook = Callable[["Daemon"], None]
 
 
 def ready_after_first_assessment(daemon: Daemon) -> None:
@@ -71,9 +77,12 @@ class Daemon:
         env: Mapping[str, str] | None = None,
         policy_error: str | None = None,
         bind: bool = True,
+        refresh: RefreshHook | None = None,
+        refresh_seconds: float = REFRESH_SECONDS,
     ) -> None:
         """``policy_error``: why the configured policy was replaced by a fallback (shown in the health
-        document). ``bind=False`` starts no API (``piccolod gate --dry-run`` beside a running agent)."""
+        document). ``bind=False`` starts no API (``piccolod gate --dry-run`` beside a running agent).
+        ``refresh`` runs in the runtime loop after an assessment, at most every ``refresh_seconds``."""
         hp = policy.health_policy
         self.policy = policy
         self.assessor = assessor if assessor is not None else Assessor()
@@ -81,7 +90,11 @@ class Daemon:
         self.env = env
         self.facts = facts if facts is not None else document.current_facts(hp.checks.storage.mounts)
         self.state = State(self.facts, hp.checked(), policy_error)
-        self.metrics = Metrics(hp.checked())
+        self.metrics = Metrics(hp.checked(), interval=hp.runtime.check_interval_seconds)
+        self.metrics.machine(os=osinfo.read())
+        self.refresh = refresh
+        self.refresh_seconds = refresh_seconds
+        self._last_refresh = time.monotonic()
         self.hysteresis = Hysteresis(hp.runtime.failure_threshold)
         self.stopping = threading.Event()
         self.is_ready = threading.Event()
@@ -199,6 +212,18 @@ class Daemon:
                 self.assess()
             except Cancelled:
                 break
+            self.refresh_if_due()
+
+    def refresh_if_due(self) -> None:
+        """Run the refresh hook when ``refresh_seconds`` have passed since the last run (or the start);
+        a hook that raises is logged and tried again next time: the loop goes on."""
+        if self.refresh is None or time.monotonic() - self._last_refresh < self.refresh_seconds:
+            return
+        self._last_refresh = time.monotonic()
+        try:
+            self.refresh(self)
+        except Exception:
+            log.exception("refreshing the machine facts failed")
 
     def run(self) -> int:
         if threading.current_thread() is threading.main_thread():
