@@ -297,7 +297,7 @@ def test_the_health_document_reports_a_policy_error(tmp_path: Path) -> None:
 def boot(tmp_path: Path, disk: Path, start: Any, boot_id: str, tpm: Switch) -> Running:
     """One boot of the machine: GRUB's choice written to the command line, the agent to its verdict."""
     (tmp_path / "cmdline").write_text(cmdline_for(gptprio_next(disk)))
-    run = start(tpm, boot_id=boot_id, timeout=0.3)
+    run: Running = start(tpm, boot_id=boot_id, timeout=0.3)
     wait_for(lambda: run.health()["startup_health_check"] != "pending", timeout=5, what="the verdict")
     return run
 
