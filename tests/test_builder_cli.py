@@ -70,7 +70,7 @@ def test_render_then_check_passes_and_noop_keeps_mtimes(tmp_path: Path) -> None:
     assert snapshot(out) == before
     r = cli("check", "--config", DEFAULT_CONFIG, "--overlay", out)
     assert r.returncode == 0, r.stdout + r.stderr
-    assert r.stdout.count("ok  ") == 5
+    assert r.stdout.count("ok  ") == 7  # the overlay's five steps, then monitoring's two
 
 
 def test_committed_overlay_checks_clean() -> None:

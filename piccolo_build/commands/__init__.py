@@ -4,6 +4,13 @@ from __future__ import annotations
 
 from types import ModuleType
 
-from piccolo_build.commands import build_cmd, bundle_cmd, config_cmd, render_cmd, stage_cmd
+from piccolo_build.commands import build_cmd, bundle_cmd, config_cmd, monitoring_cmd, render_cmd, stage_cmd
 
-COMMAND_MODULES: tuple[ModuleType, ...] = (config_cmd, render_cmd, stage_cmd, build_cmd, bundle_cmd)
+COMMAND_MODULES: tuple[ModuleType, ...] = (
+    config_cmd,
+    render_cmd,
+    monitoring_cmd,
+    stage_cmd,
+    build_cmd,
+    bundle_cmd,
+)

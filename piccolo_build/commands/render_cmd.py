@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 from piccolo_build.commands.config_cmd import ConfigOption, JsonOption, SetOption, load_for_cli
+from piccolo_build.commands.monitoring_cmd import DEFAULT_OUTPUT as DEFAULT_MONITORING
 from piccolo_build.errors import PiccoloError
 
 if TYPE_CHECKING:
@@ -57,12 +58,16 @@ def register(app: typer.Typer) -> None:
             typer.echo(f"{output}: {len(files)} files, {'updated' if changed else 'unchanged'}")
 
     @app.command("check")
-    def check(
+    def check(  # noqa: PLR0917 - Typer passes every option by keyword
         config_file: ConfigOption = None,
         sets: SetOption = None,
         overlay: Annotated[
             Path, typer.Option("--overlay", help="Committed overlay to compare against.")
         ] = DEFAULT_OUTPUT,
+        monitoring: Annotated[
+            Path,
+            typer.Option("--monitoring", help="Committed alert rules and dashboard to compare against."),
+        ] = DEFAULT_MONITORING,
         tree: Annotated[
             Path | None,
             typer.Option(
@@ -76,14 +81,18 @@ def register(app: typer.Typer) -> None:
         ] = None,
         as_json: JsonOption = False,
     ) -> None:
-        """Fail if OVERLAY differs from a fresh render; verify units and lint ebuilds."""
+        """Fail if OVERLAY or MONITORING differs from a fresh render; verify units, lint ebuilds, check
+        the alert rules with promtool."""
         from piccolo_build.check import check_overlay
+        from piccolo_build.commands.monitoring_cmd import plan as monitoring_plan
+        from piccolo_build.monitoring.verify import check_monitoring
 
         cfg = load_for_cli(config_file, sets)
         if tree is not None:
             tree_check(tree, plan(cfg), [b.arch for b in cfg.boards], as_json=as_json)
             return
         report = check_overlay(cfg, plan(cfg), overlay)
+        report.steps.extend(check_monitoring(monitoring_plan(cfg), monitoring))
         if as_json:
             typer.echo(json.dumps(report.to_json(), indent=2))
         else:
@@ -96,7 +105,7 @@ def register(app: typer.Typer) -> None:
             failed = ", ".join(s.name for s in report.steps if not s.ok)
             raise PiccoloError(
                 f"check failed: {failed}",
-                hint="run `piccolo-build render` if the diff is intended",
+                hint="run `piccolo-build render` (or `monitoring`) if the diff is intended",
                 exit_code=1,
             )
 
