@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -31,7 +30,7 @@ from piccolo_build.monitoring.render import DASHBOARD, MARKER, RULES, monitoring
 from piccolo_build.render import write_tree
 from piccolod.journal import Journal, Store
 from tests.agent_helpers import free_port, policy_data, wait_for, write_policy
-from tests.fixtures.daemons import require
+from tests.fixtures.daemons import _stop_process, require
 from tests.fixtures.gptdisk import USR_A, USR_B, cmdline_for
 from tests.test_journal import record
 
@@ -86,16 +85,6 @@ class Live:
 def _start(argv: list[str | Path], log: Path, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
     with log.open("wb") as out:
         return subprocess.Popen([str(a) for a in argv], stdout=out, stderr=subprocess.STDOUT, env=env)
-
-
-def _stop(proc: subprocess.Popen[bytes]) -> None:
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
 
 
 def _answers(url: str) -> bool:
@@ -158,8 +147,8 @@ def live(tmp_path: Path, flatcar_disk: Path) -> Iterator[Live]:
         wait_for(lambda: _answers(f"http://127.0.0.1:{agent_port}/livez"), timeout=30, what="piccolod's API")
         yield Live(api, storage, board, rollback_at)
     finally:
-        _stop(server)
-        _stop(agent)
+        _stop_process(server, 10)
+        _stop_process(agent, 10)
         for name in ("agent.log", "prometheus.log"):
             print(f"--- {name}\n{(tmp_path / name).read_text(errors='replace')[-3000:]}")
 

@@ -60,6 +60,25 @@ class Panel:
     interval: str = ""  # the panel's minimum query interval ($__interval)
 
 
+def stat(
+    title: str, description: str, expr: str, *, legend: str = "", width: int = 4, row: str = ""
+) -> Panel:
+    """A number (or a few) for the top of the dashboard, from one instant query."""
+    return Panel("stat", title, description, (Target(expr, legend, instant=True),), width, 4, row=row)
+
+
+def table(title: str, description: str, expr: str, *, keep: str, unit: str = "", row: str = "") -> Panel:
+    """A table of the machines (series) whose value is ``keep`` ("above 0" or "0")."""
+    return Panel(
+        "table", title, description, (Target(expr, instant=True),), 8, unit=unit, row=row, keep_values=keep
+    )
+
+
+def graph(title: str, description: str, expr: str, legend: str, **look: Any) -> Panel:
+    """A time series of one range query, half the width; ``look``: ``stacked``, ``bars``, ``interval``."""
+    return Panel("timeseries", title, description, (Target(expr, legend),), 12, **look)
+
+
 def panels(mon: Monitoring) -> tuple[Panel, ...]:
     """The dashboard's panels, in layout order, as plain data (the SDK turns them into Grafana's)."""
     sel = mon.selector
@@ -76,51 +95,33 @@ def panels(mon: Monitoring) -> tuple[Panel, ...]:
         f" / {per_check} ({rate('piccolod_health_check_duration_seconds_count')})"
     )
     return (
-        Panel(
-            "stat",
+        stat(
             "Machines up",
             "piccolod targets Prometheus scrapes successfully.",
-            (Target(f"count({m('up')} == 1) or vector(0)", instant=True),),
-            width=4,
-            height=4,
+            f"count({m('up')} == 1) or vector(0)",
             row="Fleet",
         ),
-        Panel(
-            "stat",
+        stat(
             "Machines by status",
             "Each machine counts once, under the status its agent reports now.",
-            (Target(f"sum by (status) ({m('piccolod_health_status')})", "{{status}}", instant=True),),
+            f"sum by (status) ({m('piccolod_health_status')})",
+            legend="{{status}}",
             width=8,
-            height=4,
         ),
-        Panel(
-            "stat",
+        stat(
             "Gates pending",
             "Machines whose freshly updated slot waits for its first-boot gate.",
-            (Target(f"sum({m('piccolod_gate_pending')}) or vector(0)", instant=True),),
-            width=4,
-            height=4,
+            f"sum({m('piccolod_gate_pending')}) or vector(0)",
         ),
-        Panel(
-            "stat",
+        stat(
             "Rollbacks in 24 h",
             "Machines that came back from a failed update in the last 24 hours.",
-            (
-                Target(
-                    f"count({m('piccolod_last_rollback_timestamp_seconds')} > time() - 86400) or vector(0)",
-                    instant=True,
-                ),
-            ),
-            width=4,
-            height=4,
+            f"count({m('piccolod_last_rollback_timestamp_seconds')} > time() - 86400) or vector(0)",
         ),
-        Panel(
-            "stat",
+        stat(
             "Pinned updates",
             "Machines that will not install a rolled-back version again until the pin is cleared.",
-            (Target(f"sum({m('piccolod_update_pinned')}) or vector(0)", instant=True),),
-            width=4,
-            height=4,
+            f"sum({m('piccolod_update_pinned')}) or vector(0)",
         ),
         Panel(
             "timeseries",
@@ -132,32 +133,30 @@ def panels(mon: Monitoring) -> tuple[Panel, ...]:
             ),
             width=12,
             row="Health and updates",
+            stacked=True,
         ),
-        Panel(
-            "timeseries",
+        graph(
             "Rollbacks over time",
             "Rollbacks the machines came back from, per interval (the count lives in each machine's "
             "journal, so it survives the reboots a rollback is made of).",
-            (Target(f"sum(increase({m('piccolod_rollbacks_total')}[$__interval]))", "rollbacks"),),
-            width=12,
+            f"sum(increase({m('piccolod_rollbacks_total')}[$__interval]))",
+            "rollbacks",
             bars=True,
             interval="1h",
         ),
-        Panel(
-            "timeseries",
+        graph(
             "Gate outcomes of the current boots",
             "How the first-boot gate of each machine's current boot ended: passed and failed on a freshly "
             "updated slot, timeout when it ran out of time, skipped on a slot already marked good.",
-            (Target(f"sum by (outcome) ({m('piccolod_gate_outcomes_total')})", "{{outcome}}"),),
-            width=12,
+            f"sum by (outcome) ({m('piccolod_gate_outcomes_total')})",
+            "{{outcome}}",
             stacked=True,
         ),
-        Panel(
-            "timeseries",
+        graph(
             "Versions in the fleet",
             "Machines per OS version (a rollout moves machines from one line to the next).",
-            (Target(f"count by (version) ({m('piccolod_os_info')})", "{{version}}"),),
-            width=12,
+            f"count by (version) ({m('piccolod_os_info')})",
+            "{{version}}",
             stacked=True,
         ),
         Panel(
@@ -183,31 +182,25 @@ def panels(mon: Monitoring) -> tuple[Panel, ...]:
             width=12,
             unit="s",
         ),
-        Panel(
-            "table",
+        table(
             "Machines with a pinned update",
             "Machines whose updates are pinned after a rollback.",
-            (Target(m("piccolod_update_pinned"), instant=True),),
-            width=8,
+            m("piccolod_update_pinned"),
+            keep="above 0",
             row="Machines that need a look",
-            keep_values="above 0",
         ),
-        Panel(
-            "table",
+        table(
             "Failing checks",
             "Checks that count as failed now (after the policy's failure_threshold).",
-            (Target(m("piccolod_health_check_status"), instant=True),),
-            width=8,
-            keep_values="0",
+            m("piccolod_health_check_status"),
+            keep="0",
         ),
-        Panel(
-            "table",
+        table(
             "Last rollbacks",
             "When each machine's last rollback happened (the failed gate's time).",
-            (Target(f"{m('piccolod_last_rollback_timestamp_seconds')} * 1000", instant=True),),
-            width=8,
+            f"{m('piccolod_last_rollback_timestamp_seconds')} * 1000",
+            keep="above 0",
             unit="dateTimeAsIso",
-            keep_values="above 0",
         ),
     )
 
