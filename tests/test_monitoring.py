@@ -285,3 +285,21 @@ def test_rules_are_yaml_of_the_documented_shape() -> None:
     assert yaml.safe_load(text) == data
     first = data["groups"][0]["rules"][0]
     assert list(first) == ["alert", "expr", "for", "labels", "annotations"]
+
+
+def test_the_docs_list_every_key_with_its_default_and_the_environment_sets_them() -> None:
+    from piccolo_build.config import Monitoring, env_name
+    from piccolod.model import default, dotted, leaves, to_plain
+
+    doc = (ROOT / "docs" / "monitoring.md").read_text()
+    defaults = to_plain(default(Monitoring))
+    for path, _tp, _field in leaves(Monitoring):
+        value: Any = defaults
+        for part in path:
+            value = value[part]
+        shown = f"`{value}`" if isinstance(value, str) else f"{value:g}"
+        assert f"| `{dotted(('monitoring', *path))}` | {shown} |" in doc, path
+    name = env_name(("monitoring", "thresholds", "unhealthy_for_seconds"))
+    assert name == "PICCOLO_MONITORING_THRESHOLDS_UNHEALTHY_FOR_SECONDS" and name in doc
+    cfg = load_config(None, env={name: "300", "PICCOLO_MONITORING_SELECTOR": 'job="x"'})
+    assert (cfg.monitoring.thresholds.unhealthy_for_seconds, cfg.monitoring.selector) == (300.0, 'job="x"')
