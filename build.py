@@ -40,7 +40,8 @@ TEST_CACHE_VARIABLE = "PICCOLO_TEST_CACHE"
 TEST_CACHE = VENV / "test-cache"
 
 # Debian packages the test suite drives for real (docs/testing.md): a private dockerd with busybox images,
-# swtpm and the TSS headers tpm2-pytss builds against, GPT tools, systemd-nspawn, sysext tooling, gpg.
+# swtpm and the TSS headers tpm2-pytss builds against, GPT tools, systemd-nspawn, sysext tooling, gpg,
+# Prometheus.
 APT_PACKAGES = (
     "docker.io",
     "busybox-static",
@@ -60,9 +61,11 @@ APT_PACKAGES = (
     "btrfs-progs",
     "git",
     "debootstrap",
+    "prometheus",  # promtool checks and unit-tests the alert rules; a real Prometheus runs them
 )
-# What `piccolo-build check` runs besides the `check` extra's pkgcheck and shellcheck: systemd-analyze.
-CHECK_APT_PACKAGES = ("systemd",)
+# What `piccolo-build check` runs besides the `check` extra's pkgcheck and shellcheck: systemd-analyze, and
+# promtool (Debian's prometheus package) on the alert rules.
+CHECK_APT_PACKAGES = ("systemd", "prometheus")
 
 # The systemd-257 machine the gate's boot tests run (tests/fixtures/nspawn.py): a Debian trixie root from
 # Debian's registry, made once and rebuilt only when it is missing or this list changes. systemd and D-Bus

@@ -35,7 +35,7 @@ from piccolo_build import layout
 from piccolo_build.config import BuildConfig
 from piccolo_build.gentoo import ENV_DIR, OverlayFile
 from piccolo_build.overlay import UNIT, package_dir
-from piccolo_build.render import read_tree, tree
+from piccolo_build.render import OVERLAY_MARKER, Marker, read_tree, tree
 from piccolo_build.run import run, tool
 from piccolo_build.scanrepo import build_scan_repo
 from piccolo_build.stage import lay_out
@@ -70,10 +70,10 @@ class Report:
 # --- 1. diff -------------------------------------------------------------------------------------
 
 
-def diff_tree(files: list[OverlayFile], overlay: Path) -> str:
+def diff_tree(files: list[OverlayFile], overlay: Path, marker: Marker = OVERLAY_MARKER) -> str:
     """A unified diff from the overlay on disk (a/) to the fresh render (b/); empty when equal."""
     have = read_tree(overlay)
-    want = tree(files)  # with the marker file render writes at the top
+    want = tree(files, marker)  # with the marker file render writes at the top
     out: list[str] = []
     for path in sorted(set(have) | set(want)):
         old, old_mode = have.get(path, (b"", 0))

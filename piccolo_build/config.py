@@ -2,7 +2,9 @@
 
 Key names (the contract other tools and the docs rely on): ``version``, ``boards``,
 ``flatcar: {release, releases, sdk_version}``, ``update: {group, server}``,
-``package: {category, name, license}``, ``release: {signing_key, update_key, output_dir}``, plus the
+``package: {category, name, license}``, ``release: {signing_key, update_key, output_dir}``,
+``monitoring: {selector, runbook_url, dashboard_uid, dashboard_title, thresholds}`` (the fleet's alert
+rules and dashboard, docs/monitoring.md), plus the
 ``health_policy`` and ``agent`` blocks of ``docs/agent.md``, validated by piccolod's own policy model.
 
 Precedence: CLI flags (``overrides``: dotted key -> string) > ``PICCOLO_*`` environment (the dotted key
@@ -28,6 +30,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from piccolo_build import gentoo
+from piccolo_build.monitoring import promql
 from piccolo_build.releases import RELEASE_RE
 from piccolod.model import (
     MAX_SCALAR,
@@ -44,7 +47,8 @@ from piccolod.model import (
     parse_yaml,
     set_path,
 )
-from piccolod.policy import Agent, HealthPolicy, PolicyFile, safe_text
+from piccolod.policy import Agent, HealthPolicy, PolicyFile
+from piccolod.values import between, safe_text
 
 DEFAULT_CONFIG_FILE = "piccolo.yaml"
 ENV_PREFIX = "PICCOLO_"
@@ -96,6 +100,8 @@ _REL_PATH = re.compile(r"[A-Za-z0-9._/+-]+")
 _KEY_PATH = re.compile(r"[A-Za-z0-9._/+@-]{1,4096}")
 MAX_KEY_FILE = 64 * 1024  # a PEM public key is under 2 KiB
 _STATE_DIR = re.compile(r"/var/lib/(?!\.\.?$)[A-Za-z0-9._-]+")  # one name; not . or ..
+_DASHBOARD_UID = re.compile(r"[A-Za-z0-9_-]{1,40}")  # Grafana: a uid is at most 40 characters
+MAX_ALERT_SECONDS = 30 * 86_400
 
 
 def _full(pattern: re.Pattern[str], value: str, what: str) -> str:
@@ -184,6 +190,29 @@ def output_dir(value: str) -> str:
     return value
 
 
+def label_selector(value: str) -> str:
+    safe_text(value)
+    return promql.selector(value)
+
+
+def alert_duration(value: float) -> float:
+    """Seconds that become a rule's ``for:`` or a window: 0-30 days, in whole milliseconds."""
+    between(0, MAX_ALERT_SECONDS, "seconds")(value)
+    promql.milliseconds(value)
+    return value
+
+
+def dashboard_uid(value: str) -> str:
+    return _full(_DASHBOARD_UID, value, "Grafana dashboard uid (1-40 letters, digits, '_', '-')")
+
+
+def title(value: str) -> str:
+    safe_text(value)
+    if not value.strip() or len(value) > 100:
+        raise ValueError(f"must be 1-100 characters, got {len(value)}")
+    return value
+
+
 def _boards(values: tuple[Board, ...]) -> tuple[Board, ...]:
     if not values:
         raise ValueError("must name at least one board")
@@ -268,6 +297,59 @@ class Release:
     )
 
 
+def _seconds(default: float, help: str) -> Any:
+    return field(default=default, metadata=meta(f"{help} (0-30 days, seconds)", check=alert_duration))
+
+
+@dataclass(frozen=True)
+class AlertThresholds:
+    """How long each condition must hold before its alert fires (docs/monitoring.md lists the alerts)."""
+
+    down_for_seconds: float = _seconds(300.0, "piccolod down (up == 0) or absent before PiccolodDown/Absent")
+    unhealthy_for_seconds: float = _seconds(600.0, "a machine unhealthy before PiccolodUnhealthy")
+    component_failing_for_seconds: float = _seconds(
+        900, "a component failing before PiccolodComponentFailing"
+    )
+    rollback_alert_seconds: float = _seconds(3600.0, "how long PiccolodRolledBack fires after a rollback")
+    gate_overdue_for_seconds: float = _seconds(
+        300, "a gate pending past its deadline before PiccolodGateOverdue"
+    )
+    stale_intervals: float = field(
+        default=3.0,
+        metadata=meta(
+            "assessments are stale when older than this many check intervals (1-100)", check=between(1, 100)
+        ),
+    )
+    stale_for_seconds: float = _seconds(300.0, "assessments stale before PiccolodAssessmentsStale")
+    pinned_for_seconds: float = _seconds(3600.0, "an update pinned before PiccolodUpdatePinned")
+    version_skew_for_seconds: float = _seconds(
+        86400, "an update group on two versions before PiccolodVersionSkew"
+    )
+
+
+@dataclass(frozen=True)
+class Monitoring:
+    """The fleet's Prometheus alert rules and Grafana dashboard (``piccolo-build monitoring``)."""
+
+    selector: str = field(
+        default='job="piccolod"',
+        metadata=meta("label matchers that select the piccolod scrape targets", check=label_selector),
+    )
+    runbook_url: str = field(
+        default="https://piccolo.space/docs/monitoring",
+        metadata=meta(
+            "where docs/monitoring.md is published; each alert links to its #anchor", check=update_url
+        ),
+    )
+    dashboard_uid: str = field(
+        default="piccolod-fleet", metadata=meta("Grafana dashboard uid", check=dashboard_uid)
+    )
+    dashboard_title: str = field(
+        default="Piccolo OS fleet", metadata=meta("Grafana dashboard title", check=title)
+    )
+    thresholds: AlertThresholds = field(default_factory=AlertThresholds)
+
+
 @dataclass(frozen=True)
 class BuildConfig:
     """A Piccolo OS build: piccolo.yaml."""
@@ -278,6 +360,7 @@ class BuildConfig:
     update: Update = field(default_factory=Update)
     package: Package = field(default_factory=Package)
     release: Release = field(default_factory=Release)
+    monitoring: Monitoring = field(default_factory=Monitoring)
     health_policy: HealthPolicy = field(default_factory=HealthPolicy)
     agent: Agent = field(default_factory=Agent)
 
@@ -426,10 +509,12 @@ def load_config(
 __all__ = [
     "DEFAULT_CONFIG_FILE",
     "FREE_LICENSES",
+    "AlertThresholds",
     "Board",
     "BuildConfig",
     "Flatcar",
     "ModelError",
+    "Monitoring",
     "Package",
     "Release",
     "Update",

@@ -11,9 +11,10 @@ mode for mode, nothing is touched (mtimes stay). Files get mode 0644 (or their p
 directories 0755. A symlinked output is rendered into the symlink's target.
 
 The output is replaced whole, so only a directory that is ours is replaced: one that does not exist, is
-empty, or holds a previous render. Every render writes the marker file :data:`MARKER` (a regular file,
-not a symlink) at its top to say so, and nothing else counts: a directory that merely looks like a
-render may hold a user's files. Anything else is refused before anything is written.
+empty, or holds a previous render. Every render writes its marker file (:data:`OVERLAY_MARKER`, or the
+one of another kind of render such as ``monitoring/``'s) at its top, a regular file, not a symlink, to
+say so, and nothing else counts: a directory that merely looks like a render may hold a user's files.
+Anything else is refused before anything is written.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ import shutil
 import stat
 import tempfile
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, Any
 
@@ -40,6 +42,17 @@ MARKER = PurePosixPath(".piccolo-overlay")
 MARKER_TEXT = (
     b"Rendered by piccolo-build render: this whole directory is replaced on the next render; do not edit.\n"
 )
+
+
+@dataclass(frozen=True)
+class Marker:
+    """The file a kind of render leaves at the top of its output to say the directory is its own."""
+
+    path: PurePosixPath
+    text: bytes
+
+
+OVERLAY_MARKER = Marker(MARKER, MARKER_TEXT)
 
 Tree = dict[PurePosixPath, tuple[bytes, int]]
 
@@ -96,8 +109,8 @@ def _dir_modes_ok(root: Path) -> bool:
     )
 
 
-def _validate(files: Iterable[OverlayFile]) -> list[OverlayFile]:
-    seen: set[PurePosixPath] = {MARKER}
+def _validate(files: Iterable[OverlayFile], marker: Marker) -> list[OverlayFile]:
+    seen: set[PurePosixPath] = {marker.path}
     out = []
     for f in files:
         if f.path.is_absolute() or ".." in f.path.parts or f.path in seen or not f.path.parts:
@@ -107,20 +120,20 @@ def _validate(files: Iterable[OverlayFile]) -> list[OverlayFile]:
     return out
 
 
-def tree(files: Iterable[OverlayFile]) -> Tree:
+def tree(files: Iterable[OverlayFile], marker: Marker = OVERLAY_MARKER) -> Tree:
     """What :func:`write_tree` leaves on disk for ``files``: path -> (content, mode), marker included."""
-    want = {f.path: (f.content, f.mode) for f in _validate(files)}
-    want[MARKER] = (MARKER_TEXT, FILE_MODE)
+    want = {f.path: (f.content, f.mode) for f in _validate(files, marker)}
+    want[marker.path] = (marker.text, FILE_MODE)
     return want
 
 
-def is_render(output: Path) -> bool:
-    """Whether ``output`` (an existing directory) holds a render: it has our marker, a regular file."""
-    marker = output / MARKER
-    return marker.is_file() and not marker.is_symlink()
+def is_render(output: Path, marker: Marker = OVERLAY_MARKER) -> bool:
+    """Whether ``output`` (an existing directory) holds a render: it has the marker, a regular file."""
+    found = output / marker.path
+    return found.is_file() and not found.is_symlink()
 
 
-def check_replaceable(output: Path) -> None:
+def check_replaceable(output: Path, marker: Marker = OVERLAY_MARKER) -> None:
     """Refuse (a :class:`PiccoloError`, nothing touched) to replace a directory that is not ours."""
     from piccolo_build.errors import PiccoloError
 
@@ -129,22 +142,23 @@ def check_replaceable(output: Path) -> None:
         return
     if not output.is_dir():
         raise PiccoloError(f"{output}: exists and is not a directory", hint=hint)
-    if next(output.iterdir(), None) is None or is_render(output):
+    if next(output.iterdir(), None) is None or is_render(output, marker):
         return
     raise PiccoloError(
-        f"{output}: not a piccolo-build render (no {MARKER}): refusing to replace what it holds", hint=hint
+        f"{output}: not a piccolo-build render (no {marker.path}): refusing to replace what it holds",
+        hint=hint,
     )
 
 
-def write_tree(files: Iterable[OverlayFile], output: Path) -> bool:
+def write_tree(files: Iterable[OverlayFile], output: Path, marker: Marker = OVERLAY_MARKER) -> bool:
     """Make ``output`` hold exactly ``files`` and the marker. Returns False when it already did.
 
     A symlink is followed: its target is rendered into and the link stays. Raises
     :class:`~piccolo_build.errors.PiccoloError` when ``output`` is not ours to replace.
     """
-    want = tree(files)
+    want = tree(files, marker)
     output = output.resolve()
-    check_replaceable(output)
+    check_replaceable(output, marker)
     if output.is_dir() and read_tree(output) == want and _dir_modes_ok(output):
         return False
     output.parent.mkdir(parents=True, exist_ok=True)

@@ -12,7 +12,10 @@
    it says otherwise; checks that are due together run together, in one assessment that carries the
    others' last results), through the :class:`~piccolod.hysteresis.Hysteresis` filter, one log record
    per check that ran, metrics, ``STATUS=``, and ``WATCHDOG=1`` from this same loop when systemd asked
-   for a watchdog.
+   for a watchdog. After an assessment, at most every ``refresh_seconds``, the **refresh hook**
+   (``piccolod serve``'s: :func:`piccolod.gatehook.refresh_machine`) re-reads what can change under a
+   running agent: the slot table (update-engine marks a slot good, or stages an update in the other
+   one), the update group, the update-loop pin.
 
 Every declared check that does not run is logged once at the start, with why.
 
@@ -33,7 +36,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import replace
 from types import FrameType
 
-from piccolod import document, logs, notify
+from piccolod import document, logs, notify, osinfo
 from piccolod import run as child
 from piccolod.api import ApiServer, Response, listen_socket, publish, unpublish
 from piccolod.assess import Assessment, Assessor, Cancelled, verdict
@@ -47,7 +50,9 @@ from piccolod.state import State
 log = logging.getLogger("piccolod")
 
 HEALTH_PATH = "/api/v1/system/health"
+REFRESH_SECONDS = 60.0
 GateHook = Callable[["Daemon"], None]
+RefreshHook = Callable[["Daemon"], None]
 
 
 def ready_after_first_assessment(daemon: Daemon) -> None:
@@ -78,9 +83,12 @@ class Daemon:
         env: Mapping[str, str] | None = None,
         policy_error: str | None = None,
         bind: bool = True,
+        refresh: RefreshHook | None = None,
+        refresh_seconds: float = REFRESH_SECONDS,
     ) -> None:
         """``policy_error``: why the configured policy was replaced by a fallback (shown in the health
-        document). ``bind=False`` starts no API (``piccolod gate --dry-run`` beside a running agent)."""
+        document). ``bind=False`` starts no API (``piccolod gate --dry-run`` beside a running agent).
+        ``refresh`` runs in the runtime loop after an assessment, at most every ``refresh_seconds``."""
         hp = policy.health_policy
         self.policy = policy
         self.assessor = assessor if assessor is not None else Assessor()
@@ -88,7 +96,11 @@ class Daemon:
         self.env = env
         self.facts = facts if facts is not None else document.current_facts(hp.checks.storage.mounts)
         self.state = State(self.facts, hp.checked(), policy_error, hp.catalog())
-        self.metrics = Metrics(hp.checked(), hp.catalog())
+        self.metrics = Metrics(hp.checked(), hp.catalog(), interval=hp.runtime.check_interval_seconds)
+        self.metrics.machine(os=osinfo.read())
+        self.refresh = refresh
+        self.refresh_seconds = refresh_seconds
+        self._last_refresh = time.monotonic()
         self.hysteresis = Hysteresis(hp.runtime.failure_threshold, rules=self._rule)
         self.stopping = threading.Event()
         self.is_ready = threading.Event()
@@ -248,6 +260,18 @@ class Daemon:
                 self.assess(names=names)
             except Cancelled:
                 break
+            self.refresh_if_due()
+
+    def refresh_if_due(self) -> None:
+        """Run the refresh hook when ``refresh_seconds`` have passed since the last run (or the start);
+        a hook that raises is logged and tried again next time: the loop goes on."""
+        if self.refresh is None or time.monotonic() - self._last_refresh < self.refresh_seconds:
+            return
+        self._last_refresh = time.monotonic()
+        try:
+            self.refresh(self)
+        except Exception:
+            log.exception("refreshing the machine facts failed")
 
     def run(self) -> int:
         if threading.current_thread() is threading.main_thread():

@@ -200,6 +200,7 @@ def run_gate(
     store: Store,
     dry_run: bool = False,
     on_assessment: Callable[[Assessment], None] | None = None,
+    on_begin: Callable[[BootGate], None] | None = None,
     on_verdict: Callable[[GateResult], None] | None = None,
     clock: Callable[[], float] = time.monotonic,
     sleep: Callable[[float], object] = time.sleep,
@@ -211,7 +212,8 @@ def run_gate(
     assessment, judges it as if the deadline were now, writes nothing and acts on nothing. ``reboot``
     runs the reboot command and returns an error text or None. ``sleep`` returning True (the daemon's
     "I am stopping") raises :class:`Interrupted`. ``on_verdict`` sees the result as soon as the verdict
-    is known, before the reboot grace.
+    is known, before the reboot grace; ``on_begin`` sees this boot's gate when it starts (or resumes)
+    waiting for one.
     """
     hp = policy.health_policy
     say: Notify = (lambda *_a, **_k: False) if dry_run else notify
@@ -243,7 +245,7 @@ def run_gate(
             store.begin(gate)
     result = _wait_for_verdict(
         policy, slot, gate, assess, say=say, dry_run=dry_run, resumed=resumed, on_assessment=on_assessment,
-        clock=clock, sleep=sleep,
+        on_begin=on_begin, clock=clock, sleep=sleep,
     )  # fmt: skip
     result.resumed = resumed
     verdict = result.verdict
@@ -363,14 +365,18 @@ def _wait_for_verdict(
     dry_run: bool,
     resumed: bool,
     on_assessment: Callable[[Assessment], None] | None,
+    on_begin: Callable[[BootGate], None] | None,
     clock: Callable[[], float],
     sleep: Callable[[float], object],
 ) -> GateResult:
     """Assess until :func:`decide` says something other than WAIT, with STATUS=/EXTEND_TIMEOUT_USEC=.
 
     The deadline is the gate's own (``gate.deadline_monotonic``); a resumed gate past it assesses no more.
+    ``on_begin`` is told first, when the slot is gated for real (not marked, not a dry run).
     """
     hp = policy.health_policy
+    if on_begin is not None and not dry_run and slot.state is not SlotState.MARKED:
+        on_begin(gate)
     deadline = gate.deadline_monotonic - gate.started_monotonic
     extend = hp.rollback.reboot_grace_seconds + EXTEND_MARGIN_SECONDS
     result = GateResult(slot, Verdict(Decision.WAIT, "not started"))

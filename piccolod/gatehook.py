@@ -1,10 +1,12 @@
 """The first-boot gate wired into the daemon: ``piccolod serve``'s gate hook and ``piccolod gate``.
 
 :func:`first_boot_gate` reads the booted slot and the journal, reports a rollback found from an earlier
-boot (``update_status: rolled_back``, ``piccolod_rollbacks_total``), runs :func:`piccolod.gate.run_gate`
-with the daemon's own assessments (no hysteresis: the gate judges what the checks answer; every check
-whose ``run_on`` has the gate runs in parallel, and an attempt stops waiting at the first required
-failure, the others reported ``cancelled``), publishes
+boot (``update_status: rolled_back``; counted once in the journal's rollback tally, which
+``piccolod_rollbacks_total`` and ``piccolod_last_rollback_timestamp_seconds`` export), publishes the slot
+table and the gate's deadline while it is pending, runs :func:`piccolod.gate.run_gate` with the daemon's
+own assessments (no hysteresis: the gate judges what the checks answer; every check whose ``run_on`` has
+the gate runs in parallel, and an attempt stops waiting at the first required failure, the others
+reported ``cancelled``), publishes
 ``startup_health_check`` and the gate outcome metric, and then tells systemd and the guard:
 
 - **passed** (or ``skipped`` on a marked slot): the pass token for the guard (:mod:`piccolod.passtoken`),
@@ -27,12 +29,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from piccolod import manager, passtoken
+from piccolod import journal, manager, osinfo, passtoken
 from piccolod import record as rec
 from piccolod.checkspec import Phase
 from piccolod.gate import GateResult, Interrupted, Reboot, no_reboot_reason, run_gate
-from piccolod.journal import Store
-from piccolod.metrics import GateOutcome
+from piccolod.journal import BootGate, Store
+from piccolod.metrics import GateOutcome, pinned_value
 from piccolod.policy import FailureCondition, PolicyFile
 from piccolod.slot import BootSlot, SlotState, detect
 
@@ -82,10 +84,15 @@ def first_boot_gate(
     )
     if slot.gpt_header == "backup":
         log.warning("%s: %s", slot.disk, slot.gpt_note)
+    daemon.metrics.machine(slot=slot)
     store = Store.load(state_dir)
-    _report_rollback(daemon, slot, store, boot_id)
+    _report_rollback(daemon, slot, store, boot_id, count=not dry_run)
+    daemon.metrics.update_pinned(pinned_value(store.journal))
     if slot.state is not SlotState.MARKED:
         daemon.state.update(startup_health_check="pending")
+
+    def begin(gate: BootGate) -> None:
+        daemon.metrics.gate_begins(gate.deadline_at)
 
     def publish(result: GateResult) -> None:  # as soon as the verdict is known, before any reboot grace
         daemon.state.update(startup_health_check=result.startup_health_check)
@@ -103,6 +110,7 @@ def first_boot_gate(
             store=store,
             dry_run=dry_run,
             sleep=daemon.sleep,
+            on_begin=begin,
             on_verdict=publish,
             reboot=reboot,
         )
@@ -139,14 +147,32 @@ def _open(
         start_update_engine()
 
 
-def _report_rollback(daemon: Daemon, slot: BootSlot, store: Store, boot_id: str) -> None:
+def _report_rollback(daemon: Daemon, slot: BootSlot, store: Store, boot_id: str, *, count: bool) -> None:
+    """Say so when this boot is the fallback after a failed gate, count that rollback once in the
+    journal (unless ``count`` is False: a dry run writes nothing), and export the tally either way."""
     record = store.journal.rollback
     status = rec.update_status(record, slot, boot_id)
-    if status is None or record is None:
+    if status is not None and record is not None:
+        log.warning("this boot is a rollback: %s", status[1])
+        daemon.state.update(
+            update_status=status[0], rollback_reason=status[1], rollback_record=record.to_json()
+        )
+        if count:
+            store.count_rollback(record)
+    tally = store.journal.rollbacks
+    daemon.metrics.rollback_tally(tally.count, tally.last_at)
+
+
+def refresh_machine(daemon: Daemon) -> None:
+    """``piccolod serve``'s refresh hook (:data:`piccolod.daemon.RefreshHook`): the slot table, the OS
+    facts and the update-loop pin, as they are now. An unusable journal leaves the pin as it was."""
+    daemon.metrics.machine(os=osinfo.read(), slot=detect_slot(daemon.policy))
+    try:
+        found = journal.read(Path(daemon.policy.agent.state_dir))
+    except journal.JournalError as e:
+        log.debug("pin not refreshed: %s", e)
         return
-    log.warning("this boot is a rollback: %s", status[1])
-    daemon.state.update(update_status=status[0], rollback_reason=status[1], rollback_record=record.to_json())
-    daemon.metrics.rollback()
+    daemon.metrics.update_pinned(pinned_value(found))
 
 
 def _outcome(result: GateResult) -> GateOutcome:

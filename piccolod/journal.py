@@ -12,6 +12,9 @@ slots share) holds everything the gate must remember across a restart of the age
 - ``rollback``: the record of the last failed gate (:class:`~piccolod.record.RollbackRecord`), which the
   agent on the other slot reads after GRUB fell back; ``previous_rollback``: the record a later pass
   moved aside.
+- ``rollbacks``: how many rollbacks this machine has come back from and when the last one happened
+  (:class:`RollbackTally`), counted once per record by the boot that finds it (the fallback boot), so the
+  count and the time survive every reboot and a restarted agent never counts the same record twice.
 
 The file is read with the same typed model as the configuration (:func:`piccolod.model.build`: frozen
 dataclasses, unknown keys and wrong types refused), and it is read defensively, because a state
@@ -45,7 +48,7 @@ import re
 import stat
 import tempfile
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -60,6 +63,7 @@ LEGACY_RECORD_NAME = "rollback.json"
 FORMAT = 1
 MAX_BYTES = 256 * 1024  # a journal is a few kilobytes; anything larger is not ours
 MAX_DEPTH = 8  # the journal nests four levels (journal.rollback.components[i])
+MAX_COUNT = 2**53  # a count read back is clamped to what a float (a metric sample) holds exactly
 _STRINGS = re.compile(rb'"(?:[^"\\]|\\.)*"', re.DOTALL)
 _BRACKETS = re.compile(rb"[\[\]{}]")
 
@@ -97,6 +101,33 @@ class BootGate:
     def finished(self) -> bool:
         return self.verdict is not None
 
+    @property
+    def deadline_at(self) -> float:
+        """The deadline as wall-clock seconds since the epoch (for people and metrics)."""
+        return self.started_at + (self.deadline_monotonic - self.started_monotonic)
+
+
+@dataclass(frozen=True)
+class RollbackTally:
+    """The rollbacks this machine came back from. ``last_at`` is the ``failed_at`` of the last record
+    counted (seconds since the epoch, 0: none yet), ``last_boot_id`` that record's boot id."""
+
+    count: int = 0
+    last_at: float = 0.0
+    last_boot_id: str | None = None
+
+    def counted(self, record: RollbackRecord, now: float) -> RollbackTally:
+        """The tally with ``record`` counted (itself when it already is). Values read from disk are
+        clamped: a count to 0..:data:`MAX_COUNT`, a time to 0..``now`` (a clock set wrong in the failing
+        boot must not keep a rollback looking recent for ever)."""
+        if record.boot_id == self.last_boot_id:
+            return self
+        return RollbackTally(
+            count=min(max(self.count, 0), MAX_COUNT - 1) + 1,
+            last_at=min(max(record.failed_at, 0.0), now),
+            last_boot_id=record.boot_id,
+        )
+
 
 @dataclass(frozen=True)
 class Journal:
@@ -104,6 +135,7 @@ class Journal:
     boot: BootGate | None = None
     rollback: RollbackRecord | None = None
     previous_rollback: RollbackRecord | None = None
+    rollbacks: RollbackTally = field(default_factory=RollbackTally)
 
     def gate_of(self, boot_id: str, partuuid: str | None = None) -> BootGate | None:
         """The gate of boot ``boot_id`` (on the slot ``partuuid`` when given), or None if none began."""
@@ -316,6 +348,13 @@ class Store:
 
     def record_rollback(self, record: RollbackRecord, gate: BootGate) -> None:
         self.put(replace(self.journal, boot=gate, rollback=record))
+
+    def count_rollback(self, record: RollbackRecord) -> RollbackTally:
+        """Count the rollback ``record`` describes, once (the fallback boot calls this); the tally."""
+        tally = self.journal.rollbacks.counted(record, time.time())
+        if tally is not self.journal.rollbacks:
+            self.put(replace(self.journal, rollbacks=tally))
+        return tally
 
     def supersede_rollback(self) -> None:
         """A gate passed: keep the old rollback record as the previous one, out of the way."""

@@ -3,10 +3,21 @@
 Every labelled series is created at zero before the first event, so dashboards and alerts see a 0
 rather than a missing series: a status gauge and a duration histogram per component the policy checks
 (a component it does not check has no series, so a ``== 0`` alert never fires for it), counters of
-assessments by status, of gate outcomes and of rollbacks. Every check the policy *declares*, run or
-not, has ``piccolod_check_enabled`` (1 or 0: a check switched off shows, never silently) and
+assessments by status and of gate outcomes. Every check the policy *declares*, run or not, has
+``piccolod_check_enabled`` (1 or 0: a check switched off shows, never silently) and
 ``piccolod_check_state``, 1 for the state of its last run (passed, failed, unknown, refused, cancelled,
-skipped) or for disabled or pending, 0 for the others.
+skipped) or for disabled or pending, 0 for the others. The exceptions are facts that are unknown until
+they are read: the slot table's series (``piccolod_slot_*``) exist once the GPT was read, because a 0
+would say "not marked good" about a slot nobody has looked at.
+
+What a fleet needs besides (docs/monitoring.md): ``piccolod_os_info`` (version, update group, board and
+booted slot as labels of one series), the slot table, whether the gate of this boot is pending and its
+deadline, the rollbacks this machine came back from (``piccolod_rollbacks_total`` and
+``piccolod_last_rollback_timestamp_seconds``, both from the journal, so they survive the reboots that a
+rollback is made of and two rollbacks in a row read 1 then 2), whether an update is pinned, which known
+checks the policy enables, and the assessment interval (so "assessments are stale" is judged per machine).
+Names follow Prometheus' conventions: one ``piccolod_`` prefix, base units, ``_total`` on counters, and
+labels of bounded cardinality only (values read from files are cut to 64 printable characters).
 
 The writer is ours (a few dozen lines instead of a client library that costs the agent several MiB):
 ``# HELP`` and ``# TYPE`` per family, label values escaped (``\\``, ``"``, newline) and help texts
@@ -25,8 +36,11 @@ from collections.abc import Iterable
 
 from piccolod import __version__
 from piccolod.assess import Assessment
-from piccolod.policy import Component, Declared
+from piccolod.journal import Journal
+from piccolod.osinfo import UNKNOWN, OsInfo, label_text
+from piccolod.policy import Component, Declared, Runtime
 from piccolod.result import CheckState, Status
+from piccolod.slot import BootSlot
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
@@ -82,6 +96,10 @@ class _Family:
     def set(self, value: float, *labels: str) -> None:
         self.series[self.key(labels)] = float(value)
 
+    def only(self, value: float, *labels: str) -> None:
+        """Make this the family's one series (an info metric whose labels changed)."""
+        self.series = {self.key(labels): float(value)}
+
     def inc(self, *labels: str, by: float = 1.0) -> None:
         key = self.key(labels)
         self.series[key] = self.series.get(key, 0.0) + by
@@ -128,88 +146,162 @@ class _Histogram(_Family):
         return out
 
 
+def pinned_value(journal: Journal) -> int:
+    """``piccolod_update_pinned``: 1 when the journal holds the update-loop pin, else 0.
+
+    The pin is not part of this agent's journal yet, so this is 0; the pin's own change connects it here
+    (the one place that reads it for the metric)."""
+    del journal
+    return 0
+
+
+def _gauge(name: str, help: str, *labels: str) -> _Family:
+    return _Family(name, "gauge", help, labels)
+
+
 class Metrics:
     def __init__(
-        self, components: Iterable[str] = tuple(Component), catalog: Iterable[Declared] = ()
+        self,
+        components: Iterable[str] = tuple(Component),
+        catalog: Iterable[Declared] = (),
+        *,
+        interval: float = Runtime().check_interval_seconds,
+        known: Iterable[str] = tuple(Component),
     ) -> None:
-        """``components``: those the policy checks (``HealthPolicy.checked()``); default all.
-        ``catalog``: every check it declares (``HealthPolicy.catalog()``)."""
+        """``components``: those the policy checks (``HealthPolicy.checked()``), default all;
+        ``catalog``: every check it declares (``HealthPolicy.catalog()``), which says which are enabled;
+        without one, ``known`` are the checks this agent has (``piccolod_check_enabled`` is 0 for those
+        not in ``components``); ``interval``: the policy's ``runtime.check_interval_seconds``."""
         self._lock = threading.Lock()
         self._rendered: bytes | None = None
+        components = tuple(components)
         self.duration = _Histogram(
             "piccolod_health_check_duration_seconds", "Duration of one health check", ("component",), BUCKETS
         )
-        self.check_status = _Family(
+        self.check_status = _gauge(
             "piccolod_health_check_status",
-            "gauge",
             "1 when the component counts as healthy, 0 when not (after failure_threshold)",
-            ("component",),
+            "component",
         )
-        self.consecutive = _Family(
+        self.consecutive = _gauge(
             "piccolod_health_check_consecutive_failures",
-            "gauge",
             "Consecutive failed checks of the component",
-            ("component",),
+            "component",
         )
-        self.status = _Family(
-            "piccolod_health_status",
-            "gauge",
-            "1 for the machine's current status, 0 for the others",
-            ("status",),
+        self.check_enabled = _gauge(
+            "piccolod_check_enabled",
+            "1 when the declared check runs, 0 when it is disabled (enabled: false, or named in neither "
+            "startup list)",
+            "component",
+        )
+        self.check_state = _gauge(
+            "piccolod_check_state",
+            "1 for the state of the check's last run (passed, failed, unknown, refused, cancelled, "
+            "skipped) or disabled or pending, 0 for the others",
+            "component",
+            "state",
+        )
+        self.status = _gauge(
+            "piccolod_health_status", "1 for the machine's current status, 0 for the others", "status"
         )
         self.assessments = _Family(
             "piccolod_assessments_total", "counter", "Assessments by resulting status", ("status",)
         )
+        self.interval = _gauge(
+            "piccolod_assessment_interval_seconds",
+            "Seconds between two assessments (runtime.check_interval_seconds)",
+        )
         self.gate_outcomes = _Family(
-            "piccolod_gate_outcomes_total", "counter", "First-boot gate verdicts", ("outcome",)
+            "piccolod_gate_outcomes_total", "counter", "First-boot gate verdicts of this boot", ("outcome",)
+        )
+        self.gate_pending = _gauge(
+            "piccolod_gate_pending", "1 while this boot's first-boot gate waits for its verdict"
+        )
+        self.gate_deadline = _gauge(
+            "piccolod_gate_deadline_timestamp_seconds",
+            "Deadline of this boot's first-boot gate (0: no gate ran here)",
         )
         self.rollbacks = _Family(
-            "piccolod_rollbacks_total", "counter", "Rollbacks to the previous slot that this agent found"
+            "piccolod_rollbacks_total",
+            "counter",
+            "Rollbacks to the previous slot this machine came back from",
         )
-        self.last_assessment = _Family(
-            "piccolod_last_assessment_timestamp_seconds", "gauge", "Wall-clock time of the last assessment"
+        self.last_rollback = _gauge(
+            "piccolod_last_rollback_timestamp_seconds",
+            "When the gate that caused the last rollback failed (0: none)",
         )
-        self.check_enabled = _Family(
-            "piccolod_check_enabled",
-            "gauge",
-            "1 when the declared check runs, 0 when it is disabled (enabled: false, or named in neither "
-            "startup list)",
-            ("component",),
+        self.pinned = _gauge(
+            "piccolod_update_pinned", "1 when the update-loop pin keeps a rolled-back version out"
         )
-        self.check_state = _Family(
-            "piccolod_check_state",
-            "gauge",
-            "1 for the state of the check's last run (passed, failed, unknown, refused, cancelled, "
-            "skipped) or disabled or pending, 0 for the others",
-            ("component", "state"),
+        self.last_assessment = _gauge(
+            "piccolod_last_assessment_timestamp_seconds", "Wall-clock time of the last assessment"
         )
-        for d in catalog:
-            self.check_enabled.set(1 if d.enabled else 0, d.name)
-            self._state(d.name, CheckState.PENDING if d.enabled else CheckState.DISABLED)
-        info = _Family("piccolod_build_info", "gauge", "Agent version", ("version",))
+        self.os_info = _gauge(
+            "piccolod_os_info",
+            "The OS version, update group, board and booted /usr slot",
+            "version",
+            "group",
+            "board",
+            "slot",
+        )
+        self.slot_successful = _gauge(
+            "piccolod_slot_successful", "The slot's GPT successful bit (1: marked good)", "slot"
+        )
+        self.slot_tries = _gauge("piccolod_slot_tries", "The slot's GPT tries counter", "slot")
+        self.slot_priority = _gauge("piccolod_slot_priority", "The slot's GPT boot priority", "slot")
+        info = _gauge("piccolod_build_info", "Agent version", "version")
         info.set(1, __version__)
         for comp in components:
             self.duration.create(comp)
             self.check_status.set(0, comp)
             self.consecutive.set(0, comp)
+        catalog = tuple(catalog)
+        if catalog:
+            for d in catalog:
+                self.check_enabled.set(1 if d.enabled else 0, d.name)
+                self._state(d.name, CheckState.PENDING if d.enabled else CheckState.DISABLED)
+        else:
+            known = tuple(known)
+            for comp in (*known, *(c for c in components if c not in known)):
+                self.check_enabled.set(1 if comp in components else 0, comp)
         for st in Status:
             self.assessments.set(0, st)
             self.status.set(0, st)
         for outcome in GateOutcome:
             self.gate_outcomes.set(0, outcome)
-        self.rollbacks.set(0)
+        for family in (
+            self.gate_pending,
+            self.gate_deadline,
+            self.rollbacks,
+            self.last_rollback,
+            self.pinned,
+        ):
+            family.set(0)
+        self.interval.set(interval)
         self.last_assessment.set(0)
+        self.os_info.only(1, UNKNOWN, UNKNOWN, UNKNOWN, UNKNOWN)
+        self._os = OsInfo()
+        self._slot = UNKNOWN
         self._families: tuple[_Family, ...] = (
             self.duration,
             self.check_status,
             self.consecutive,
-            self.status,
-            self.assessments,
-            self.gate_outcomes,
-            self.rollbacks,
-            self.last_assessment,
             self.check_enabled,
             self.check_state,
+            self.status,
+            self.assessments,
+            self.interval,
+            self.last_assessment,
+            self.gate_outcomes,
+            self.gate_pending,
+            self.gate_deadline,
+            self.rollbacks,
+            self.last_rollback,
+            self.pinned,
+            self.os_info,
+            self.slot_successful,
+            self.slot_tries,
+            self.slot_priority,
             info,
         )
 
@@ -248,14 +340,49 @@ class Metrics:
             self.last_assessment.set(effective.started + effective.duration_seconds)
             self._rendered = None
 
-    def gate_outcome(self, outcome: GateOutcome) -> None:
+    def gate_begins(self, deadline_at: float) -> None:
+        """This boot's gate waits for its verdict until ``deadline_at`` (seconds since the epoch)."""
         with self._lock:
-            self.gate_outcomes.inc(outcome)
+            self.gate_pending.set(1)
+            self.gate_deadline.set(max(deadline_at, 0.0))
             self._rendered = None
 
-    def rollback(self) -> None:
+    def gate_outcome(self, outcome: GateOutcome) -> None:
+        """The gate's verdict: counted, and the gate no longer pending."""
         with self._lock:
-            self.rollbacks.inc()
+            self.gate_outcomes.inc(outcome)
+            self.gate_pending.set(0)
+            self._rendered = None
+
+    def rollback_tally(self, count: int, last_at: float) -> None:
+        """The journal's rollback tally (clamped there); both survive reboots."""
+        with self._lock:
+            self.rollbacks.set(count)
+            self.last_rollback.set(last_at)
+            self._rendered = None
+
+    def update_pinned(self, value: int) -> None:
+        with self._lock:
+            self.pinned.set(1 if value else 0)
+            self._rendered = None
+
+    def machine(self, os: OsInfo | None = None, slot: BootSlot | None = None) -> None:
+        """The OS facts and the slot table (each left as it is when None). A slot table that could not
+        be read leaves no ``piccolod_slot_*`` series, and the ``slot`` label says ``unknown``."""
+        with self._lock:
+            if os is not None:
+                self._os = os
+            if slot is not None:
+                self._slot = label_text(slot.name or "")
+                for family, attr in (
+                    (self.slot_successful, "successful"),
+                    (self.slot_tries, "tries"),
+                    (self.slot_priority, "priority"),
+                ):
+                    family.series = {
+                        family.key((label_text(r.name),)): float(getattr(r, attr)) for r in slot.rows
+                    }
+            self.os_info.only(1, self._os.version, self._os.group, self._os.board, self._slot)
             self._rendered = None
 
     def render(self) -> bytes:

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from piccolod import osinfo
 from piccolod.model import to_plain
 from piccolod.result import CheckResult
 from piccolod.slot import BootSlot, SlotState
@@ -80,20 +81,13 @@ def read_boot_id(path: Path = BOOT_ID_PATH) -> str:
 
 
 def os_version(files: Iterable[Path] = RELEASE_FILES) -> str | None:
-    """``FLATCAR_RELEASE_VERSION`` from Flatcar's release file, else ``VERSION_ID`` from os-release."""
+    """``FLATCAR_RELEASE_VERSION`` from Flatcar's release file, else ``VERSION_ID`` from os-release
+    (each file read bounded, as :mod:`piccolod.osinfo` reads them)."""
     for path in files:
-        try:
-            text = path.read_text(encoding="utf-8", errors="replace")
-        except OSError:
-            continue
-        values = {}
-        for line in text.splitlines():
-            key, sep, value = line.partition("=")
-            if sep:
-                values[key.strip()] = value.strip().strip("\"'")
+        values = osinfo.read_values(path) or {}
         for key in ("FLATCAR_RELEASE_VERSION", "VERSION_ID"):
             if values.get(key):
-                return values[key]
+                return osinfo.label_text(values[key])
     return None
 
 
@@ -116,13 +110,22 @@ def update_status(record: RollbackRecord | None, slot: BootSlot, boot_id: str) -
     return ROLLED_BACK, f"{record.slot or record.partuuid} rolled back: {what}: {record.reason}"
 
 
+def when(t: float) -> str:
+    """Seconds since the epoch as an RFC 3339 UTC time, to the second."""
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(t))
+
+
+def format_tally(count: int, last_at: float) -> str:
+    """The journal's rollback tally as ``piccolod status`` shows it."""
+    if count <= 0:
+        return "rollbacks: none"
+    return f"rollbacks: {count}, the last one failed its gate at {when(last_at)}"
+
+
 def format_record(record: RollbackRecord | None) -> str:
     """Human-readable lines for ``piccolod status``."""
     if record is None:
         return "last rollback record: none"
-
-    def when(t: float) -> str:
-        return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(t))
 
     lines = [
         f"last rollback record: {record.slot} ({record.partuuid}) os {record.os_version or '?'}",

@@ -70,7 +70,7 @@ def test_render_then_check_passes_and_noop_keeps_mtimes(tmp_path: Path) -> None:
     assert snapshot(out) == before
     r = cli("check", "--config", DEFAULT_CONFIG, "--overlay", out)
     assert r.returncode == 0, r.stdout + r.stderr
-    assert r.stdout.count("ok  ") == 6  # diff, systemd-analyze, bash -n, shellcheck, pkgcheck, workflow
+    assert r.stdout.count("ok  ") == 8  # the overlay's five steps, monitoring's two, the workflow
 
 
 def test_committed_overlay_checks_clean() -> None:

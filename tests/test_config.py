@@ -41,9 +41,17 @@ def test_contract_key_names() -> None:
         "update",
         "package",
         "release",
+        "monitoring",
         "health_policy",
         "agent",
     ]
+    assert set(plain["monitoring"]) == {
+        "selector",
+        "runbook_url",
+        "dashboard_uid",
+        "dashboard_title",
+        "thresholds",
+    }
     assert set(plain["flatcar"]) == {"release", "releases", "sdk_version"}
     assert set(plain["update"]) == {"group", "server"}
     assert set(plain["package"]) == {"category", "name", "license"}

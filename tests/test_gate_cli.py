@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from piccolod import journal
+from piccolod import record as rec
 from piccolod.gate import NO_REBOOT_UNKNOWN_SLOT, ROLLBACK_DISABLED
 from piccolod.journal import Journal, Store
 from piccolod.record import read_boot_id
@@ -212,6 +213,12 @@ def test_status_after_the_fallback_boot(tmp_path: Path, flatcar_disk: Path) -> N
     assert "* USR-A" in r.stdout
     assert "update status: rolled_back: USR-B rolled back: startup_timeout" in r.stdout
     assert "last rollback record: USR-B" in r.stdout and "last gate: none recorded" in r.stdout
+    assert "rollbacks: none" in r.stdout  # status reads; the agent's fallback boot counts
+    Store(tmp_path / "state").count_rollback(record)
+    r = run("status", "--config", str(config))
+    assert f"rollbacks: 1, the last one failed its gate at {rec.when(record.failed_at)}" in r.stdout
+    doc = json.loads(run("status", "--json", "--config", str(config)).stdout)
+    assert doc["rollbacks"] == {"count": 1, "last_at": record.failed_at, "last_boot_id": "an-earlier-boot"}
 
 
 @pytest.mark.parametrize("command", ["gate", "status"])

@@ -5,7 +5,9 @@ from __future__ import annotations
 import json
 import os
 import threading
+import time
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -15,17 +17,18 @@ from piccolod import journal
 from piccolod.api import listen_socket
 from piccolod.assess import Assessor
 from piccolod.commands.serve import load_default_policy
-from piccolod.daemon import Daemon, GateHook
-from piccolod.gatehook import first_boot_gate
+from piccolod.daemon import Daemon, GateHook, RefreshHook
+from piccolod.gatehook import first_boot_gate, refresh_machine
 from piccolod.journal import GateVerdict, Journal, Store
 from piccolod.model import Source, build
 from piccolod.policy import Component, PolicyFile
 from tests.agent_helpers import FACTS, Switch, get, wait_for
-from tests.fixtures.gptdisk import USR_A, USR_B, cmdline_for, gptprio_next, install_update
+from tests.fixtures.gptdisk import USR_A, USR_B, cmdline_for, gptprio_next, install_update, setgoodroot
 from tests.test_journal import record
+from tests.test_metrics import value
 
 
-def policy(tmp_path: Path, disk: Path, port: int, timeout: float = 0.6) -> PolicyFile:
+def policy(tmp_path: Path, disk: Path, port: int, timeout: float = 0.6, interval: float = 60.0) -> PolicyFile:
     script = tmp_path / "reboot"
     script.write_text(f"#!/bin/sh\necho requested >> {tmp_path}/reboots\n")
     script.chmod(0o755)
@@ -36,6 +39,7 @@ def policy(tmp_path: Path, disk: Path, port: int, timeout: float = 0.6) -> Polic
                 "required_components": ["tpm"],
                 "optional_components": [],
             },
+            "runtime": {"check_interval_seconds": interval},
             "rollback": {"reboot_grace_seconds": 0.3, "reboot_command": [str(script)]},
         },
         "agent": {
@@ -67,22 +71,40 @@ class Running:
         text = get(self.port, "/metrics")[2].decode()
         return float(next(ln for ln in text.splitlines() if ln.startswith(line_start)).rsplit(" ", 1)[1])
 
+    def sample(self, name: str, **labels: str) -> float:
+        return value(get(self.port, "/metrics")[2].decode(), name, **labels)
+
+    def stop(self) -> None:
+        self.daemon.stop()
+        self.thread.join(10)
+        assert not self.thread.is_alive()
+
 
 @pytest.fixture
 def start(tmp_path: Path, flatcar_disk: Path) -> Iterator[Any]:
     started: list[Running] = []
 
-    def go(tpm: Switch, *, timeout: float = 0.6, gate: GateHook | None = None) -> Running:
+    def go(
+        tpm: Switch,
+        *,
+        timeout: float = 0.6,
+        gate: GateHook | None = None,
+        boot_id: str = FACTS.boot_id,
+        interval: float = 60.0,
+        refresh: RefreshHook | None = None,
+    ) -> Running:
         (tmp_path / "run").mkdir(exist_ok=True)
         listener = listen_socket("127.0.0.1:0")
         port = listener.getsockname()[1]
         daemon = Daemon(
-            policy(tmp_path, flatcar_disk, port, timeout),
+            policy(tmp_path, flatcar_disk, port, timeout, interval),
             assessor=Assessor({Component.TPM: tpm}, lambda c, p: 1.0),
             gate=gate or kicked_gate([]),  # never the host's systemctl
             listener=listener,
-            facts=FACTS,
+            facts=replace(FACTS, boot_id=boot_id),
             env={"RUNTIME_DIRECTORY": str(tmp_path / "run")},
+            refresh=refresh,
+            refresh_seconds=0.05,
         )
         run = Running(daemon, port)
         run.thread.start()
@@ -267,3 +289,109 @@ def test_the_health_document_reports_a_policy_error(tmp_path: Path) -> None:
     assert daemon.state.document["policy_error"] == "admin.yaml:3: x: bad"
     assert daemon.start_api() is None
     assert "policy_error" not in Daemon(PolicyFile(), facts=FACTS, env={}, bind=False).state.document
+
+
+# --- what the fleet sees (docs/monitoring.md) ---------------------------------------------------------
+
+
+def boot(tmp_path: Path, disk: Path, start: Any, boot_id: str, tpm: Switch) -> Running:
+    """One boot of the machine: GRUB's choice written to the command line, the agent to its verdict."""
+    (tmp_path / "cmdline").write_text(cmdline_for(gptprio_next(disk)))
+    run: Running = start(tpm, boot_id=boot_id, timeout=0.3)
+    wait_for(lambda: run.health()["startup_health_check"] != "pending", timeout=5, what="the verdict")
+    return run
+
+
+def test_two_rollback_boots_in_a_row_count_two_and_move_the_timestamp(
+    tmp_path: Path, flatcar_disk: Path, start: Any
+) -> None:
+    """The same update fails twice: each fallback boot counts its rollback once, from the journal, so
+    the counter reads 1 then 2 across the reboots (an in-process counter would read 1 both times)."""
+    install_update(flatcar_disk, USR_A)
+    first = boot(tmp_path, flatcar_disk, start, "boot-1", Switch(False))  # USR-B fails its gate
+    assert first.health()["startup_health_check"] == "failed"
+    assert first.sample("piccolod_rollbacks_total") == 0
+    wait_for((tmp_path / "reboots").exists, what="the reboot")
+    first.stop()
+    failed_1 = journal.read(tmp_path / "state").rollbacks
+    record_1 = journal.read(tmp_path / "state").rollback
+    assert record_1 is not None and failed_1.count == 0
+
+    second = boot(tmp_path, flatcar_disk, start, "boot-2", Switch(True))  # GRUB falls back to USR-A
+    assert second.health()["update_status"] == "rolled_back"
+    assert second.sample("piccolod_rollbacks_total") == 1
+    assert second.sample("piccolod_last_rollback_timestamp_seconds") == record_1.failed_at
+    second.stop()
+    again = boot(tmp_path, flatcar_disk, start, "boot-2", Switch(True))  # a restart in the same boot
+    assert again.sample("piccolod_rollbacks_total") == 1  # the same record is never counted twice
+    again.stop()
+
+    time.sleep(0.01)  # the second failure is later than the first, whatever the clock's resolution
+    install_update(flatcar_disk, USR_A)  # update-engine installs the same version again
+    third = boot(tmp_path, flatcar_disk, start, "boot-3", Switch(False))
+    assert third.health()["startup_health_check"] == "failed"
+    assert third.sample("piccolod_rollbacks_total") == 1  # the failing boot exports what came before
+    wait_for(lambda: (tmp_path / "reboots").read_text().count("requested") == 2, what="the second reboot")
+    third.stop()
+    record_3 = journal.read(tmp_path / "state").rollback
+    assert record_3 is not None and record_3.boot_id == "boot-3"
+
+    fourth = boot(tmp_path, flatcar_disk, start, "boot-4", Switch(True))
+    assert fourth.health()["update_status"] == "rolled_back"
+    assert fourth.sample("piccolod_rollbacks_total") == 2
+    last = fourth.sample("piccolod_last_rollback_timestamp_seconds")
+    assert last == record_3.failed_at > record_1.failed_at
+    tally = journal.read(tmp_path / "state").rollbacks
+    assert (tally.count, tally.last_at, tally.last_boot_id) == (2, record_3.failed_at, "boot-3")
+
+
+def test_a_dry_run_counts_nothing(tmp_path: Path, flatcar_disk: Path) -> None:
+    (tmp_path / "cmdline").write_text(cmdline_for(USR_A))  # marked: the fallback boot
+    Store(tmp_path / "state").put(Journal(rollback=record(boot_id="an-earlier-boot")))
+    daemon = Daemon(policy(tmp_path, flatcar_disk, 1), facts=FACTS, env={}, bind=False)
+    assert first_boot_gate(daemon, dry_run=True).passed
+    assert journal.read(tmp_path / "state").rollbacks.count == 0
+
+
+def test_the_gate_is_pending_with_its_deadline_then_not(
+    tmp_path: Path, flatcar_disk: Path, start: Any
+) -> None:
+    install_update(flatcar_disk, USR_A)
+    (tmp_path / "cmdline").write_text(cmdline_for(gptprio_next(flatcar_disk)))  # USR-B, unmarked
+    tpm = Switch(False)
+    before = time.time()
+    run = start(tpm, timeout=30)
+    wait_for(lambda: run.daemon.server is not None, what="API")
+    wait_for(lambda: run.sample("piccolod_gate_pending") == 1, what="the gate pending")
+    deadline = run.sample("piccolod_gate_deadline_timestamp_seconds")
+    assert before + 30 <= deadline <= time.time() + 30
+    assert run.sample("piccolod_slot_successful", slot="USR-B") == 0
+    assert run.sample("piccolod_slot_tries", slot="USR-B") == 0  # GRUB took its one try
+    assert run.sample("piccolod_slot_priority", slot="USR-B") == 2
+    assert run.sample("piccolod_slot_successful", slot="USR-A") == 1
+    tpm.healthy = True
+    assert run.daemon.is_ready.wait(5)
+    wait_for(lambda: run.sample("piccolod_gate_pending") == 0, what="the gate's verdict")
+    assert run.sample("piccolod_gate_outcomes_total", outcome="passed") == 1
+    assert run.sample("piccolod_gate_deadline_timestamp_seconds") == deadline
+
+
+def test_a_marked_slot_has_no_pending_gate(tmp_path: Path, flatcar_disk: Path, start: Any) -> None:
+    (tmp_path / "cmdline").write_text(cmdline_for(USR_A))
+    run = start(Switch(True))
+    assert run.daemon.is_ready.wait(5)
+    assert run.sample("piccolod_gate_pending") == 0
+    assert run.sample("piccolod_gate_deadline_timestamp_seconds") == 0
+    assert run.sample("piccolod_gate_outcomes_total", outcome="skipped") == 1
+
+
+def test_the_refresh_sees_the_slot_marked_good(tmp_path: Path, flatcar_disk: Path, start: Any) -> None:
+    """update-engine marks the slot 45 s after it starts: a running agent's metrics follow the disk."""
+    install_update(flatcar_disk, USR_A)
+    (tmp_path / "cmdline").write_text(cmdline_for(gptprio_next(flatcar_disk)))
+    run = start(Switch(True), interval=0.05, refresh=refresh_machine)
+    assert run.daemon.is_ready.wait(5)
+    assert run.sample("piccolod_slot_successful", slot="USR-B") == 0
+    setgoodroot(flatcar_disk, USR_B)  # what flatcar-setgoodroot does for update-engine
+    wait_for(lambda: run.sample("piccolod_slot_successful", slot="USR-B") == 1, what="the refreshed table")
+    assert run.sample("piccolod_slot_priority", slot="USR-A") == 1

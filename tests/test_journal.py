@@ -23,7 +23,7 @@ from pathlib import Path
 import pytest
 
 from piccolod import journal
-from piccolod.journal import BootGate, GateVerdict, Journal, JournalError, Store
+from piccolod.journal import BootGate, GateVerdict, Journal, JournalError, RollbackTally, Store
 from piccolod.policy import FailureCondition
 from piccolod.record import ComponentVerdict, RollbackRecord
 from tests.agent_helpers import free_port
@@ -71,7 +71,12 @@ def gate(**over: object) -> BootGate:
     return replace(base, **over)  # type: ignore[arg-type]
 
 
-FULL = Journal(boot=gate(), rollback=record(), previous_rollback=record(boot_id="boot-0"))
+FULL = Journal(
+    boot=gate(),
+    rollback=record(),
+    previous_rollback=record(boot_id="boot-0"),
+    rollbacks=RollbackTally(count=3, last_at=1795780000.5, last_boot_id="boot-0"),
+)
 
 
 def test_round_trip_is_atomic_sorted_and_typed(tmp_path: Path) -> None:
@@ -91,6 +96,25 @@ def test_the_restart_questions(tmp_path: Path) -> None:
     begun = gate(verdict=None, finished_at=None, reboot_requested=False)
     assert not begun.finished and gate().finished and gate().reboot_requested
     assert gate().deadline_monotonic == 132.5
+
+
+def test_the_gate_deadline_on_the_wall_clock() -> None:
+    assert gate().deadline_at == 1795790000.25 + 120
+
+
+def test_a_rollback_is_counted_once_and_what_was_read_is_clamped(tmp_path: Path) -> None:
+    store = Store(tmp_path / "state")
+    tally = store.count_rollback(record(boot_id="boot-1", failed_at=1700000000.0))
+    assert (tally.count, tally.last_at, tally.last_boot_id) == (1, 1700000000.0, "boot-1")
+    assert store.count_rollback(record(boot_id="boot-1")) is tally  # the same record: not again
+    assert journal.read(tmp_path / "state").rollbacks == tally  # on disk, for the next boots
+    assert store.count_rollback(record(boot_id="boot-3", failed_at=1700000600.0)).count == 2
+    # A hostile or damaged journal: a negative or enormous count, a time far in the future.
+    now = time.time()
+    assert RollbackTally(count=-7).counted(record(boot_id="x"), now).count == 1
+    assert RollbackTally(count=10**30).counted(record(boot_id="x"), now).count == journal.MAX_COUNT
+    assert RollbackTally().counted(record(boot_id="x", failed_at=1e18), now).last_at == now
+    assert RollbackTally().counted(record(boot_id="x", failed_at=-5.0), now).last_at == 0.0
 
 
 def test_a_failed_write_keeps_the_new_journal_in_memory(tmp_path: Path) -> None:

@@ -5,10 +5,14 @@ from __future__ import annotations
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.samples import Sample
 
-from piccolod.metrics import GateOutcome, Metrics
+from piccolod.journal import Journal
+from piccolod.metrics import GateOutcome, Metrics, pinned_value
+from piccolod.osinfo import OsInfo
 from piccolod.policy import Component
 from piccolod.result import Status
+from piccolod.slot import BootSlot, SlotRow, SlotState
 from tests.agent_helpers import Switch, get, policy_data, running_daemon, wait_for
+from tests.fixtures.gptdisk import USR_A, USR_B
 
 
 def samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
@@ -54,7 +58,7 @@ def test_only_checked_components_get_series() -> None:
 
 def test_registries_are_isolated() -> None:
     a, b = Metrics(), Metrics()
-    a.rollback()
+    a.rollback_tally(1, 1.7e9)
     assert value(a.render().decode(), "piccolod_rollbacks_total") == 1
     assert value(b.render().decode(), "piccolod_rollbacks_total") == 0
 
@@ -67,7 +71,7 @@ def test_metrics_over_http_follow_the_assessments() -> None:
     with running_daemon(checks, data) as (daemon, port):
         # The fifth call has started only once the fourth assessment was published.
         wait_for(lambda: checks[Component.TPM].calls >= 5, what="four published assessments")
-        daemon.metrics.rollback()
+        daemon.metrics.rollback_tally(1, 1.7e9)
         status, headers, body = get(port, "/metrics")
     assert status == 200
     assert headers["content-type"].startswith("text/plain; version=0.0.4")
@@ -147,7 +151,7 @@ def test_a_scrape_reuses_the_rendered_text_until_something_changes() -> None:
     m = Metrics()
     first = m.render()
     assert m.render() is first
-    m.rollback()
+    m.rollback_tally(1, 1.7e9)
     second = m.render()
     assert second is not first and value(second.decode(), "piccolod_rollbacks_total") == 1
     m.gate_outcome(GateOutcome.PASSED)
@@ -161,3 +165,89 @@ def test_numbers_as_prometheus_reads_them() -> None:
         "0.0", "1.0", "0.25", "1e+20", "+Inf", "-Inf",
     ]  # fmt: skip
     assert number(float("nan")) == "NaN"
+
+
+# --- what a fleet needs (docs/monitoring.md) ----------------------------------------------------------
+
+
+def _rows(successful_b: bool) -> BootSlot:
+    rows = (
+        SlotRow("USR-A", 3, USR_A, priority=1, tries=0, successful=True, booted=False),
+        SlotRow("USR-B", 4, USR_B, priority=2, tries=0, successful=successful_b, booted=True),
+    )
+    return BootSlot(
+        USR_B, "/dev/vda", "USR-B", SlotState.MARKED if successful_b else SlotState.UNMARKED, rows
+    )
+
+
+def test_fleet_series_exist_from_the_start_and_facts_only_once_read() -> None:
+    text = Metrics([Component.TPM, Component.API], interval=15).render().decode()
+    for name in (
+        "piccolod_gate_pending",
+        "piccolod_gate_deadline_timestamp_seconds",
+        "piccolod_last_rollback_timestamp_seconds",
+        "piccolod_update_pinned",
+        "piccolod_rollbacks_total",
+    ):
+        assert value(text, name) == 0, name
+    assert value(text, "piccolod_assessment_interval_seconds") == 15
+    enabled = {
+        dict(labels)["component"]: v
+        for (n, labels), v in samples(text).items()
+        if n == "piccolod_check_enabled"
+    }
+    assert enabled == {"docker": 0, "containers": 0, "tpm": 1, "storage": 0, "network": 0, "api": 1}
+    info = {labels: v for (n, labels), v in samples(text).items() if n == "piccolod_os_info"}
+    assert info == {
+        (("board", "unknown"), ("group", "unknown"), ("slot", "unknown"), ("version", "unknown")): 1
+    }
+    # The slot table is a fact nobody has read yet: no series rather than a 0 that says "not marked".
+    assert not [n for n, _ in samples(text) if n.startswith("piccolod_slot_")]
+
+
+def test_os_info_and_the_slot_table_once_read() -> None:
+    m = Metrics([Component.TPM])
+    m.machine(os=OsInfo(version="4593.2.5", board="amd64-usr", group="stable"))
+    m.machine(slot=_rows(successful_b=False))
+    text = m.render().decode()
+    info = [labels for (n, labels), v in samples(text).items() if n == "piccolod_os_info" and v == 1]
+    assert info == [(("board", "amd64-usr"), ("group", "stable"), ("slot", "USR-B"), ("version", "4593.2.5"))]
+    assert value(text, "piccolod_slot_successful", slot="USR-A") == 1
+    assert value(text, "piccolod_slot_successful", slot="USR-B") == 0
+    assert value(text, "piccolod_slot_priority", slot="USR-B") == 2
+    assert value(text, "piccolod_slot_tries", slot="USR-A") == 0
+    m.machine(slot=_rows(successful_b=True))  # update-engine marked it; a refresh reads it
+    text = m.render().decode()
+    assert value(text, "piccolod_slot_successful", slot="USR-B") == 1
+    assert len([n for n, _ in samples(text) if n == "piccolod_os_info"]) == 1  # one info series, always
+    m.machine(slot=BootSlot(None, None, None, SlotState.UNKNOWN, error="disk gone"))
+    text = m.render().decode()
+    assert not [n for n, _ in samples(text) if n.startswith("piccolod_slot_")]
+    assert (
+        "piccolod_os_info",
+        (("board", "amd64-usr"), ("group", "stable"), ("slot", "unknown"), ("version", "4593.2.5")),
+    ) in samples(text)
+
+
+def test_gate_pending_then_its_verdict() -> None:
+    m = Metrics()
+    m.gate_begins(1_796_000_120.5)
+    text = m.render().decode()
+    assert value(text, "piccolod_gate_pending") == 1
+    assert value(text, "piccolod_gate_deadline_timestamp_seconds") == 1_796_000_120.5
+    m.gate_outcome(GateOutcome.PASSED)
+    text = m.render().decode()
+    assert value(text, "piccolod_gate_pending") == 0
+    assert value(text, "piccolod_gate_deadline_timestamp_seconds") == 1_796_000_120.5
+
+
+def test_the_rollback_tally_and_the_pin() -> None:
+    m = Metrics()
+    m.rollback_tally(2, 1_796_000_000.25)
+    m.update_pinned(pinned_value(Journal()))
+    text = m.render().decode()
+    assert value(text, "piccolod_rollbacks_total") == 2
+    assert value(text, "piccolod_last_rollback_timestamp_seconds") == 1_796_000_000.25
+    assert value(text, "piccolod_update_pinned") == 0
+    m.update_pinned(1)
+    assert value(m.render().decode(), "piccolod_update_pinned") == 1

@@ -5,7 +5,8 @@ leftovers), ``pip wheel`` builds the wheel; a fresh venv gets that wheel and its
 pinned versions, offline, from the wheels ``build.py test`` keeps in ``$PICCOLO_TEST_CACHE/wheels``.
 Then, in an empty working directory (no piccolo.yaml, no piccolo.lock.json): the default overlay
 renders byte for byte and mode for mode as the committed ``overlays/``, the plan computes, ``check``
-passes (pkgcheck and shellcheck found beside the venv's interpreter, the venv not activated),
+passes on copies of ``overlays/`` and ``monitoring/`` (pkgcheck and shellcheck found beside the venv's
+interpreter, the venv not activated),
 ``piccolod --help`` works without the agent extra, and a project's own piccolo.lock.json wins.
 """
 
@@ -144,12 +145,17 @@ def test_plans(venv: Path, tmp_path: Path, system_path: str) -> None:
 def test_checks_with_the_tools_of_its_own_environment(venv: Path, tmp_path: Path, system_path: str) -> None:
     assert not any((Path(system_path) / name).exists() for name in LINTERS)
     shutil.copytree(ROOT / "overlays", tmp_path / "overlays", symlinks=True)
-    r = run_in(
-        venv, tmp_path, system_path, "piccolo-build", "check", "--overlay", tmp_path / "overlays", "--json"
-    )
+    shutil.copytree(ROOT / "monitoring", tmp_path / "monitoring", symlinks=True)
+    r = run_in(venv, tmp_path, system_path, "piccolo-build", "check", "--json")
     report = json.loads(r.stdout)
     assert report["ok"] is True, r.stdout
-    assert {s["name"] for s in report["steps"]} >= {"diff", "shellcheck", "pkgcheck scan"}
+    assert {s["name"] for s in report["steps"]} >= {
+        "diff",
+        "shellcheck",
+        "pkgcheck scan",
+        "monitoring diff",  # the dashboard built with the SDK installed from the wheels
+        "promtool check rules",
+    }
 
 
 def test_piccolod_help_without_the_agent_extra(venv: Path, tmp_path: Path, system_path: str) -> None:

@@ -9,6 +9,7 @@ from piccolo_build.commands import (
     bundle_cmd,
     ci_cmd,
     config_cmd,
+    monitoring_cmd,
     release_cmd,
     render_cmd,
     stage_cmd,
@@ -17,6 +18,7 @@ from piccolo_build.commands import (
 COMMAND_MODULES: tuple[ModuleType, ...] = (
     config_cmd,
     render_cmd,
+    monitoring_cmd,
     stage_cmd,
     build_cmd,
     bundle_cmd,

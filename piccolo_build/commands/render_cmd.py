@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 from piccolo_build.commands.config_cmd import ConfigOption, JsonOption, SetOption, load_for_cli
+from piccolo_build.commands.monitoring_cmd import DEFAULT_OUTPUT as DEFAULT_MONITORING
 from piccolo_build.errors import PiccoloError
 
 if TYPE_CHECKING:
@@ -66,6 +67,10 @@ def register(app: typer.Typer) -> None:
         overlay: Annotated[
             Path, typer.Option("--overlay", help="Committed overlay to compare against.")
         ] = DEFAULT_OUTPUT,
+        monitoring: Annotated[
+            Path,
+            typer.Option("--monitoring", help="Committed alert rules and dashboard to compare against."),
+        ] = DEFAULT_MONITORING,
         tree: Annotated[
             Path | None,
             typer.Option(
@@ -88,16 +93,19 @@ def register(app: typer.Typer) -> None:
         ] = WORKFLOW,
         as_json: JsonOption = False,
     ) -> None:
-        """Fail if OVERLAY (or the generated CI workflow) differs from a fresh render; verify units and
-        lint ebuilds."""
+        """Fail if OVERLAY, MONITORING or the generated CI workflow differs from a fresh render; verify
+        units, lint ebuilds, check the alert rules with promtool."""
         from piccolo_build.check import Step, check_overlay
         from piccolo_build.ci import workflow as ci_workflow
+        from piccolo_build.commands.monitoring_cmd import plan as monitoring_plan
+        from piccolo_build.monitoring.verify import check_monitoring
 
         cfg = load_for_cli(config_file, sets)
         if tree is not None:
             tree_check(tree, plan(cfg, tree), [b.arch for b in cfg.boards], as_json=as_json)
             return
         report = check_overlay(cfg, plan(cfg), overlay)
+        report.steps.extend(check_monitoring(monitoring_plan(cfg), monitoring))
         if ci_workflow.is_generated(workflow):
             diff = ci_workflow.drift(cfg, workflow)
             report.steps.append(Step(f"workflow {workflow}", not diff, diff))
@@ -113,8 +121,8 @@ def register(app: typer.Typer) -> None:
             failed = ", ".join(s.name for s in report.steps if not s.ok)
             raise PiccoloError(
                 f"check failed: {failed}",
-                hint="run `piccolo-build render` (overlay) or `piccolo-build ci init` (workflow) if the diff "
-                "is intended",
+                hint="run `piccolo-build render` (overlay), `piccolo-build monitoring` (monitoring) or "
+                "`piccolo-build ci init` (workflow) if the diff is intended",
                 exit_code=1,
             )
 

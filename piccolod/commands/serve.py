@@ -22,7 +22,7 @@ from pathlib import Path
 from piccolod import logs
 from piccolod.commands import add_config_option, load
 from piccolod.daemon import Daemon, GateHook
-from piccolod.gatehook import serve_hook
+from piccolod.gatehook import refresh_machine, serve_hook
 from piccolod.model import MissingFile
 from piccolod.policy import ADMIN_POLICY, VENDOR_POLICY, ModelError, PolicyFile, load_policy
 
@@ -75,7 +75,7 @@ def run(args: argparse.Namespace) -> int:
     else:
         policy, policy_error = load_default_policy()
     try:
-        daemon = Daemon(policy, gate=choose_gate(policy), policy_error=policy_error)
+        daemon = Daemon(policy, gate=choose_gate(policy), policy_error=policy_error, refresh=refresh_machine)
     except OSError as exc:
         print(f"piccolod: cannot start: {exc}", flush=True)
         return EXIT_CANNOT_START

@@ -1,4 +1,5 @@
-"""``piccolod status [--json]``: both /usr slots, which one is booted, the last gate and rollback record.
+"""``piccolod status [--json]``: both /usr slots, which one is booted, the last gate and rollback record,
+and how many rollbacks this machine came back from.
 
 Reads the GPT and the journal in the state directory only; it runs no check and needs no running agent.
 A journal that cannot be used (not UTF-8, not JSON, nested too deep, too large, a FIFO, a symbolic link)
@@ -51,6 +52,7 @@ def run(args: argparse.Namespace) -> int:
             "rollback_reason": rolled[1] if rolled else None,
             "last_gate": to_plain(last) if last else None,
             "rollback_record": record.to_json() if record else None,
+            "rollbacks": to_plain(found.rollbacks),
             "journal_error": error,
         }
         print(json.dumps(doc, indent=2, sort_keys=True))
@@ -64,6 +66,7 @@ def run(args: argparse.Namespace) -> int:
         else:
             print("last gate: none recorded")
         print(rec.format_record(record))
+        print(rec.format_tally(found.rollbacks.count, found.rollbacks.last_at))
     if error:
         print(f"piccolod: {error}", file=sys.stderr)
         return EXIT_CANNOT_ASSESS
