@@ -249,6 +249,11 @@ class BuildConfig:
                 "must be /var/lib/<name> (letters, digits, '.', '_', '-'): the unit's StateDirectory= and"
                 f" the tmpfiles entry are made from it, got {self.agent.state_dir!r}",
             )
+        if self.agent.boot.usr_device != "auto":
+            raise FieldError(
+                ("agent", "boot", "usr_device"),
+                "must be auto in an image: device: and image: stand in for the /usr mount in tests only",
+            )
         for path, value in _strings(self, ()):
             if "$(" in value or "`" in value or "${" in value:
                 raise FieldError(path, "must not contain '$(', '${' or backticks")

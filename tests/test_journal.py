@@ -27,7 +27,7 @@ from piccolod.journal import BootGate, GateVerdict, Journal, JournalError, Store
 from piccolod.policy import FailureCondition
 from piccolod.record import ComponentVerdict, RollbackRecord
 from tests.agent_helpers import free_port
-from tests.fixtures.gptdisk import USR_B, cmdline_for
+from tests.fixtures.gptdisk import USR_B, cmdline_for, usr_device
 
 NAME = journal.JOURNAL_NAME
 
@@ -265,7 +265,7 @@ def _config(tmp_path: Path, disk: Path) -> Path:
         f"  checks: {{storage: {{mounts: ['{tmp_path}']}}}}\n"
         "agent:\n"
         f"  listen: '127.0.0.1:{free_port()}'\n  state_dir: '{tmp_path / 'state'}'\n"
-        f"  boot: {{cmdline: '{tmp_path / 'cmdline'}', disk: '{disk}'}}\n"
+        f"  boot: {{cmdline: '{tmp_path / 'cmdline'}', usr_device: '{usr_device(disk, partuuid=USR_B)}'}}\n"
     )
     (tmp_path / "state").mkdir()
     return config
