@@ -116,7 +116,10 @@ def format_record(record: RollbackRecord | None) -> str:
         return "last rollback record: none"
 
     def when(t: float) -> str:
-        return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(t))
+        try:
+            return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(t))
+        except (OverflowError, ValueError, OSError):  # a stored value no clock reaches: shown, not fatal
+            return f"{t!r} (not a time)"
 
     lines = [
         f"last rollback record: {record.slot} ({record.partuuid}) os {record.os_version or '?'}",

@@ -72,10 +72,13 @@ def test_decision_properties(
     if v.reboot:
         assert v.decision is Decision.FAIL
         assert slot is SlotState.UNMARKED and automatic and not dry_run
-    # A failure always names an enabled condition; a failed gate on an unmarked slot reboots when allowed.
+    # A failure always names its condition; it reboots an unmarked slot when that condition is enabled and
+    # rollback is allowed, and otherwise leaves the slot unmarked (update-engine held) without a reboot.
     if v.decision is Decision.FAIL:
-        assert v.condition in conditions
-        assert v.reboot == (slot is SlotState.UNMARKED and automatic and not dry_run)
+        assert v.condition is not None
+        enabled = v.condition in conditions
+        assert v.reboot == (enabled and slot is SlotState.UNMARKED and automatic and not dry_run)
+        assert enabled or "no reboot" in v.reason
     # Before the deadline a failing slot waits (unless the API has been down for 300 s).
     api_down = api_for >= 300 and failing is not None and Component.API in failing
     if slot is not SlotState.MARKED and failing != () and elapsed < deadline and not api_down:
@@ -83,10 +86,26 @@ def test_decision_properties(
     # After the deadline nothing waits any more.
     if elapsed >= deadline:
         assert v.decision is not Decision.WAIT
-    # Opening an unmarked gate without a pass only happens when no enabled condition applies.
-    if slot is not SlotState.MARKED and v.decision is Decision.READY and failing != ():
-        assert FailureCondition.STARTUP_TIMEOUT not in conditions
-        assert not (failing and FailureCondition.CRITICAL_COMPONENT_FAILURE in conditions)
+    # A gate that is not marked opens only on a pass: whatever the policy's conditions (issue 13: with
+    # failure_conditions [] every failing gate used to open at its deadline).
+    if slot is not SlotState.MARKED and v.decision is Decision.READY:
+        assert failing == ()
+
+
+def test_a_failure_whose_condition_is_off_fails_without_a_reboot() -> None:
+    kw: dict[str, Any] = {"deadline": 10.0, "automatic": True}
+    u = SlotState.UNMARKED
+    v = decide(u, (Component.TPM,), elapsed=10, conditions={FailureCondition.API_UNRESPONSIVE_300S}, **kw)
+    assert (v.decision, v.condition, v.reboot) == (
+        Decision.FAIL,
+        FailureCondition.CRITICAL_COMPONENT_FAILURE,
+        False,
+    )
+    assert "critical_component_failure is not one of the policy's failure_conditions: no reboot" in v.reason
+    v = decide(u, None, elapsed=10, conditions={FailureCondition.CRITICAL_COMPONENT_FAILURE}, **kw)
+    assert (v.decision, v.condition, v.reboot) == (Decision.FAIL, FailureCondition.STARTUP_TIMEOUT, False)
+    v = decide(u, (Component.TPM,), elapsed=10, conditions={FailureCondition.STARTUP_TIMEOUT}, **kw)
+    assert (v.decision, v.condition, v.reboot) == (Decision.FAIL, FailureCondition.STARTUP_TIMEOUT, True)
 
 
 def test_conditions_that_fire() -> None:
