@@ -526,7 +526,7 @@ function array_crc(c, S,   cmd, line, f) {
 # entries(c, S): the used entries of copy c: USED[c] (every used entry, byte for byte), and for the
 # booted number: ENTRY[c], TWINS[c] (how many /usr entries have its label).
 function attrs(e,   i, s) { s = ""; for (i = 55; i >= 48; i--) s = s HX[e[i]]; return s }
-function entries(c, S,   cmd, line, f, nf, i, e, prev, used, typ, uniq, first, last, name, u, k, total, seen, names, number, lab) {
+function entries(c, S,   cmd, line, f, nf, i, e, prev, used, typ, uniq, first, last, name, u, k, total, seen, names, number, lab, ascii) {
 	if (array_crc(c, S) != ECRC[c]) { WHY[c] = "GPT partition entry array CRC32 mismatch at LBA " num(ELBA[c]); return }
 	total = COUNT[c] * ESIZE[c]
 	cmd = "dd if=" q(DISK) " bs=65536 iflag=skip_bytes,count_bytes skip=" num(ELBA[c] * S) " count=" num(total) " 2>/dev/null | od -Ad -tx1 -w" ESIZE[c]
@@ -560,7 +560,9 @@ function entries(c, S,   cmd, line, f, nf, i, e, prev, used, typ, uniq, first, l
 		}
 		if (typ == USRTYPE) names[number] = name
 		if (number == WANT) {
-			ENTRY[c] = guid(e, 0) " " guid(e, 16) " " num(first) " " num(last) " " attrs(e) " " (lab && name != "" ? "1" : "0") " " name
+			ascii = ""
+			for (k = 1; k <= length(name); k += 4) ascii = ascii substr(name, k, 2)
+			ENTRY[c] = guid(e, 0) " " guid(e, 16) " " num(first) " " num(last) " " attrs(e) " " (lab && name != "" ? "1" : "0") " " ascii
 			WANTNAME = name
 		}
 	}
@@ -728,21 +730,25 @@ sgdisk_agrees() {
 		WHY="sgdisk -i $U_NUMBER $U_DISK failed"
 		return 1
 	}
+	# sgdisk writes hex in upper case
+	read -r type_uc guid_uc attrs_uc <<END
+$(printf '%s %s %s\n' "$G_TYPE" "$G_GUID" "$G_ATTRS" | tr 'a-f' 'A-F')
+END
 	seen=0
 	while IFS= read -r line; do
 		case $line in
-		"Partition GUID code: "*) value=${line#Partition GUID code: } && value=${value%% *} && want=$G_TYPE ;;
-		"Partition unique GUID: "*) value=${line#Partition unique GUID: } && want=$G_GUID ;;
+		"Partition GUID code: "*) value=${line#Partition GUID code: } && value=${value%% *} && want=$type_uc ;;
+		"Partition unique GUID: "*) value=${line#Partition unique GUID: } && want=$guid_uc ;;
 		"First sector: "*) value=${line#First sector: } && value=${value%% *} && want=$G_FIRST ;;
 		"Last sector: "*) value=${line#Last sector: } && value=${value%% *} && want=$G_LAST ;;
-		"Attribute flags: "*) value=${line#Attribute flags: } && want=$G_ATTRS ;;
+		"Attribute flags: "*) value=${line#Attribute flags: } && want=$attrs_uc ;;
 		"Partition size: "* | "Partition name: "*) continue ;;
 		*)
 			WHY="sgdisk -i $U_NUMBER $U_DISK said: $line"
 			return 1
 			;;
 		esac
-		if [ "$(printf '%s' "$value" | tr 'A-F' 'a-f')" != "$want" ]; then
+		if [ "$value" != "$want" ]; then
 			WHY="sgdisk -i $U_NUMBER $U_DISK reads $line, this script $want"
 			return 1
 		fi
@@ -777,7 +783,6 @@ slot_state() {
 		WHY="$U_DISK: $G_TWINS /usr partitions share the label of partition $U_NUMBER: which slot is which is ambiguous"
 		return 0
 	fi
-	G_LABEL=$(printf '%s' "$G_LABEL" | awk '{ for (i = 1; i <= length($0); i += 4) printf "%s", substr($0, i, 2) }')
 	if [ -n "$U_START" ]; then
 		scale=$((G_SECTOR / 512))
 		start=$((G_FIRST * scale)) size=$(((G_LAST - G_FIRST + 1) * scale))
@@ -787,8 +792,8 @@ slot_state() {
 		fi
 	fi
 	names_partition || return 0
-	sgdisk_agrees || return 0
 	say "booted slot: partition $U_NUMBER ($G_GUID) of $U_DISK, $G_COPY GPT header at LBA $G_LBA, attributes $G_ATTRS"
+	sgdisk_agrees || return 0
 	top=${G_ATTRS%??????????????}
 	if [ $((0x$top & 1)) -eq 1 ]; then
 		STATE=marked
