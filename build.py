@@ -50,6 +50,7 @@ APT_PACKAGES = (
     "pkg-config",
     "gdisk",
     "cgpt",
+    "gawk",
     "shellcheck",
     "squashfs-tools",
     "systemd-container",

@@ -128,6 +128,7 @@ def context(cfg: BuildConfig) -> dict[str, Any]:
         "runtime_dir": layout.RUNTIME_DIR.name,
         "agent_install": layout.install_lines(layout.Package.AGENT),
         "base_install": layout.install_lines(layout.Package.BASE),
+        "base_dependencies": layout.BASE_RUNTIME_DEPENDENCIES,
         "python_deps": python_dependencies(load_lock().agent),
         "python_compat": PYTHON_COMPAT,
         "boards": [Board(b) for b in cfg.boards],
