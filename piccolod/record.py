@@ -22,6 +22,7 @@ from typing import Any
 from piccolod.model import to_plain
 from piccolod.result import CheckResult
 from piccolod.slot import BootSlot, SlotState
+from piccolod.text import printable
 
 FORMAT = 1
 BOOT_ID_PATH = Path("/proc/sys/kernel/random/boot_id")
@@ -131,4 +132,4 @@ def format_record(record: RollbackRecord | None) -> str:
         verdict = "ok  " if c.healthy else "FAIL"
         kind = "required" if c.required else "optional"
         lines.append(f"  {verdict} {c.component:10} {kind:8} {c.duration_seconds:7.3f}s  {c.reason}")
-    return "\n".join(lines)
+    return "\n".join(printable(line) for line in lines)  # stored texts never reach a terminal raw

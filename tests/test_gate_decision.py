@@ -317,6 +317,37 @@ def test_a_resumed_gate_keeps_its_first_deadline(tmp_path: Path) -> None:
     assert r.reboots == [("reboot-stand-in",)]
 
 
+@pytest.mark.parametrize(
+    ("started", "deadline", "attempts"),
+    [
+        (99.0, 1e300, 1),  # issue 13: OverflowError in the thread join, a crash loop with no verdict
+        (99.0, 99.0 + 1e9, 1),  # issue 13: a gate that never ends, the start timeout extended by 31 years
+        (1e9, 1e9 + 5, 1),  # began in the future
+        (-1e300, -1e300 + 5, 1),  # began before the boot
+        (99.0, 1.0, 10**18),  # a deadline before the start, a count no gate reaches
+    ],
+)
+def test_a_journal_beyond_the_policy_can_neither_stall_nor_crash_the_gate(
+    tmp_path: Path, started: float, deadline: float, attempts: int
+) -> None:
+    """Every number the journal holds is held to the policy: the resumed gate ends no later than
+    timeout_seconds after it began (and never after now + timeout), and EXTEND_TIMEOUT_USEC stays bounded."""
+    p = policy(tmp_path)  # timeout 5 s, grace 2 s
+    stored = journal.BootGate(boot_id="boot-1", slot="USR-B", partuuid="e03dd35c-7c2d-4a47-b3fe-27f15780a57c",
+                              slot_state="unmarked", started_at=1e308, started_monotonic=started,
+                              deadline_monotonic=deadline, attempts=attempts)  # fmt: skip
+    (tmp_path / journal.JOURNAL_NAME).write_text(journal.encode(journal.Journal(boot=stored)))
+    clock = Clock()
+    out, r, _ = drive(p, SlotState.UNMARKED, iter([assessment(tpm=False, storage=True)] * 100), clock=clock)
+    assert out.resumed and not out.ready
+    assert clock.now <= 100.0 + 5 + 2 + 1 + 1e-9  # deadline + grace + one retry at most
+    extends = [int(x.split("=", 1)[1]) for x in r.sent if x.startswith("EXTEND_TIMEOUT_USEC=")]
+    assert all(0 <= e <= (5 + 2 + gate.EXTEND_MARGIN_SECONDS) * 1e6 for e in extends), extends
+    assert r.reboots == [("reboot-stand-in",)]
+    b = read(tmp_path).boot
+    assert b is not None and b.finished and b.deadline_monotonic <= 100.0 + 5
+
+
 @pytest.mark.parametrize("where", ["under /dev/null", "full tmpfs"])
 def test_an_unwritable_state_dir_still_reboots_once(
     tmp_path: Path, where: str, caplog: pytest.LogCaptureFixture
