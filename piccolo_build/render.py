@@ -114,26 +114,50 @@ def tree(files: Iterable[OverlayFile]) -> Tree:
     return want
 
 
-def is_render(output: Path) -> bool:
-    """Whether ``output`` (an existing directory) holds a render: it has our marker, a regular file."""
-    marker = output / MARKER
-    return marker.is_file() and not marker.is_symlink()
+def is_render(output: Path, marker: PurePosixPath = MARKER) -> bool:
+    """Whether ``output`` (an existing directory) is ours: it holds ``marker`` as a regular file (a
+    symbolic link, a FIFO or a directory of that name does not count, and nothing is opened)."""
+    try:
+        return stat.S_ISREG((output / marker).lstat().st_mode)
+    except OSError:
+        return False
+
+
+def claim(output: Path, marker: PurePosixPath = MARKER, *, what: str = "render", hint: str = "") -> Path:
+    """The directory to write for ``output`` (a symbolic link is followed: its target is written), once it
+    is sure to be ours to replace: missing, empty, or holding ``marker`` (:func:`is_render`). Anything
+    else is a :class:`PiccoloError` and nothing is touched: not a directory (a file, a FIFO, a socket), a
+    symbolic link loop, a directory that cannot be listed, one that holds anything but our marker.
+    ``render`` and ``stage`` decide with this one rule."""
+    from piccolo_build.errors import PiccoloError
+
+    hint = hint or "render into a new or empty directory, or into the directory of a previous render"
+    try:
+        target = output.resolve()
+    except (OSError, RuntimeError) as e:  # a loop of symbolic links
+        raise PiccoloError(f"{output}: cannot be resolved ({e})", hint=hint) from None
+    try:
+        mode = target.lstat().st_mode
+    except FileNotFoundError:
+        return target
+    except OSError as e:
+        raise PiccoloError(f"{output}: {e.strerror}", hint=hint) from None
+    if not stat.S_ISDIR(mode):
+        raise PiccoloError(f"{output}: exists and is not a directory", hint=hint)
+    try:
+        empty = next(target.iterdir(), None) is None
+    except OSError as e:
+        raise PiccoloError(f"{output}: cannot list it: {e.strerror}", hint=hint) from None
+    if empty or is_render(target, marker):
+        return target
+    raise PiccoloError(
+        f"{output}: not a piccolo-build {what} (no {marker}): refusing to replace what it holds", hint=hint
+    )
 
 
 def check_replaceable(output: Path) -> None:
     """Refuse (a :class:`PiccoloError`, nothing touched) to replace a directory that is not ours."""
-    from piccolo_build.errors import PiccoloError
-
-    hint = "render into a new or empty directory, or into the directory of a previous render"
-    if not output.exists():
-        return
-    if not output.is_dir():
-        raise PiccoloError(f"{output}: exists and is not a directory", hint=hint)
-    if next(output.iterdir(), None) is None or is_render(output):
-        return
-    raise PiccoloError(
-        f"{output}: not a piccolo-build render (no {MARKER}): refusing to replace what it holds", hint=hint
-    )
+    claim(output)
 
 
 def write_tree(files: Iterable[OverlayFile], output: Path) -> bool:
@@ -143,8 +167,7 @@ def write_tree(files: Iterable[OverlayFile], output: Path) -> bool:
     :class:`~piccolo_build.errors.PiccoloError` when ``output`` is not ours to replace.
     """
     want = tree(files)
-    output = output.resolve()
-    check_replaceable(output)
+    output = claim(output)
     if output.is_dir() and read_tree(output) == want and _dir_modes_ok(output):
         return False
     output.parent.mkdir(parents=True, exist_ok=True)
