@@ -135,6 +135,22 @@ def test_a_second_flatcar_disk_cannot_open_the_gate(
     assert slot(old, USR_B).successful  # the old disk is read, never written
 
 
+@SYSTEMD
+def test_where_update_engine_never_runs_the_guard_fails_nothing(
+    machine: Machine, flatcar_disk: Path, staged: Staged, systemd: int
+) -> None:
+    """Issue 15: a PXE or ISO image has /usr/.noupdate and no /usr slots, and update-engine does not run
+    there (its ConditionPathExists=!/usr/.noupdate). The guard has the same condition: skipped, not failed,
+    even on an unmarked slot without the agent."""
+    install_update(flatcar_disk, USR_A)
+    r = rig(machine, flatcar_disk, staged, systemd, noupdate=True, sysext="missing").boot()
+    guard = r.unit("piccolod-guard")
+    assert (guard["ActiveState"], guard["ConditionResult"]) == ("inactive", "no"), guard
+    assert guard["Result"] == "success" and not r.started("update-engine")
+    assert r.unit("update-engine")["ConditionResult"] == "no"
+    assert r.data["pending_jobs"] == []
+
+
 # --- an unmarked slot without a pass: never marked ----------------------------------------------------
 
 
