@@ -38,8 +38,10 @@ break before the end is refused (:class:`CmdlineError`): systemd reads only the 
 from __future__ import annotations
 
 import os
-import stat
+from pathlib import Path
 from typing import Final
+
+from piccolod.safefile import UnsafeFile, read_regular
 
 MAX_BYTES = 64 * 1024  # the kernel's own limit is 2 KiB (x86) to 4 KiB (arm64)
 SYSTEMD_SEPARATORS = b" \t\n\r"  # systemd's WHITESPACE
@@ -75,19 +77,16 @@ class CmdlineError(Exception):
 
 def read(path: str | os.PathLike[str]) -> bytes:
     """The command line in ``path`` without its trailing newline; raises :class:`CmdlineError`."""
-    flags = os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC
     try:
-        fd = os.open(path, flags)
-    except OSError as e:
-        raise CmdlineError(f"{os.fspath(path)}: cannot read the kernel command line: {e.strerror}") from None
-    try:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            raise CmdlineError(f"{os.fspath(path)}: not a regular file")
-        data = os.read(fd, MAX_BYTES + 1)
-    except OSError as e:
-        raise CmdlineError(f"{os.fspath(path)}: cannot read the kernel command line: {e.strerror}") from None
-    finally:
-        os.close(fd)
+        data = read_regular(
+            Path(path), MAX_BYTES + 1, follow=True
+        )  # one byte more: "too long" is ours to say
+    except UnsafeFile as e:
+        raise CmdlineError(f"{e}: cannot read the kernel command line") from None
+    if data is None:
+        raise CmdlineError(
+            f"{os.fspath(path)}: cannot read the kernel command line: No such file or directory"
+        )
     return checked(data, str(path))
 
 

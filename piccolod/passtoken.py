@@ -15,13 +15,13 @@ owned by root with mode 0600, and a token counts only when it is exactly that: t
 
 from __future__ import annotations
 
-import errno
 import os
 import stat
 from collections.abc import Mapping
 from pathlib import Path
 
 from piccolod.journal import write_atomic
+from piccolod.safefile import UnsafeFile, read_regular
 
 TOKEN_NAME = "gate-passed"  # noqa: S105 - a file name, not a secret
 RUN_DIR = Path("/run/piccolod")
@@ -46,31 +46,20 @@ def write(path: Path, boot_id: str) -> None:
     path.chmod(MODE)
 
 
+def _not_roots_0600(st: os.stat_result) -> str | None:
+    if st.st_uid != OWNER or stat.S_IMODE(st.st_mode) != MODE:
+        return f"owner {st.st_uid} mode {stat.S_IMODE(st.st_mode):o}, not root's 0600"
+    return None
+
+
 def read(path: Path) -> str | None:
     """The boot id in the token (None when there is none); raises :class:`TokenError` for a file that
     is not a token: a symbolic link, not a regular file, not root's, not mode 0600, or too long."""
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
-    except FileNotFoundError:
-        return None
-    except OSError as e:
-        if e.errno == errno.ELOOP:
-            raise TokenError(f"{path}: is a symbolic link, not a token") from None
-        raise TokenError(f"{path}: cannot open: {e.strerror}") from None
-    try:
-        st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode):
-            raise TokenError(f"{path}: not a regular file")
-        if st.st_uid != OWNER or stat.S_IMODE(st.st_mode) != MODE:
-            raise TokenError(f"{path}: owner {st.st_uid} mode {stat.S_IMODE(st.st_mode):o}, not root's 0600")
-        data = os.read(fd, MAX_BYTES + 1)
-    except OSError as e:
-        raise TokenError(f"{path}: cannot read: {e.strerror}") from None
-    finally:
-        os.close(fd)
-    if len(data) > MAX_BYTES:
-        raise TokenError(f"{path}: longer than a boot id")
-    return data.split(b"\n", 1)[0].decode("ascii", "replace")
+        data = read_regular(path, MAX_BYTES, check=_not_roots_0600)
+    except UnsafeFile as e:
+        raise TokenError(str(e)) from None
+    return None if data is None else data.split(b"\n", 1)[0].decode("ascii", "replace")
 
 
 def passed(path: Path, boot_id: str) -> bool:
