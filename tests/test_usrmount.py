@@ -133,6 +133,8 @@ def test_dm_verity_btrfs_under_a_sysext_overlay_and_bind_mounts(
     kernel.mount(0, 90, "overlay", "sysext", parent=again)
     state, said = both(script, tmp_path, cmdline_for(USR_A, verity=True), "auto", kernel)
     assert state == "marked" and "through device-mapper dm-0 (usr)" in said, said
+    grub_menu = "mount.usr=/dev/mapper/usr verity.usr=PARTLABEL=USR-A rootflags=rw mount.usrflags=ro\n"
+    assert both(script, tmp_path, grub_menu, "auto", kernel)[0] == "marked"  # "Flatcar USR-A", dm-verity
     state, said = both(script, tmp_path, cmdline_for(USR_A), "auto", kernel)
     assert state == "unknown" and "mapper" in said  # dm-verity mounted, the command line names the partition
 

@@ -16,8 +16,9 @@
 # command line name it (piccolod/cmdline.py), sgdisk reads the same entry without a warning, and bit 56 is
 # set. The rules are piccolod/slot.py's; the test suite holds this script to at most what the agent says.
 #
-# POSIX sh and base-image tools only (coreutils, sgdisk, blkid, awk, gzip is not needed): the base image
-# has no Python. Settings come from the unit's Environment= and may be overridden by a drop-in.
+# POSIX sh and base-image tools only (coreutils, grep, gzip, awk, sgdisk, blkid, blockdev; the base package
+# RDEPENDs on them): the base image has no Python. Settings come from the unit's Environment= and may be
+# overridden by a drop-in.
 #
 #   piccolod-guard                    hold update-engine as described (the unit runs this)
 #   piccolod-guard state              print how the booted slot reads, and "state: marked|unmarked|unknown"
