@@ -52,6 +52,7 @@ APT_PACKAGES = (
     "pkg-config",
     "gdisk",
     "cgpt",
+    "gawk",
     "shellcheck",
     "squashfs-tools",
     "systemd-container",
@@ -103,9 +104,10 @@ GCC15_PINNED_PACKAGES = ("libtss2-dev",)
 DEBIAN_MIRROR = "http://deb.debian.org/debian"
 
 
-# `test --fast`: everything but the tests that boot systemd as PID 1 or a virtual machine (the markers
-# are in pyproject.toml; tests/conftest.py refuses a booting test without its marker).
-FAST_TIER = "not boot and not vm"
+# `test --fast`: everything but the tests that boot systemd as PID 1 or a virtual machine, and the full
+# corpora of the seeded fuzzes (their seeded slices stay); the markers are in pyproject.toml,
+# tests/conftest.py refuses a booting test without its marker.
+FAST_TIER = "not boot and not vm and not full"
 
 
 def run(*argv: str | Path) -> None:

@@ -68,7 +68,14 @@ from piccolod.model import Source, build  # noqa: E402
 from piccolod.policy import Component, PolicyFile, TpmCheck  # noqa: E402
 from piccolod.result import Outcome, Status  # noqa: E402
 from tests.fixtures.daemons import BUSYBOX_IMAGE, Dockerd, Swtpm  # noqa: E402
-from tests.fixtures.gptdisk import USR_A, cmdline_for, gptprio_next, install_update, make_flatcar_image  # noqa: E402
+from tests.fixtures.gptdisk import (  # noqa: E402
+    USR_A,
+    cmdline_for,
+    gptprio_next,
+    install_update,
+    make_flatcar_image,
+    usr_device,
+)
 from tests.fixtures.httpserve import serving  # noqa: E402
 
 HEALTH = "/api/v1/system/health"
@@ -611,7 +618,7 @@ def gate_under_attack(tmp: Path, swtpm: Swtpm, template: Path, name: str) -> tup
         "agent": {
             "listen": f"127.0.0.1:{port}",
             "state_dir": str(work / "state"),
-            "boot": {"cmdline": str(work / "cmdline"), "disk": str(disk)},
+            "boot": {"cmdline": str(work / "cmdline"), "usr_device": usr_device(disk, work / "cmdline")},
         },
     }
     config.write_text(yaml.safe_dump(data))

@@ -39,7 +39,7 @@ from piccolo_build.render import OVERLAY_MARKER, Marker, read_tree, tree
 from piccolo_build.run import run, tool
 from piccolo_build.scanrepo import build_scan_repo
 from piccolo_build.stage import lay_out
-from piccolo_build.treecheck import pkgcheck_results
+from piccolo_build.treecheck import accepted, pkgcheck_results
 
 SHELLCHECK_EXCLUDES = ("SC2034", "SC2154")
 HOST_UNIT_DIRS = (Path("/usr/lib/systemd/system"), Path("/lib/systemd/system"))
@@ -206,6 +206,8 @@ def judge_pkgcheck(stdout: str, ours: list[str]) -> list[str]:
         if not line.strip().startswith("{"):
             continue
         for keys, level, cls, msg in pkgcheck_results(json.loads(line)):
+            if accepted(keys, cls):
+                continue
             where = "/".join(keys) or "<repository>"
             is_ours = "/".join(keys[:2]) in ours
             repo_warning = level == "warning" and not keys and cls not in IGNORED_REPO_WARNINGS

@@ -377,6 +377,11 @@ class BuildConfig:
             )
         if self.release.update_key is not None:
             update_key_pem(self.release.update_key)
+        if self.agent.boot.usr_device != "auto":
+            raise FieldError(
+                ("agent", "boot", "usr_device"),
+                "must be auto in an image: device: and image: stand in for the /usr mount in tests only",
+            )
         for path, value in _strings(self, ()):
             if "$(" in value or "`" in value or "${" in value:
                 raise FieldError(path, "must not contain '$(', '${' or backticks")

@@ -38,6 +38,19 @@ UPDATE_ENGINE_DROPIN = "10-piccolod-dependency.conf"
 # The agent's runtime directory (its unit's RuntimeDirectory=) and the pass token the guard waits for.
 RUNTIME_DIR = PurePosixPath("/run/piccolod")
 PASS_TOKEN = RUNTIME_DIR / "gate-passed"
+# What the base package's scripts run, as its RDEPEND (coreos-base/coreos pulls all of it in at every
+# supported tag): bash as /bin/sh, coreutils (od, dd, stat, readlink, tr, cut, sleep), grep, gzip (an entry
+# array's CRC32 is its trailer), awk, sgdisk, blkid and blockdev, systemctl.
+BASE_RUNTIME_DEPENDENCIES = (
+    "app-alternatives/awk",
+    "app-arch/gzip",
+    "app-shells/bash",
+    "sys-apps/coreutils",
+    "sys-apps/gptfdisk",
+    "sys-apps/grep",
+    "sys-apps/systemd",
+    "sys-apps/util-linux",
+)
 
 
 class Package(enum.StrEnum):

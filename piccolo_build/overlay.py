@@ -32,7 +32,6 @@ from piccolo_build.config import Board, BuildConfig
 from piccolo_build.deps import dependency_files
 from piccolo_build.gentoo import OVERLAY, PYTHON_COMPAT, OverlayFile, normalise
 from piccolo_build.lock import load_lock
-from piccolo_build.quoting import unit_path
 from piccolo_build.render import render_template, template_bytes
 from piccolod.model import to_plain
 
@@ -128,11 +127,11 @@ def context(cfg: BuildConfig, python_compat: str = PYTHON_COMPAT) -> dict[str, A
         "guard_unit": layout.GUARD_UNIT,
         "guard_script": layout.GUARD_SCRIPT,
         "start_script": layout.START_SCRIPT,
-        "guard_disk": "auto" if cfg.agent.boot.disk == "auto" else unit_path(cfg.agent.boot.disk),
         "pass_token": layout.PASS_TOKEN,
         "runtime_dir": layout.RUNTIME_DIR.name,
         "agent_install": layout.install_lines(layout.Package.AGENT),
         "base_install": layout.install_lines(layout.Package.BASE),
+        "base_dependencies": layout.BASE_RUNTIME_DEPENDENCIES,
         "python_deps": python_dependencies(load_lock().agent),
         "python_compat": python_compat,
         "boards": [Board(b) for b in cfg.boards],

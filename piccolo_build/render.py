@@ -128,26 +128,50 @@ def tree(files: Iterable[OverlayFile], marker: Marker = OVERLAY_MARKER) -> Tree:
 
 
 def is_render(output: Path, marker: Marker = OVERLAY_MARKER) -> bool:
-    """Whether ``output`` (an existing directory) holds a render: it has the marker, a regular file."""
-    found = output / marker.path
-    return found.is_file() and not found.is_symlink()
+    """Whether ``output`` (an existing directory) is ours: it holds ``marker`` as a regular file (a
+    symbolic link, a FIFO or a directory of that name does not count, and nothing is opened)."""
+    try:
+        return stat.S_ISREG((output / marker.path).lstat().st_mode)
+    except OSError:
+        return False
+
+
+def claim(output: Path, marker: Marker = OVERLAY_MARKER, *, what: str = "render", hint: str = "") -> Path:
+    """The directory to write for ``output`` (a symbolic link is followed: its target is written), once it
+    is sure to be ours to replace: missing, empty, or holding ``marker`` (:func:`is_render`). Anything
+    else is a :class:`PiccoloError` and nothing is touched: not a directory (a file, a FIFO, a socket), a
+    symbolic link loop, a directory that cannot be listed, one that holds anything but our marker.
+    ``render``, ``monitoring`` and ``stage`` decide with this one rule."""
+    from piccolo_build.errors import PiccoloError
+
+    hint = hint or "render into a new or empty directory, or into the directory of a previous render"
+    try:
+        target = output.resolve()
+    except (OSError, RuntimeError) as e:  # a loop of symbolic links
+        raise PiccoloError(f"{output}: cannot be resolved ({e})", hint=hint) from None
+    try:
+        mode = target.lstat().st_mode
+    except FileNotFoundError:
+        return target
+    except OSError as e:
+        raise PiccoloError(f"{output}: {e.strerror}", hint=hint) from None
+    if not stat.S_ISDIR(mode):
+        raise PiccoloError(f"{output}: exists and is not a directory", hint=hint)
+    try:
+        empty = next(target.iterdir(), None) is None
+    except OSError as e:
+        raise PiccoloError(f"{output}: cannot list it: {e.strerror}", hint=hint) from None
+    if empty or is_render(target, marker):
+        return target
+    raise PiccoloError(
+        f"{output}: not a piccolo-build {what} (no {marker.path}): refusing to replace what it holds",
+        hint=hint,
+    )
 
 
 def check_replaceable(output: Path, marker: Marker = OVERLAY_MARKER) -> None:
     """Refuse (a :class:`PiccoloError`, nothing touched) to replace a directory that is not ours."""
-    from piccolo_build.errors import PiccoloError
-
-    hint = "render into a new or empty directory, or into the directory of a previous render"
-    if not output.exists():
-        return
-    if not output.is_dir():
-        raise PiccoloError(f"{output}: exists and is not a directory", hint=hint)
-    if next(output.iterdir(), None) is None or is_render(output, marker):
-        return
-    raise PiccoloError(
-        f"{output}: not a piccolo-build render (no {marker.path}): refusing to replace what it holds",
-        hint=hint,
-    )
+    claim(output, marker)
 
 
 def write_tree(files: Iterable[OverlayFile], output: Path, marker: Marker = OVERLAY_MARKER) -> bool:
@@ -157,8 +181,7 @@ def write_tree(files: Iterable[OverlayFile], output: Path, marker: Marker = OVER
     :class:`~piccolo_build.errors.PiccoloError` when ``output`` is not ours to replace.
     """
     want = tree(files, marker)
-    output = output.resolve()
-    check_replaceable(output, marker)
+    output = claim(output, marker)
     if output.is_dir() and read_tree(output) == want and _dir_modes_ok(output):
         return False
     output.parent.mkdir(parents=True, exist_ok=True)

@@ -17,6 +17,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from pathlib import Path, PurePosixPath
 
+from piccolo_build import layout
 from piccolo_build.config import FREE_LICENSES, Board, BuildConfig
 from piccolo_build.deps import scan_extras
 from piccolo_build.gentoo import OVERLAY, OverlayFile, package_key, python_targets
@@ -135,6 +136,20 @@ KEYWORDS="amd64 arm64"
 """
 
 
+_STAND_IN_BASE_EBUILD = """\
+# Stand-in for the scan.
+
+EAPI=8
+
+DESCRIPTION="Stand-in base image package for the scan"
+HOMEPAGE="https://piccolo.space/"
+S="${WORKDIR}"
+LICENSE="Apache-2.0"
+SLOT="0"
+KEYWORDS="amd64 arm64"
+"""
+
+
 def _write(root: Path, rel: str | PurePosixPath, text: str | bytes) -> None:
     path = root / str(rel)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -154,6 +169,8 @@ def build_scan_repo(cfg: BuildConfig, files: Iterable[OverlayFile], root: Path) 
     for dep in stand_ins:
         name = dep.split("/")[1]
         _write(root, f"{dep}/{name}-1.ebuild", _STAND_IN_EBUILD)
+    for dep in layout.BASE_RUNTIME_DEPENDENCIES:  # Flatcar's own packages, as stand-ins too
+        _write(root, f"{dep}/{dep.split('/')[1]}-1.ebuild", _STAND_IN_BASE_EBUILD)
     dependency_ebuilds = [key for key in ours if key.startswith("dev-python/")]
     for rel, content in sorted((scan_extras(ours) if dependency_ebuilds else {}).items()):
         if not (root / rel).exists():

@@ -15,7 +15,8 @@ phases:
   (and ``--env``) instead, so a developer or the test rig can boot it without the SDK;
 - with ``--raw``: ``DIR/piccolod.raw``, the squashfs image (``mksquashfs -all-root``, as Flatcar's).
 
-DIR must be new, empty, or an earlier stage (it holds ``.piccolo-stage``); it is replaced whole.
+DIR must be new, empty, or an earlier stage (it holds ``.piccolo-stage`` as a regular file): the rule
+``render`` keeps for its own output, by the same code. It is replaced whole, in one step.
 """
 
 from __future__ import annotations
@@ -28,13 +29,16 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
 from piccolo_build import layout
+from piccolo_build.atomic import replace_dir
 from piccolo_build.bundle import SYSEXT_NAME
 from piccolo_build.config import BuildConfig
 from piccolo_build.errors import PiccoloError
 from piccolo_build.overlay import context, layout_content
 from piccolo_build.quoting import bash_word
+from piccolo_build.render import Marker, claim
 
-MARKER = ".piccolo-stage"
+MARKER = PurePosixPath(".piccolo-stage")
+STAGE_MARKER = Marker(MARKER, b"Written by piccolo-build stage: replaced whole by the next stage.\n")
 EXTENSION_RELEASE = PurePosixPath("/usr/lib/extension-release.d") / f"extension-release.{SYSEXT_NAME}"
 LAUNCHER = PurePosixPath("/usr/bin/piccolod")
 # systemd.unit(5) architecture names, as build_sysext maps Flatcar's boards.
@@ -100,19 +104,6 @@ def lay_out(
     return done
 
 
-def _check_replaceable(output: Path) -> None:
-    if not output.exists():
-        return
-    if not output.is_dir():
-        raise PiccoloError(f"{output}: exists and is not a directory")
-    if next(output.iterdir(), None) is None or (output / MARKER).is_file():
-        return
-    raise PiccoloError(
-        f"{output}: not a piccolo-build stage (no {MARKER}): refusing to replace what it holds",
-        hint="stage into a new or empty directory, or into an earlier stage",
-    )
-
-
 def stage(
     cfg: BuildConfig,
     output: Path,
@@ -122,14 +113,17 @@ def stage(
     architecture: str | None = None,
     raw: bool = False,
 ) -> Path:
-    """Write ``output/base`` and ``output/sysext`` (and ``output/piccolod.raw`` with ``raw``)."""
-    _check_replaceable(output)
+    """Write ``output/base`` and ``output/sysext`` (and ``output/piccolod.raw`` with ``raw``).
+
+    ``output`` is claimed exactly as ``render`` claims its own (:func:`piccolo_build.render.claim`) and
+    replaced in one step (:func:`piccolo_build.atomic.replace_dir`)."""
+    hint = "stage into a new or empty directory, or into an earlier stage"
+    output = claim(output, STAGE_MARKER, what="stage", hint=hint)
     arch = architecture if architecture is not None else ARCHITECTURES.get(str(cfg.boards[0]))
-    output = output.resolve()
     output.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{output.name}.", dir=output.parent))
     try:
-        (tmp / MARKER).write_text("Written by piccolo-build stage: replaced whole by the next stage.\n")
+        (tmp / MARKER).write_bytes(STAGE_MARKER.text)
         lay_out(cfg, layout.Package.BASE, tmp / "base")
         sysext = tmp / "sysext"
         lay_out(cfg, layout.Package.AGENT, sysext)
@@ -139,9 +133,7 @@ def stage(
             squash(sysext, tmp / f"{SYSEXT_NAME}.raw")
         for d, _dirs, _files in os.walk(tmp):
             Path(d).chmod(0o755)
-        if output.exists():
-            shutil.rmtree(output)
-        tmp.replace(output)
+        replace_dir(tmp, output)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp)

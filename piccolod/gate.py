@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import enum
 import logging
+import math
 import threading
 import time
 from collections.abc import Callable, Collection, Sequence
@@ -41,9 +42,14 @@ log = logging.getLogger("piccolod.gate")
 API_UNRESPONSIVE_SECONDS = 300.0
 RETRY_SECONDS = 1.0  # pause between two assessments of a failing slot (no stabilisation sleep)
 EXTEND_MARGIN_SECONDS = 5.0
+MAX_ATTEMPTS = 1_000_000
 ROLLBACK_DISABLED = (
     "rollback disabled by policy: staying on the unmarked slot; update-engine stays blocked; "
     "reboot or fix manually"
+)
+CONDITION_NOT_ENABLED = (
+    "that failure is not one of the policy's failure_conditions: no automatic reboot; the slot stays "
+    "unmarked and update-engine stays blocked; reboot or fix manually"
 )
 NO_REBOOT_UNKNOWN_SLOT = (
     "slot state unknown: no automatic reboot (it might boot the same slot again); update-engine stays "
@@ -90,7 +96,6 @@ def decide(
         return Verdict(Decision.READY, "slot already marked good: not gated")
     if failing is not None and not failing:
         return Verdict(Decision.READY, "required components passed")
-    condition: FailureCondition | None = None
     if (
         FailureCondition.API_UNRESPONSIVE_300S in conditions
         and failing
@@ -100,18 +105,22 @@ def decide(
         condition = FailureCondition.API_UNRESPONSIVE_300S
     elif elapsed < deadline:
         return Verdict(Decision.WAIT, "waiting for required components: " + _names(failing))
-    elif failing and FailureCondition.CRITICAL_COMPONENT_FAILURE in conditions:
-        condition = FailureCondition.CRITICAL_COMPONENT_FAILURE
-    elif FailureCondition.STARTUP_TIMEOUT in conditions:
-        condition = FailureCondition.STARTUP_TIMEOUT
     else:
-        return Verdict(Decision.READY, "deadline passed but no enabled failure condition applies")
+        # Past the deadline without a pass the gate fails, always: the conditions only say which failure
+        # reboots. One that is not enabled keeps the slot unmarked (update-engine held), without a reboot.
+        candidates = [FailureCondition.STARTUP_TIMEOUT]
+        if failing:
+            candidates.insert(0, FailureCondition.CRITICAL_COMPONENT_FAILURE)
+        condition = next((c for c in candidates if c in conditions), candidates[0])
     reason = (
         f"required components failing: {_names(failing)}"
         if failing
         else f"no assessment finished within {deadline:g}s"
     )
-    reboot = automatic and slot is SlotState.UNMARKED and not dry_run
+    enabled = condition in conditions
+    if not enabled:
+        reason += f" ({condition} is not one of the policy's failure_conditions: no reboot)"
+    reboot = enabled and automatic and slot is SlotState.UNMARKED and not dry_run
     return Verdict(Decision.FAIL, reason, condition, reboot)
 
 
@@ -226,7 +235,7 @@ def run_gate(
     now = clock()
     resumed = earlier is not None and slot.state is not SlotState.MARKED
     if earlier is not None and resumed:
-        gate = earlier
+        gate = clamped(earlier, now, hp.startup.timeout_seconds)
         log.warning(
             "an earlier attempt of this boot's gate ended without a verdict: resuming it, %.1fs left",
             gate.deadline_monotonic - now,
@@ -283,6 +292,30 @@ def run_gate(
     return result
 
 
+def clamped(gate: BootGate, now: float, timeout: float) -> BootGate:
+    """A resumed gate held to what the policy allows, whatever the journal says: it began no later than
+    ``now`` and runs out no later than ``timeout`` seconds after it began (so never after ``now +
+    timeout``), and ``attempts`` is a count. A journal is written by this agent alone, but a value it does
+    not hold to its range must neither stall the gate nor crash it (issue 13: 1e300, 10^9 s ahead)."""
+    started = gate.started_monotonic
+    if not math.isfinite(started) or not 0.0 <= started <= now:
+        started = now
+    deadline = gate.deadline_monotonic
+    if not math.isfinite(deadline) or deadline > started + timeout:
+        deadline = started + timeout
+    attempts = min(max(gate.attempts, 0), MAX_ATTEMPTS)
+    if (started, deadline, attempts) == (gate.started_monotonic, gate.deadline_monotonic, gate.attempts):
+        return gate
+    log.warning(
+        "the journal's gate of this boot (began %r, deadline %r) is beyond the policy: holding it to began "
+        "%.3f, "
+        "deadline %.3f", gate.started_monotonic, gate.deadline_monotonic, started, deadline,
+    )  # fmt: skip
+    return replace(
+        gate, started_monotonic=started, deadline_monotonic=max(deadline, started), attempts=attempts
+    )
+
+
 def _repeat(
     policy: PolicyFile,
     slot: BootSlot,
@@ -320,7 +353,9 @@ def _act_on_failure(
     verdict = result.verdict
     say(f"STATUS=gate failed ({verdict.condition}): {verdict.reason}")
     if not verdict.reboot:
-        why = no_reboot_reason(hp.rollback.enable_automatic, slot.state)
+        why = no_reboot_reason(
+            hp.rollback.enable_automatic, slot.state, verdict.condition in hp.rollback.failure_conditions
+        )
         if why:
             log.critical("gate FAILED on %s and no reboot: %s", slot.name or "the booted slot", why)
             say(f"STATUS=gate failed ({verdict.condition}): {why}")
@@ -345,13 +380,15 @@ def _act_on_failure(
         say(f"STATUS=gate failed ({verdict.condition}): reboot requested")
 
 
-def no_reboot_reason(automatic: bool, state: SlotState) -> str | None:
+def no_reboot_reason(automatic: bool, state: SlotState, enabled: bool = True) -> str | None:
     """Why a failed gate does not reboot, in the words the log and ``STATUS=`` use (None: it does or
-    it already did in this boot)."""
+    it already did in this boot). ``enabled``: whether the verdict's failure condition is enabled."""
     if not automatic:
         return ROLLBACK_DISABLED
     if state is not SlotState.UNMARKED:
         return NO_REBOOT_UNKNOWN_SLOT
+    if not enabled:
+        return CONDITION_NOT_ENABLED
     return None
 
 
@@ -383,7 +420,7 @@ def _wait_for_verdict(
     start = clock()
     api_failing_since: float | None = None
     while True:
-        left = gate.deadline_monotonic - clock()
+        left = min(gate.deadline_monotonic - clock(), hp.startup.timeout_seconds)  # clamped() holds it too
         first = result.attempts == 0 and not resumed
         if slot.state is not SlotState.MARKED and (left > 0 or first):
             say(

@@ -60,7 +60,7 @@ class Outcome:
 
 def detect_slot(policy: PolicyFile) -> BootSlot:
     boot = policy.agent.boot
-    return detect(boot.cmdline, boot.disk)
+    return detect(boot.cmdline, boot.usr_device)
 
 
 def first_boot_gate(
@@ -122,8 +122,9 @@ def first_boot_gate(
     if result.ready:
         _open(daemon, result, boot_id, start_update_engine)
         return Outcome(result)
-    why = None if result.verdict.reboot else no_reboot_reason(policy.health_policy.rollback.enable_automatic,
-                                                                 slot.state)  # fmt: skip
+    rollback = policy.health_policy.rollback
+    enabled = result.verdict.condition in rollback.failure_conditions
+    why = None if result.verdict.reboot else no_reboot_reason(rollback.enable_automatic, slot.state, enabled)
     text = f"gate failed: {result.verdict.condition}: {result.verdict.reason}" + f"; {why}" * bool(why)
     if result.earlier:
         text = "gate already failed in this boot, not gating (or rebooting) again: " + text
@@ -141,6 +142,11 @@ def _open(
     except OSError as e:
         # Without the token the guard keeps update-engine back: fail closed, and say so loudly.
         log.critical("cannot write the pass token %s: %s; update-engine stays blocked", token, e.strerror)
+    else:
+        if not passtoken.passed(token, boot_id):  # what the guard will see: read it back the same way
+            log.critical(
+                "the pass token %s does not read back as this boot's; update-engine stays blocked", token
+            )
     when = "earlier in this boot" if result.earlier else f"after {result.elapsed:.2f}s"
     daemon.ready(f"gate {result.startup_health_check} {when}: {result.verdict.reason}")
     if result.slot.state is not SlotState.MARKED:

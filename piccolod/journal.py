@@ -40,12 +40,10 @@ from __future__ import annotations
 
 import contextlib
 import enum
-import errno
 import json
 import logging
 import os
 import re
-import stat
 import tempfile
 import time
 from dataclasses import dataclass, field, replace
@@ -55,6 +53,7 @@ from typing import Any
 from piccolod.model import ModelError, Source, build, to_plain
 from piccolod.policy import FailureCondition
 from piccolod.record import RollbackRecord
+from piccolod.safefile import UnsafeFile, read_regular
 
 log = logging.getLogger("piccolod.journal")
 
@@ -150,52 +149,13 @@ class Journal:
 # --- reading -----------------------------------------------------------------------------------------
 
 
-def _kind(mode: int) -> str:
-    for test, name in (
-        (stat.S_ISDIR, "a directory"),
-        (stat.S_ISFIFO, "a FIFO"),
-        (stat.S_ISSOCK, "a socket"),
-        (stat.S_ISCHR, "a character device"),
-        (stat.S_ISBLK, "a block device"),
-    ):
-        if test(mode):
-            return name
-    return "not a regular file"
-
-
 def read_bytes(path: Path, limit: int = MAX_BYTES) -> bytes | None:
     """The bytes of the regular file ``path`` (None when it does not exist), read without following a
     symbolic link, without blocking, and at most ``limit`` of them. Raises :class:`JournalError`."""
-    flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC
     try:
-        fd = os.open(path, flags)
-    except FileNotFoundError:
-        return None
-    except OSError as e:
-        if e.errno == errno.ELOOP:
-            raise JournalError(f"{path}: is a symbolic link: not followed") from None
-        raise JournalError(f"{path}: cannot open: {e.strerror}") from None
-    try:
-        st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode):
-            raise JournalError(f"{path}: is {_kind(st.st_mode)}, not a regular file: not read")
-        if st.st_size > limit:
-            raise JournalError(f"{path}: {st.st_size} bytes, more than the {limit} a state file may have")
-        chunks: list[bytes] = []
-        size = 0
-        while size <= limit:
-            chunk = os.read(fd, min(65536, limit + 1 - size))
-            if not chunk:
-                break
-            chunks.append(chunk)
-            size += len(chunk)
-        if size > limit:
-            raise JournalError(f"{path}: grew past the {limit} bytes a state file may have")
-        return b"".join(chunks)
-    except OSError as e:
-        raise JournalError(f"{path}: cannot read: {e.strerror}") from None
-    finally:
-        os.close(fd)
+        return read_regular(path, limit)
+    except UnsafeFile as e:
+        raise JournalError(str(e)) from None
 
 
 def _depth(data: bytes) -> int:

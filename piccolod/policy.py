@@ -126,6 +126,19 @@ class Rollback:
         default=("systemctl", "reboot"), metadata=meta("argv run once to reboot", check=argv)
     )
 
+    def validate(self) -> None:
+        if not self.failure_conditions:
+            # With no condition nothing would ever reboot; say that with enable_automatic: false. (A gate
+            # whose failure has no enabled condition still fails: the slot stays unmarked, no reboot.)
+            raise FieldError(
+                "failure_conditions",
+                "must name at least one condition "
+                "(to never reboot automatically, set enable_automatic: false)",
+            )
+        for i, cond in enumerate(self.failure_conditions):
+            if cond in self.failure_conditions[:i]:
+                raise FieldError(("failure_conditions", i), f"'{cond}' is listed twice")
+
 
 @dataclass(frozen=True)
 class Thresholds:
@@ -262,15 +275,26 @@ class HealthPolicy:
         )
 
 
+def _usr_device(value: str) -> str:
+    from piccolod.usrmount import valid_spec
+
+    if not valid_spec(value):
+        raise ValueError(
+            "must be auto, device:/PATH (a block device) or image:N:/PATH (partition N of an image)"
+        )
+    return value
+
+
 @dataclass(frozen=True)
 class Boot:
     cmdline: str = field(
         default="/proc/cmdline", metadata=meta("kernel command line file", check=absolute_path)
     )
-    disk: str = field(
+    usr_device: str = field(
         default="auto",
         metadata=meta(
-            "disk holding the USR slots, or 'auto'", check=lambda v: v if v == "auto" else absolute_path(v)
+            "auto (the partition mounted on /usr), or for tests only device:/PATH or image:N:/PATH",
+            check=_usr_device,
         ),
     )
 

@@ -23,6 +23,7 @@ from piccolod import osinfo
 from piccolod.model import to_plain
 from piccolod.result import CheckResult
 from piccolod.slot import BootSlot, SlotState
+from piccolod.text import printable
 
 FORMAT = 1
 BOOT_ID_PATH = Path("/proc/sys/kernel/random/boot_id")
@@ -111,8 +112,12 @@ def update_status(record: RollbackRecord | None, slot: BootSlot, boot_id: str) -
 
 
 def when(t: float) -> str:
-    """Seconds since the epoch as an RFC 3339 UTC time, to the second."""
-    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(t))
+    """Seconds since the epoch as an RFC 3339 UTC time, to the second; a stored value no clock reaches
+    is shown as it is, never fatal."""
+    try:
+        return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(t))
+    except (OverflowError, ValueError, OSError):
+        return f"{t!r} (not a time)"
 
 
 def format_tally(count: int, last_at: float) -> str:
@@ -137,4 +142,4 @@ def format_record(record: RollbackRecord | None) -> str:
         verdict = "ok  " if c.healthy else (c.state.upper() if c.state not in ("", "failed") else "FAIL")
         kind = "required" if c.required else "optional"
         lines.append(f"  {verdict} {c.component:10} {kind:8} {c.duration_seconds:7.3f}s  {c.reason}")
-    return "\n".join(lines)
+    return "\n".join(printable(line) for line in lines)  # stored texts never reach a terminal raw

@@ -21,6 +21,7 @@ measures it repeatedly).
 
 from __future__ import annotations
 
+import shutil
 import signal
 from pathlib import Path
 
@@ -36,7 +37,7 @@ from tests.fixtures.bootrig import (
     heal_after_restart,
     signal_agent,
 )
-from tests.fixtures.gptdisk import USR_A, USR_B, install_update, slot
+from tests.fixtures.gptdisk import USR_A, USR_B, install_update, set_attrs, slot
 from tests.fixtures.nspawn import Machine
 
 pytestmark = [pytest.mark.slow, pytest.mark.privileged, pytest.mark.boot]
@@ -90,6 +91,64 @@ def test_healthy_update_is_marked_after_the_gate(
     assert_marked_after_pass(r, flatcar_disk)
     assert r.data["reboot_requests"] == 0
     latency(f"systemd {systemd}, merge + {after}", r)
+    # multi-user.target is After= update-engine, which is After= the guard: it waits for the gate.
+    waited, after_ready = (
+        r.target_after("piccolod-guard"),
+        r.target_after("piccolod", "ActiveEnterTimestampMonotonic"),
+    )
+    assert waited >= after_ready >= 0
+    print(
+        f"  multi-user.target: {waited:.2f}s after the guard started, "
+        f"{after_ready * 1000:.0f} ms after READY=1"
+    )
+
+
+@SYSTEMD
+@pytest.mark.parametrize("link_to", [0, 1], ids=["links-to-the-booted-disk", "links-to-the-old-disk"])
+def test_a_second_flatcar_disk_cannot_open_the_gate(
+    machine: Machine, flatcar_disk: Path, staged: Staged, systemd: int, link_to: int, tmp_path: Path
+) -> None:
+    """Issue 13, 2: an old Flatcar install beside the booted disk, its USR-B (the same PARTUUID) marked
+    long ago. Whichever disk's partition udev's /dev/disk/by-partuuid links name, the booted USR-B is the
+    fresh, unmarked one: the guard holds update-engine and the agent gates it (unhealthy here: no pass)."""
+    install_update(flatcar_disk, USR_A)
+    old = tmp_path / "old.img"
+    shutil.copyfile(flatcar_disk, old)
+    set_attrs(old, 4, priority=2, tries=0, successful=True)
+    r_ = rig(
+        machine,
+        flatcar_disk,
+        staged,
+        systemd,
+        extra_disks=(old,),
+        links={USR_B: (link_to, 4), USR_A: (link_to, 3)},
+    )
+    r = r_.boot()
+    assert r.booted == USR_B
+    links = (machine.out / "links").read_text()
+    assert f"{USR_B} -> {r_.loops[link_to].part(4)}" in links, links
+    assert_held(r, flatcar_disk)
+    assert r.health["startup_health_check"] == "failed", r.health  # gated, not skipped as marked
+    assert r.data["status"]["booted"]["state"] == "unmarked", r.data["status"]
+    assert r.data["status"]["booted"]["disk"] == r_.loops[0].dev
+    assert "the booted slot is unmarked" in r.journal
+    assert slot(old, USR_B).successful  # the old disk is read, never written
+
+
+@SYSTEMD
+def test_where_update_engine_never_runs_the_guard_fails_nothing(
+    machine: Machine, flatcar_disk: Path, staged: Staged, systemd: int
+) -> None:
+    """Issue 15: a PXE or ISO image has /usr/.noupdate and no /usr slots, and update-engine does not run
+    there (its ConditionPathExists=!/usr/.noupdate). The guard has the same condition: skipped, not failed,
+    even on an unmarked slot without the agent."""
+    install_update(flatcar_disk, USR_A)
+    r = rig(machine, flatcar_disk, staged, systemd, noupdate=True, sysext="missing").boot()
+    guard = r.unit("piccolod-guard")
+    assert (guard["ActiveState"], guard["ConditionResult"]) == ("inactive", "no"), guard
+    assert guard["Result"] == "success" and not r.started("update-engine")
+    assert r.unit("update-engine")["ConditionResult"] == "no"
+    assert r.data["pending_jobs"] == []
 
 
 # --- an unmarked slot without a pass: never marked ----------------------------------------------------
@@ -112,6 +171,10 @@ def test_unmarked_slot_without_the_agent_keeps_update_engine_stopped(
     assert r.unit("piccolod-start")["Result"] == "exit-code"
     assert f"no pass from piccolod within {GUARD_WAIT}s" in r.journal
     assert "piccolod.service not found" in r.journal
+    # multi-user.target waits for the guard's whole wait (GUARD_WAIT here; 270 s with the defaults).
+    waited = r.target_after("piccolod-guard")
+    assert waited >= GUARD_WAIT
+    print(f"\nsystemd {systemd}, {sysext}: multi-user.target {waited:.1f}s after the guard")
     if sysext == "bad-id":
         assert "piccolod" not in r.data["sysext"] and "systemd-sysext" in r.journal
 

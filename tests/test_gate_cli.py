@@ -17,7 +17,15 @@ from piccolod import record as rec
 from piccolod.gate import NO_REBOOT_UNKNOWN_SLOT, ROLLBACK_DISABLED
 from piccolod.journal import Journal, Store
 from piccolod.record import read_boot_id
-from tests.fixtures.gptdisk import USR_A, USR_B, cmdline_for, corrupt, gptprio_next, install_update
+from tests.fixtures.gptdisk import (
+    USR_A,
+    USR_B,
+    cmdline_for,
+    corrupt,
+    gptprio_next,
+    install_update,
+    usr_device,
+)
 from tests.test_journal import record as sample_record
 
 PICCOLOD = [sys.executable, "-m", "piccolod"]
@@ -57,7 +65,7 @@ health_policy:
 agent:
   listen: "127.0.0.1:{_port()}"
   state_dir: "{tmp_path}/state"
-  boot: {{cmdline: "{tmp_path}/cmdline", disk: "{disk}"}}
+  boot: {{cmdline: "{tmp_path}/cmdline", usr_device: "{usr_device(disk, partuuid=booted)}"}}
 """
     )
     return config
@@ -123,6 +131,7 @@ def test_dry_run_beside_a_running_serve(tmp_path: Path, flatcar_disk: Path) -> N
         config.read_text()
         .replace(f"{tmp_path}/state", str(serve_state))
         .replace(f"{tmp_path}/cmdline", f"{tmp_path}/serve-cmdline")
+        .replace(usr_device(flatcar_disk, partuuid=USR_B), usr_device(flatcar_disk, partuuid=USR_A))
     )
     daemon = subprocess.Popen(
         [*PICCOLOD, "serve", "--config", str(serve_config)],
@@ -224,10 +233,10 @@ def test_status_after_the_fallback_boot(tmp_path: Path, flatcar_disk: Path) -> N
 @pytest.mark.parametrize("command", ["gate", "status"])
 def test_bad_input_is_one_line(tmp_path: Path, flatcar_disk: Path, command: str) -> None:
     bad = tmp_path / "bad.yaml"
-    bad.write_text("agent:\n  boot:\n    disk: relative/path\n")
+    bad.write_text("agent:\n  boot:\n    usr_device: relative/path\n")
     r = run(command, "--config", str(bad))
     assert r.returncode == 3
-    assert r.stderr.strip().count("\n") == 0 and "bad.yaml:3: agent.boot.disk" in r.stderr
+    assert r.stderr.strip().count("\n") == 0 and "bad.yaml:3: agent.boot.usr_device" in r.stderr
 
 
 def test_status_with_a_corrupt_record(tmp_path: Path, flatcar_disk: Path) -> None:

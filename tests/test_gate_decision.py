@@ -72,10 +72,13 @@ def test_decision_properties(
     if v.reboot:
         assert v.decision is Decision.FAIL
         assert slot is SlotState.UNMARKED and automatic and not dry_run
-    # A failure always names an enabled condition; a failed gate on an unmarked slot reboots when allowed.
+    # A failure always names its condition; it reboots an unmarked slot when that condition is enabled and
+    # rollback is allowed, and otherwise leaves the slot unmarked (update-engine held) without a reboot.
     if v.decision is Decision.FAIL:
-        assert v.condition in conditions
-        assert v.reboot == (slot is SlotState.UNMARKED and automatic and not dry_run)
+        assert v.condition is not None
+        enabled = v.condition in conditions
+        assert v.reboot == (enabled and slot is SlotState.UNMARKED and automatic and not dry_run)
+        assert enabled or "no reboot" in v.reason
     # Before the deadline a failing slot waits (unless the API has been down for 300 s).
     api_down = api_for >= 300 and failing is not None and Component.API in failing
     if slot is not SlotState.MARKED and failing != () and elapsed < deadline and not api_down:
@@ -83,10 +86,26 @@ def test_decision_properties(
     # After the deadline nothing waits any more.
     if elapsed >= deadline:
         assert v.decision is not Decision.WAIT
-    # Opening an unmarked gate without a pass only happens when no enabled condition applies.
-    if slot is not SlotState.MARKED and v.decision is Decision.READY and failing != ():
-        assert FailureCondition.STARTUP_TIMEOUT not in conditions
-        assert not (failing and FailureCondition.CRITICAL_COMPONENT_FAILURE in conditions)
+    # A gate that is not marked opens only on a pass: whatever the policy's conditions (issue 13: with
+    # failure_conditions [] every failing gate used to open at its deadline).
+    if slot is not SlotState.MARKED and v.decision is Decision.READY:
+        assert failing == ()
+
+
+def test_a_failure_whose_condition_is_off_fails_without_a_reboot() -> None:
+    kw: dict[str, Any] = {"deadline": 10.0, "automatic": True}
+    u = SlotState.UNMARKED
+    v = decide(u, (Component.TPM,), elapsed=10, conditions={FailureCondition.API_UNRESPONSIVE_300S}, **kw)
+    assert (v.decision, v.condition, v.reboot) == (
+        Decision.FAIL,
+        FailureCondition.CRITICAL_COMPONENT_FAILURE,
+        False,
+    )
+    assert "critical_component_failure is not one of the policy's failure_conditions: no reboot" in v.reason
+    v = decide(u, None, elapsed=10, conditions={FailureCondition.CRITICAL_COMPONENT_FAILURE}, **kw)
+    assert (v.decision, v.condition, v.reboot) == (Decision.FAIL, FailureCondition.STARTUP_TIMEOUT, False)
+    v = decide(u, (Component.TPM,), elapsed=10, conditions={FailureCondition.STARTUP_TIMEOUT}, **kw)
+    assert (v.decision, v.condition, v.reboot) == (Decision.FAIL, FailureCondition.STARTUP_TIMEOUT, True)
 
 
 def test_conditions_that_fire() -> None:
@@ -296,6 +315,37 @@ def test_a_resumed_gate_keeps_its_first_deadline(tmp_path: Path) -> None:
     out, r, _ = drive(p, SlotState.UNMARKED, iter(()), clock=clock)
     assert out.attempts == 0 and out.verdict.condition is FailureCondition.STARTUP_TIMEOUT
     assert r.reboots == [("reboot-stand-in",)]
+
+
+@pytest.mark.parametrize(
+    ("started", "deadline", "attempts"),
+    [
+        (99.0, 1e300, 1),  # issue 13: OverflowError in the thread join, a crash loop with no verdict
+        (99.0, 99.0 + 1e9, 1),  # issue 13: a gate that never ends, the start timeout extended by 31 years
+        (1e9, 1e9 + 5, 1),  # began in the future
+        (-1e300, -1e300 + 5, 1),  # began before the boot
+        (99.0, 1.0, 10**18),  # a deadline before the start, a count no gate reaches
+    ],
+)
+def test_a_journal_beyond_the_policy_can_neither_stall_nor_crash_the_gate(
+    tmp_path: Path, started: float, deadline: float, attempts: int
+) -> None:
+    """Every number the journal holds is held to the policy: the resumed gate ends no later than
+    timeout_seconds after it began (and never after now + timeout), and EXTEND_TIMEOUT_USEC stays bounded."""
+    p = policy(tmp_path)  # timeout 5 s, grace 2 s
+    stored = journal.BootGate(boot_id="boot-1", slot="USR-B", partuuid="e03dd35c-7c2d-4a47-b3fe-27f15780a57c",
+                              slot_state="unmarked", started_at=1e308, started_monotonic=started,
+                              deadline_monotonic=deadline, attempts=attempts)  # fmt: skip
+    (tmp_path / journal.JOURNAL_NAME).write_text(journal.encode(journal.Journal(boot=stored)))
+    clock = Clock()
+    out, r, _ = drive(p, SlotState.UNMARKED, iter([assessment(tpm=False, storage=True)] * 100), clock=clock)
+    assert out.resumed and not out.ready
+    assert clock.now <= 100.0 + 5 + 2 + 1 + 1e-9  # deadline + grace + one retry at most
+    extends = [int(x.split("=", 1)[1]) for x in r.sent if x.startswith("EXTEND_TIMEOUT_USEC=")]
+    assert all(0 <= e <= (5 + 2 + gate.EXTEND_MARGIN_SECONDS) * 1e6 for e in extends), extends
+    assert r.reboots == [("reboot-stand-in",)]
+    b = read(tmp_path).boot
+    assert b is not None and b.finished and b.deadline_monotonic <= 100.0 + 5
 
 
 @pytest.mark.parametrize("where", ["under /dev/null", "full tmpfs"])

@@ -23,7 +23,15 @@ from piccolod.journal import GateVerdict, Journal, Store
 from piccolod.model import Source, build
 from piccolod.policy import Component, PolicyFile
 from tests.agent_helpers import FACTS, Switch, get, wait_for
-from tests.fixtures.gptdisk import USR_A, USR_B, cmdline_for, gptprio_next, install_update, setgoodroot
+from tests.fixtures.gptdisk import (
+    USR_A,
+    USR_B,
+    cmdline_for,
+    gptprio_next,
+    install_update,
+    setgoodroot,
+    usr_device,
+)
 from tests.test_journal import record
 from tests.test_metrics import value
 
@@ -45,7 +53,10 @@ def policy(tmp_path: Path, disk: Path, port: int, timeout: float = 0.6, interval
         "agent": {
             "listen": f"127.0.0.1:{port}",
             "state_dir": str(tmp_path / "state"),
-            "boot": {"cmdline": str(tmp_path / "cmdline"), "disk": str(disk)},
+            "boot": {
+                "cmdline": str(tmp_path / "cmdline"),
+                "usr_device": usr_device(disk, tmp_path / "cmdline"),
+            },
         },
     }
     return build(PolicyFile, data, Source("<test>"))
@@ -127,6 +138,12 @@ def kicked_gate(kicks: list[bool]) -> GateHook:
     return gate
 
 
+def rebooted(tmp_path: Path) -> bool:
+    """The reboot command's record is there and written (its shell creates the file before writing)."""
+    path = tmp_path / "reboots"
+    return path.exists() and path.read_text().endswith("\n")
+
+
 def token(tmp_path: Path) -> str | None:
     path = tmp_path / "run" / "gate-passed"
     return path.read_text().strip() if path.exists() else None
@@ -175,7 +192,7 @@ def test_failed_gate_is_pending_then_failed_and_the_agent_stays_up(
     assert run.health()["startup_health_check"] == "pending"
     wait_for(lambda: run.health()["startup_health_check"] == "failed", timeout=5, what="failed verdict")
     assert run.daemon.is_ready.wait(5)  # READY=1 says "verdict given", not "healthy"
-    wait_for((tmp_path / "reboots").exists, what="the reboot")
+    wait_for(lambda: rebooted(tmp_path), what="the reboot")
     assert run.thread.is_alive() and run.error is None  # up, serving the failure
     assert (tmp_path / "reboots").read_text() == "requested\n"
     assert token(tmp_path) is None and kicks == []
@@ -207,7 +224,7 @@ def test_a_failed_verdict_stands_for_every_restart_of_this_boot(
     install_update(flatcar_disk, USR_A)
     (tmp_path / "cmdline").write_text(cmdline_for(gptprio_next(flatcar_disk)))
     first = start(Switch(False), timeout=0.3)
-    wait_for((tmp_path / "reboots").exists, what="the reboot")
+    wait_for(lambda: rebooted(tmp_path), what="the reboot")
     first.daemon.stop()
     first.thread.join(10)
     for _ in range(3):  # Restart=, an administrator's systemctl start, ...

@@ -24,184 +24,27 @@ The contract, checked every round:
 from __future__ import annotations
 
 import random
-import shutil
-import struct
-import subprocess
 import time
 import tracemalloc
-import uuid
 import zlib
-from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
 
 from piccolod.gpt import GptError, read_table
-from tests.fixtures.gptdisk import (
-    ENTRY_FIELDS,
-    HEADER_FIELDS,
-    SECTOR,
-    USR_A,
-    USR_B,
-    USR_TYPE,
-    edit_bytes,
-    slot_bits,
-)
+from tests.fixtures.gptdisk import USR_B, slot_bits
+from tests.fixtures.gptfuzz import damage, sgdisk_image
 
 SEED = 20_261_130
 ROUNDS = 3000
 ROUND_SECONDS = 0.5
 PEAK_BYTES = 64 * 1024 * 1024
-IMAGE_SECTORS = 512  # 256 KiB: headers, two 32-sector entry arrays, six small partitions
-
-INTERESTING = (0, 1, 2, 33, 34, 127, 128, 511, 512, IMAGE_SECTORS - 1, IMAGE_SECTORS, IMAGE_SECTORS + 1,
-               (1 << 31) - 1, 1 << 31, (1 << 32) - 1, (1 << 32), 1 << 63, (1 << 64) - 1)  # fmt: skip
-
-
-def _sgdisk_image(path: Path) -> bytes:
-    """Flatcar's partition numbers, labels and types, packed tightly (``-a 1``) into 256 KiB."""
-    sgdisk = shutil.which("sgdisk")
-    assert sgdisk, "sgdisk not found: apt-get install gdisk"
-    with path.open("wb") as f:
-        f.truncate(IMAGE_SECTORS * SECTOR)
-    layout = ((1, "EFI-SYSTEM", "+16", "c12a7328-f81f-11d2-ba4b-00a0c93ec93b", None),
-              (2, "BIOS-BOOT", "+8", "21686148-6449-6e6f-744e-656564454649", None),
-              (3, "USR-A", "+32", USR_TYPE, USR_A), (4, "USR-B", "+32", USR_TYPE, USR_B),
-              (6, "OEM", "+16", "0fc63daf-8483-4772-8e79-3d69d8477de4", None),
-              (9, "ROOT", "0", "3884dd41-8582-4404-b9a8-e9b84f2df50e", None))  # fmt: skip
-    argv = [sgdisk, "--clear", "-a", "1"]
-    for num, label, size, typ, guid in layout:
-        argv += [f"-n{num}:0:{size}", f"-t{num}:{typ}", f"-c{num}:{label}"] + (
-            [f"-u{num}:{guid}"] if guid else []
-        )
-    # USR-A marked and booted before; USR-B just installed: priority 2, one try, not successful.
-    argv += ["-A3:set:56", "-A3:set:48", "-A4:set:49", "-A4:set:52", str(path)]
-    subprocess.run(argv, check=True, capture_output=True)
-    return path.read_bytes()
-
-
-@dataclass
-class Damage:
-    """What a round did: the copies it ``marked`` (USR-B successful, validly), the copies it ``touched``
-    in any way (marking included), and a log for the failure message."""
-
-    marked: set[str] = field(default_factory=set)
-    touched: set[str] = field(default_factory=set)
-    edited: set[str] = field(default_factory=set)  # fields set with the CRCs recomputed: maybe still valid
-    truncated: int | None = None
-    log: list[str] = field(default_factory=list)
-
-
-def _copy_region(size: int, which: str) -> tuple[int, int]:
-    """Byte range of a copy: its header sector and its 32-sector entry array."""
-    lbas = size // SECTOR
-    if which == "primary":
-        return SECTOR, 34 * SECTOR
-    return (lbas - 33) * SECTOR, lbas * SECTOR
-
-
-def _flip_bytes(rng: random.Random, data: bytearray, which: str, d: Damage) -> None:
-    start, end = _copy_region(len(data), which)
-    for _ in range(rng.randint(1, 8)):
-        at = rng.randrange(start, end)
-        data[at] ^= rng.randrange(1, 256)
-    d.touched.add(which)
-    d.log.append(f"flip bytes in {which}")
-
-
-def _header_field(rng: random.Random, data: bytearray, which: str, d: Damage) -> None:
-    name = rng.choice([n for n in HEADER_FIELDS if n != "signature"])
-    _off, fmt = HEADER_FIELDS[name]
-    if fmt == "16s":
-        value: int | bytes = uuid.UUID(int=rng.getrandbits(128)).bytes_le
-    else:
-        bits = struct.calcsize(fmt) * 8
-        value = rng.choice([v for v in INTERESTING if v < 1 << bits] + [rng.getrandbits(bits)])
-    fix = rng.random() < 0.7
-    edit_bytes(data, which, header={name: value}, fix_crcs=fix)
-    d.touched.add(which)
-    if fix:
-        d.edited.add(which)
-    d.log.append(f"{which} header {name}={value!r} crc {'fixed' if fix else 'stale'}")
-
-
-def _entry_field(rng: random.Random, data: bytearray, which: str, d: Damage) -> None:
-    number = rng.choice([1, 2, 3, 4, 6, 9])
-    # USR-B's attributes are _mark's business: any other edit there could mark it by chance.
-    name = rng.choice([n for n in ENTRY_FIELDS if not (number == 4 and n == "attributes")])
-    value: int | bytes
-    if name == "unique":
-        value = uuid.UUID(rng.choice([USR_A, USR_B])).bytes_le  # a duplicate, or the same
-    elif name == "type":
-        value = rng.choice([bytes(16), uuid.UUID(USR_TYPE).bytes_le, uuid.uuid4().bytes_le])
-    elif name == "name":
-        value = rng.choice(["USR-A", "USR-B", "ROOT", "\x1b[2J"]).encode("utf-16-le")
-    else:
-        value = rng.choice([*INTERESTING, rng.getrandbits(64)])
-    fix = rng.random() < 0.7
-    edit_bytes(data, which, entries={(number, name): value}, fix_crcs=fix)
-    d.touched.add(which)
-    if fix:
-        d.edited.add(which)
-    d.log.append(f"{which} entry {number} {name}={value!r} crc {'fixed' if fix else 'stale'}")
-
-
-def _mark(rng: random.Random, data: bytearray, which: str, d: Damage) -> None:
-    slot_bits(data, which, 4, priority=2, tries=0, successful=True)
-    d.marked.add(which)
-    d.touched.add(which)
-    d.log.append(f"{which} marks USR-B")
-
-
-def _zero_sector(rng: random.Random, data: bytearray, which: str, d: Damage) -> None:
-    start, end = _copy_region(len(data), which)
-    at = rng.randrange(start, end, SECTOR)
-    data[at : at + SECTOR] = bytes(SECTOR)
-    d.touched.add(which)
-    d.log.append(f"zero a sector of {which}")
-
-
-def _truncate(rng: random.Random, data: bytearray, which: str, d: Damage) -> None:
-    keep = rng.choice([rng.randrange(0, len(data)), rng.randrange(0, len(data) // SECTOR) * SECTOR])
-    del data[keep:]
-    d.touched.update(("primary", "backup"))
-    d.truncated = keep
-    d.log.append(f"truncate to {keep}")
-
-
-Mutation = Callable[[random.Random, bytearray, str, Damage], None]
-MUTATIONS: tuple[tuple[Mutation, float], ...] = (
-    (_flip_bytes, 3),
-    (_header_field, 4),
-    (_entry_field, 4),
-    (_zero_sector, 1),
-    (_truncate, 0.5),
-)
-
-
-def _damage(rng: random.Random, base: bytes) -> tuple[bytearray, Damage]:
-    """Mark either copy or both (or neither) first, then damage: zero to three mutations."""
-    data, d = bytearray(base), Damage()
-    for which in ("primary", "backup"):
-        if rng.random() < 0.4:
-            _mark(rng, data, which, d)
-    funcs, weights = zip(*MUTATIONS, strict=True)
-    for _ in range(rng.randint(0 if d.marked else 1, 3)):
-        mutate = rng.choices(funcs, weights)[0]
-        if d.truncated is not None:
-            break  # edits by LBA make no sense on a truncated image
-        try:
-            mutate(rng, data, rng.choice(["primary", "backup"]), d)
-        except (struct.error, OverflowError, ValueError, IndexError):
-            d.log.append(f"{mutate.__name__} did not apply")  # fields an earlier mutation made absurd
-    return data, d
 
 
 @pytest.fixture(scope="module")
 def base(tmp_path_factory: pytest.TempPathFactory) -> bytes:
     path = tmp_path_factory.mktemp("gptfuzz") / "base.img"
-    data = _sgdisk_image(path)
+    data = sgdisk_image(path)
     assert read_table(path).source == "primary header at LBA 1 (backup agrees)"
     return data
 
@@ -221,7 +64,7 @@ def test_the_reader_holds_its_contract_over_thousands_of_damaged_images(tmp_path
     tracemalloc.start()
     try:
         for round_ in range(ROUNDS):
-            data, d = _damage(rng, base)
+            data, d = damage(rng, base)
             img.write_bytes(data)
             started = time.perf_counter()
             try:
@@ -258,6 +101,6 @@ def test_the_reader_holds_its_contract_over_thousands_of_damaged_images(tmp_path
 
 @pytest.mark.parametrize("seed", [1, 2, 3])
 def test_an_image_damaged_the_same_way_reads_the_same_way(base: bytes, seed: int) -> None:
-    a, _ = _damage(random.Random(seed), base)
-    b, _ = _damage(random.Random(seed), base)
+    a, _ = damage(random.Random(seed), base)
+    b, _ = damage(random.Random(seed), base)
     assert a == b and zlib.crc32(a) == zlib.crc32(b)

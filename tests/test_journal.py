@@ -27,7 +27,7 @@ from piccolod.journal import BootGate, GateVerdict, Journal, JournalError, Rollb
 from piccolod.policy import FailureCondition
 from piccolod.record import ComponentVerdict, RollbackRecord
 from tests.agent_helpers import free_port
-from tests.fixtures.gptdisk import USR_B, cmdline_for
+from tests.fixtures.gptdisk import USR_B, cmdline_for, usr_device
 
 NAME = journal.JOURNAL_NAME
 
@@ -289,7 +289,7 @@ def _config(tmp_path: Path, disk: Path) -> Path:
         f"  checks: {{storage: {{mounts: ['{tmp_path}']}}}}\n"
         "agent:\n"
         f"  listen: '127.0.0.1:{free_port()}'\n  state_dir: '{tmp_path / 'state'}'\n"
-        f"  boot: {{cmdline: '{tmp_path / 'cmdline'}', disk: '{disk}'}}\n"
+        f"  boot: {{cmdline: '{tmp_path / 'cmdline'}', usr_device: '{usr_device(disk, partuuid=USR_B)}'}}\n"
     )
     (tmp_path / "state").mkdir()
     return config
@@ -330,3 +330,50 @@ def test_status_and_dry_run_survive_a_hostile_journal(tmp_path: Path, flatcar_di
     errors = [ln for ln in dry.stderr.splitlines() if str(path) in ln]
     assert len(errors) == 1, dry.stderr
     assert "decision:" in dry.stdout
+
+
+# --- status never crashes on a stored value ---------------------------------------------------------
+
+EXTREMES = (0, -1, 1, 1e308, -1e308, 1e-308, 2**63, -(2**63), 10**18, 253402300800.0, 1.5, 1e300)
+TEXTS = ("", "x", "\x1b[2J\n", "\u2028", "\ud7ff" * 3, "a" * 5000)
+
+
+def _wild(rng: random.Random, value: object) -> object:
+    """A stored value the model still accepts (its type), with an extreme number or a hostile text."""
+    if isinstance(value, bool) or value is None:
+        return value
+    if isinstance(value, int):
+        return int(rng.choice([e for e in EXTREMES if isinstance(e, int)]))
+    if isinstance(value, float):
+        return float(rng.choice(EXTREMES))
+    if isinstance(value, str):
+        return rng.choice(TEXTS) if rng.random() < 0.5 else value
+    if isinstance(value, list):
+        return [_wild(rng, v) for v in value]
+    if isinstance(value, dict):
+        return {
+            k: _wild(rng, v) if k not in ("format", "verdict", "condition") else v for k, v in value.items()
+        }
+    return value
+
+
+def test_status_never_crashes_on_a_stored_value(
+    tmp_path: Path, flatcar_disk: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Issue 13: ``status`` crashed on ``started_at: 1e308``. Seeded journals whose every number and text
+    is extreme (but of the right type, so the journal is read and shown): exit 0, never a traceback."""
+    from piccolod.cli import main
+
+    config = _config(tmp_path, flatcar_disk)
+    path = tmp_path / "state" / NAME
+    plain = json.loads(journal.encode(FULL))
+    rng = random.Random(20_261_215)
+    for _round in range(150):
+        path.write_text(json.dumps(_wild(rng, plain)))
+        assert journal.read(tmp_path / "state") is not None  # the model takes it: status must show it
+        for extra in ([], ["--json"]):
+            code = main(["status", "--config", str(config), *extra])
+            out, err = capsys.readouterr()
+            assert code == 0, err
+            assert "Traceback" not in err and ("last gate:" in out or extra)
+            assert extra or not any(c in out for c in "\x1b\u2028"), out[-300:]  # escaped, on a terminal too

@@ -31,7 +31,7 @@ from piccolo_build.render import write_tree
 from piccolod.journal import Journal, Store
 from tests.agent_helpers import free_port, policy_data, wait_for, write_policy
 from tests.fixtures.daemons import _stop_process, require
-from tests.fixtures.gptdisk import USR_A, USR_B, cmdline_for
+from tests.fixtures.gptdisk import USR_A, USR_B, cmdline_for, usr_device
 from tests.test_journal import record
 
 pytestmark = [pytest.mark.slow]
@@ -118,7 +118,7 @@ def live(tmp_path: Path, flatcar_disk: Path) -> Iterator[Live]:
     data["health_policy"]["checks"] = {"storage": {"mounts": [str(storage)]}}
     data["agent"].update(
         state_dir=str(tmp_path / "state"),
-        boot={"cmdline": str(tmp_path / "cmdline"), "disk": str(flatcar_disk)},
+        boot={"cmdline": str(tmp_path / "cmdline"), "usr_device": usr_device(flatcar_disk, partuuid=USR_A)},
     )
     policy = write_policy(tmp_path / "policy.yaml", data)
     (tmp_path / "prometheus.yml").write_text(

@@ -150,13 +150,16 @@ def test_serve_on_a_busy_port_runs_without_its_api_and_still_gets_ready(
     tmp_path: Path, tcp_target: str, flatcar_disk: Path
 ) -> None:
     """A marked slot must never be blocked: a busy listen address costs the API, not READY=1."""
-    from tests.fixtures.gptdisk import USR_A, cmdline_for
+    from tests.fixtures.gptdisk import USR_A, cmdline_for, usr_device
 
     port = int(tcp_target.rsplit(":", 1)[1])  # already listening
     config = local_policy(tmp_path, tcp_target, ["storage", "api"], [], port=port)
     data = yaml.safe_load(config.read_text())
     (tmp_path / "cmdline").write_text(cmdline_for(USR_A))  # marked
-    data["agent"]["boot"] = {"cmdline": str(tmp_path / "cmdline"), "disk": str(flatcar_disk)}
+    data["agent"]["boot"] = {
+        "cmdline": str(tmp_path / "cmdline"),
+        "usr_device": usr_device(flatcar_disk, partuuid=USR_A),
+    }
     config = write_policy(tmp_path / "policy.yaml", data)
     notify_sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
     notify_sock.bind(str(tmp_path / "notify"))
@@ -210,7 +213,7 @@ def _probes_of(pid: int) -> list[int]:
 @pytest.mark.parametrize("phase", ["runtime loop (slot marked)", "first-boot gate (slot unknown)"])
 def test_sigterm_with_a_hung_check_exits_within_2s(tmp_path: Path, flatcar_disk: Path, phase: str) -> None:
     """A TPM that accepts and never answers, a 60 s TPM deadline: SIGTERM still ends serve at once, 0."""
-    from tests.fixtures.gptdisk import USR_A, cmdline_for
+    from tests.fixtures.gptdisk import USR_A, cmdline_for, usr_device
 
     mute_path = tmp_path / "tpm"
     mute, mute_ctrl = socket.socket(socket.AF_UNIX), socket.socket(socket.AF_UNIX)
@@ -232,7 +235,8 @@ def test_sigterm_with_a_hung_check_exits_within_2s(tmp_path: Path, flatcar_disk:
             "storage": {"mounts": [str(tmp_path)]},
         }
         data["agent"].update(
-            state_dir=str(tmp_path / "state"), boot={"cmdline": str(cmdline), "disk": str(flatcar_disk)}
+            state_dir=str(tmp_path / "state"),
+            boot={"cmdline": str(cmdline), "usr_device": usr_device(flatcar_disk, partuuid=USR_A)},
         )
         config = write_policy(tmp_path / "policy.yaml", data)
         env = {k: v for k, v in os.environ.items() if k not in ("WATCHDOG_USEC", "WATCHDOG_PID")}

@@ -132,6 +132,27 @@ BAD: list[tuple[str, str, int, str, str]] = [
         "must be one of",
     ),
     (
+        "no-failure-condition",  # issue 13: every failing gate would have opened at its deadline
+        "health_policy:\n  rollback:\n    failure_conditions: []\n",
+        3,
+        "health_policy.rollback.failure_conditions",
+        "must name at least one condition (to never reboot automatically, set enable_automatic: false)",
+    ),
+    (
+        "failure-condition-twice",
+        "health_policy:\n  rollback:\n    failure_conditions: [startup_timeout, startup_timeout]\n",
+        3,
+        "health_policy.rollback.failure_conditions[1]",
+        "listed twice",
+    ),
+    (
+        "usr-device-not-spelled-out",
+        "agent:\n  boot:\n    usr_device: /dev/vda3\n",
+        3,
+        "agent.boot.usr_device",
+        "must be auto, device:/PATH",
+    ),
+    (
         "control-character",
         'health_policy:\n  checks:\n    tpm: {tcti: "device:/dev/tpm\\n0"}\n',
         3,

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 from pathlib import Path
+
+import pytest
 
 from piccolo_build import layout
 from tests.builder_helpers import cli
@@ -84,3 +87,54 @@ def test_stage_replaces_only_its_own_directory(tmp_path: Path) -> None:
     assert not (out / "base" / "stale").exists()
     bad = cli("stage", tmp_path / "x", "--env", "no-equals-sign")
     assert bad.returncode == 2 and "expected NAME=VALUE" in bad.stderr
+
+
+HOSTILE = ("marker-symlink", "marker-fifo", "marker-directory", "output-fifo", "output-file", "symlink-loop",
+           "output-symlink-to-foreign")  # fmt: skip
+
+
+def _hostile(tmp_path: Path, kind: str, marker: str) -> tuple[Path, Path | None]:
+    """An output directory ``render`` or ``stage`` must refuse, and a file of the user's that must stay."""
+    out = tmp_path / "out"
+    keep: Path | None = None
+    if kind.startswith("marker-") or kind == "output-symlink-to-foreign":
+        target = tmp_path / "user"
+        target.mkdir()
+        keep = target / "precious"
+        keep.write_text("mine\n")
+        if kind == "marker-symlink":
+            (target / marker).symlink_to(tmp_path / "elsewhere")
+            (tmp_path / "elsewhere").write_text("a marker somewhere else\n")
+        elif kind == "marker-fifo":
+            os.mkfifo(target / marker)
+        elif kind == "marker-directory":
+            (target / marker).mkdir()
+        if kind == "output-symlink-to-foreign":
+            out.symlink_to(target)
+        else:
+            out = target
+    elif kind == "output-fifo":
+        os.mkfifo(out)
+    elif kind == "output-file":
+        out.write_text("a file\n")
+    else:
+        out.symlink_to(tmp_path / "loop2")
+        (tmp_path / "loop2").symlink_to(out)
+    return out, keep
+
+
+@pytest.mark.parametrize("kind", HOSTILE)
+@pytest.mark.parametrize("command", ["stage", "render"])
+def test_stage_and_render_claim_their_directory_by_one_rule(tmp_path: Path, command: str, kind: str) -> None:
+    """Issue 13: ``stage`` deleted a user's files through a symlinked ``.piccolo-stage``, gave a traceback
+    on a symlink loop and hung on a FIFO. Both commands now refuse the same way: one line, exit 2, in
+    bounded time, nothing touched."""
+    marker = ".piccolo-stage" if command == "stage" else ".piccolo-overlay"
+    out, keep = _hostile(tmp_path, kind, marker)
+    args = ("stage", out) if command == "stage" else ("render", "-o", out)
+    r = cli(*args)
+    assert r.returncode == 2, r.stdout + r.stderr
+    assert "Traceback" not in r.stderr and r.stderr.startswith("error: "), r.stderr
+    assert len(r.stderr.strip().splitlines()) == 2  # the error and its hint
+    if keep is not None:
+        assert keep.read_text() == "mine\n" and sorted(p.name for p in keep.parent.iterdir())[0] != "base"

@@ -14,12 +14,13 @@ import sys
 from dataclasses import asdict
 from pathlib import Path
 
-from piccolod import journal
+from piccolod import journal, passtoken
 from piccolod import record as rec
 from piccolod.commands import EXIT_CANNOT_ASSESS, add_config_option, load
 from piccolod.gatehook import detect_slot
 from piccolod.model import to_plain
 from piccolod.slot import format_table
+from piccolod.text import printable
 
 
 def run(args: argparse.Namespace) -> int:
@@ -37,6 +38,7 @@ def run(args: argparse.Namespace) -> int:
     record = found.rollback
     rolled = rec.update_status(record, slot, boot_id)
     last = found.boot
+    token = _token(boot_id)
     if args.json:
         doc = {
             "boot_id": boot_id,
@@ -54,6 +56,7 @@ def run(args: argparse.Namespace) -> int:
             "rollback_record": record.to_json() if record else None,
             "rollbacks": to_plain(found.rollbacks),
             "journal_error": error,
+            "pass_token": token,
         }
         print(json.dumps(doc, indent=2, sort_keys=True))
     else:
@@ -62,15 +65,30 @@ def run(args: argparse.Namespace) -> int:
             print(f"update status: {rolled[0]}: {rolled[1]}")
         if last:
             verdict = last.verdict or "no verdict yet"
-            print(f"last gate: {verdict} on {last.slot} (boot {last.boot_id}): {last.reason or '-'}")
+            print(
+                printable(f"last gate: {verdict} on {last.slot} (boot {last.boot_id}): {last.reason or '-'}")
+            )
         else:
             print("last gate: none recorded")
         print(rec.format_record(record))
         print(rec.format_tally(found.rollbacks.count, found.rollbacks.last_at))
+        print(f"pass token: {token}")
     if error:
         print(f"piccolod: {error}", file=sys.stderr)
         return EXIT_CANNOT_ASSESS
     return 0
+
+
+def _token(boot_id: str) -> str:
+    """The guard's pass token, as the guard would judge it."""
+    path = passtoken.token_path()
+    try:
+        have = passtoken.read(path)
+    except passtoken.TokenError as e:
+        return printable(f"refused: {e}")
+    if have is None:
+        return f"none ({path})"
+    return f"this boot's ({path})" if have == boot_id else printable(f"of another boot ({have!r}, {path})")
 
 
 def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:

@@ -14,7 +14,18 @@ S="${WORKDIR}"
 LICENSE="Apache-2.0"
 SLOT="0"
 KEYWORDS='arm64'
-# The guard runs sgdisk (sys-apps/gptfdisk), blkid and readlink: coreos-base/coreos RDEPENDs on all three.
+# What the guard and the start script run (coreos-base/coreos pulls all of it in already; said here so the
+# base image cannot lose it).
+RDEPEND="
+	app-alternatives/awk
+	app-arch/gzip
+	app-shells/bash
+	sys-apps/coreutils
+	sys-apps/gptfdisk
+	sys-apps/grep
+	sys-apps/systemd
+	sys-apps/util-linux
+"
 
 src_install() {
 	# From piccolo-build's install layout (piccolo_build/layout.py), like the staging tree the tests boot:

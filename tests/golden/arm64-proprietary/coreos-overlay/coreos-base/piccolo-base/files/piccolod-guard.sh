@@ -5,171 +5,825 @@
 # piccolod-guard: update-engine.service Requires= and is After= the unit that runs this. It exits 0 at
 # once when the booted /usr slot is marked good (successful=1 in its GPT entry), so a marked slot is never
 # held back, whatever state the piccolod sysext is in. Otherwise (not marked, or anything that cannot be
-# read or verified) it waits for piccolod's pass token, which only the agent writes after its gate passed
-# in this boot, and fails when PICCOLOD_GUARD_WAIT_SECONDS run out: update-engine's start job fails with
-# it, the slot stays unmarked, and the next boot falls back to the previous slot.
+# read, verified or told apart) it waits for piccolod's pass token, which only the agent writes after its
+# gate passed in this boot, and fails when PICCOLOD_GUARD_WAIT_SECONDS run out: update-engine's start job
+# fails with it, the slot stays unmarked, and the next boot falls back to the previous slot.
 #
-# POSIX sh, and only tools of Flatcar's base image (sgdisk from sys-apps/gptfdisk; blkid, readlink; awk,
-# which coreos-base/coreos pulls in as app-alternatives/awk): the base image has no Python. Settings come
-# from the unit's Environment= (rendered from piccolo.yaml's agent.boot) and may be overridden by a drop-in.
+# The booted slot is the partition mounted on /usr (the mount table, through device-mapper, its disk
+# from sysfs), never what a PARTUUID or a label points at. It is "marked" only when the disk's GPT
+# verifies as strictly as the agent's reader (piccolod/gpt.py), its entry is a Flatcar /usr partition
+# whose label no other /usr entry has, the kernel's partition is that entry, both readings of the kernel
+# command line name it (piccolod/cmdline.py), sgdisk reads the same entry without a warning, and bit 56 is
+# set. The rules are piccolod/slot.py's; the test suite holds this script to at most what the agent says.
+#
+# POSIX sh and base-image tools only (coreutils, grep, gzip, awk, sgdisk, blkid, blockdev; the base package
+# RDEPENDs on them): the base image has no Python. Settings come from the unit's Environment= and may be
+# overridden by a drop-in.
+#
+#   piccolod-guard                    hold update-engine as described (the unit runs this)
+#   piccolod-guard state              print how the booted slot reads, and "state: marked|unmarked|unknown"
+#   piccolod-guard cmdline FILE...    the two readings of each command line file (for the tests)
 set -u
 set -f
+LC_ALL=C
+export LC_ALL
 
 CMDLINE=${PICCOLOD_GUARD_CMDLINE:-/proc/cmdline}
-DISK=${PICCOLOD_GUARD_DISK:-auto}
+# auto: the partition mounted on /usr. Tests only: device:/PATH or image:N:/PATH (docs/boot.md).
+USR_DEVICE=${PICCOLOD_GUARD_USR_DEVICE:-auto}
 TOKEN=${PICCOLOD_GUARD_TOKEN:-/run/piccolod/gate-passed}
 WAIT_SECONDS=${PICCOLOD_GUARD_WAIT_SECONDS:-300}
 BOOT_ID_FILE=${PICCOLOD_GUARD_BOOT_ID:-/proc/sys/kernel/random/boot_id}
 POLL_SECONDS=${PICCOLOD_GUARD_POLL_SECONDS:-0.2}
-DEV=${PICCOLOD_GUARD_DEV:-/dev}
+# Where the kernel's views live; tests point them at a made-up tree.
+MOUNTINFO=${PICCOLOD_GUARD_MOUNTINFO:-/proc/self/mountinfo}
 SYS=${PICCOLOD_GUARD_SYS:-/sys}
-USR_TYPE=5DFBF5F4-2848-4BAC-AA5E-0D9A20B745A6
-UUID_RE='^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$'
+DEV=${PICCOLOD_GUARD_DEV:-/dev}
 
 say() {
 	echo "piccolod-guard: $*"
 }
 
-upper() {
-	printf '%s' "$1" | tr 'a-f' 'A-F'
-}
+# --- awk: bytes as hex --------------------------------------------------------------------------------
+# Every awk program below sees bytes as two hex digits (od -tx1), so NUL, CR and non-ASCII bytes are
+# plain data, and prints only ASCII.
+# shellcheck disable=SC2016 # an awk program: its $ are awk's
+AWK_LIB='
+function hexinit(   i) { for (i = 0; i < 256; i++) { HX[i] = sprintf("%02x", i); V[HX[i]] = i } for (i = 1; i < 256; i++) ORD[sprintf("%c", i)] = i }
+function hexof(s,   i, h) { h = ""; for (i = 1; i <= length(s); i++) h = h HX[ORD[substr(s, i, 1)]]; return h }
+function byte(h, i) { return V[substr(h, 2 * i + 1, 2)] }
+function isws(c, cr) { return c == 32 || c == 9 || c == 10 || (cr && c == 13) }
+'
 
-# The booted USR PARTUUID from the kernel command line: mount.usr= wins over verity.usr= over usr=; a value
-# that is not a PARTUUID (mount.usr=/dev/mapper/usr) falls through to the next key; the last one counts.
-booted_partuuid() {
-	mount_usr='' verity_usr='' plain_usr=''
-	# shellcheck disable=SC2013 # words, not lines: the command line is one line of words
-	for word in $(cat "$CMDLINE" 2>/dev/null); do
-		case $word in
-		mount.usr=*) mount_usr=${word#mount.usr=} ;;
-		verity.usr=*) verity_usr=${word#verity.usr=} ;;
-		usr=*) plain_usr=${word#usr=} ;;
-		esac
-	done
-	for value in "$mount_usr" "$verity_usr" "$plain_usr"; do
-		value=$(printf '%s' "$value" | tr -d '"')
-		case $value in
-		PARTUUID=* | partuuid=*) value=${value#*=} ;;
-		/dev/disk/by-partuuid/*) value=${value##*/} ;;
-		*) continue ;;
-		esac
-		if printf '%s\n' "$value" | grep -Eq "$UUID_RE"; then
-			upper "$value"
-			return 0
-		fi
-	done
+# --- the kernel command line: systemd's reading and Flatcar's early init's (piccolod/cmdline.py) ------
+# shellcheck disable=SC2016 # an awk program: its $ are awk's
+AWK_CMDLINE='
+function is_key(k, name,   i, a, b) {
+	if (length(k) != length(name)) return 0
+	for (i = 1; i <= length(k); i += 2) {
+		a = substr(k, i, 2); b = substr(name, i, 2)
+		if (a != b && !((a == "2d" || a == "5f") && (b == "2d" || b == "5f"))) return 0
+	}
 	return 1
 }
-
-# The whole disk holding partition $1 (upper-case PARTUUID): the udev link, else blkid, then sysfs.
-find_disk() {
-	lower=$(printf '%s' "$1" | tr 'A-F' 'a-f')
-	if [ -e "$DEV/disk/by-partuuid/$lower" ]; then
-		part=$(readlink -f "$DEV/disk/by-partuuid/$lower")
-	else
-		part=$(blkid -l -o device -t "PARTUUID=$lower" 2>/dev/null) || return 1
-	fi
-	[ -n "$part" ] || return 1
-	parent=$(readlink -f "$SYS/class/block/${part##*/}/..") || return 1
-	[ -e "$parent/dev" ] || return 1
-	echo "$DEV/${parent##*/}"
+function split_kv(w,   i) {
+	for (i = 1; i <= length(w); i += 2) if (substr(w, i, 2) == "3d") { KEY = substr(w, 1, i - 1); VAL = substr(w, i + 2); return 1 }
+	KEY = w; VAL = w; return 0
 }
+function systemd_words(   i, c, q, w) {
+	NW = 0; i = 0
+	while (1) {
+		while (i < N && isws(B[i], 1)) i++
+		if (i >= N) return
+		w = ""; q = 0
+		while (i < N) {
+			c = B[i]; i++
+			if (q) { if (c == q) q = 0; else w = w HX[c] }
+			else if (c == 39 || c == 34) q = c
+			else if (isws(c, 1)) break
+			else w = w HX[c]
+		}
+		W[++NW] = w
+	}
+}
+function utf8len(h, i, n,   lead, L, j, b, code, shortest) {
+	lead = byte(h, i)
+	if (lead < 128) return 1
+	if (lead >= 192 && lead <= 223) L = 2
+	else if (lead >= 224 && lead <= 239) L = 3
+	else if (lead >= 240 && lead <= 247) L = 4
+	else if (lead >= 248 && lead <= 251) L = 5
+	else if (lead >= 252 && lead <= 253) L = 6
+	else return 0
+	if (n - i < L) return 0
+	code = lead % (2 ^ (7 - L))
+	for (j = 1; j < L; j++) { b = byte(h, i + j); if (b < 128 || b > 191) return 0; code = code * 64 + b - 128 }
+	shortest = code < 128 ? 1 : code < 2048 ? 2 : code < 65536 ? 3 : code < 2097152 ? 4 : code < 67108864 ? 5 : 6
+	if (shortest != L || code >= 1114112 || (code >= 55296 && code <= 57343)) return 0
+	if ((code >= 64976 && code <= 65007) || code % 65536 >= 65534) return 0
+	return L
+}
+function devnode_escape(h,   n, i, L, c, out) {
+	n = length(h) / 2; out = ""; i = 0
+	while (i < n) {
+		L = utf8len(h, i, n)
+		if (L > 1) { out = out substr(h, 2 * i + 1, 2 * L); i += L; continue }
+		c = byte(h, i)
+		if (c > 32 && c < 127 && ((c >= 48 && c <= 57) || (c >= 65 && c <= 90) || (c >= 97 && c <= 122) || index("#+-.:=@_", sprintf("%c", c)) > 0)) out = out HX[c]
+		else out = out hexof(sprintf("\\x%02x", c))
+		i++
+	}
+	return out
+}
+function udev_node(h,   t, p, tag, q) {
+	for (t = 1; t <= 4; t++) {
+		p = TAGP[t]
+		if (substr(h, 1, length(p)) == p) {
+			tag = substr(h, length(p) + 1)
+			q = substr(tag, 1, 2)
+			if (length(tag) >= 4 && (q == "27" || q == "22") && substr(tag, length(tag) - 1) == q) tag = substr(tag, 3, length(tag) - 4)
+			return hexof("/dev/disk/by-" TAGB[t] "/") devnode_escape(tag)
+		}
+	}
+	return h
+}
+function usr_what_of(v,   k, empty, usr, fstype, flags, root, uh, rh) {
+	usr = fstype = flags = root = uh = rh = "-"
+	for (k = 1; k <= NW; k++) {
+		if (!split_kv(W[k])) continue
+		empty = v >= 257 && VAL == ""
+		if (is_key(KEY, K_USR)) usr = empty ? "-" : VAL
+		else if (is_key(KEY, K_FSTYPE)) fstype = empty ? "-" : VAL
+		else if (is_key(KEY, K_FLAGS)) flags = flags == "-" ? VAL : flags "2c" VAL
+		else if (is_key(KEY, K_ROOT)) root = empty ? "-" : VAL
+		else if (is_key(KEY, K_USRHASH)) uh = empty ? "-" : VAL
+		else if (is_key(KEY, K_ROOTHASH)) rh = empty ? "-" : VAL
+	}
+	if (usr == "-" && uh != "-") usr = hexof("/dev/mapper/usr")
+	if (root == "-" && rh != "-") root = hexof("/dev/mapper/root")
+	if (usr == "-" && fstype == "-" && flags == "-") return "none"
+	if (usr == "-") usr = root
+	if (usr == "-" || usr == "" || usr == hexof("gpt-auto") || (v >= 257 && usr == hexof("fstab"))) return "none"
+	return "hex:" udev_node(usr)
+}
+function shell_arg(name,   i, c, w, value, glob) {
+	value = "none"; glob = 0; i = 0
+	while (i < N) {
+		while (i < N && isws(B[i], 0)) i++
+		if (i >= N) break
+		w = ""
+		while (i < N && !isws(B[i], 0)) { c = B[i]; if (c == 42 || c == 63 || c == 91) glob = 1; w = w HX[c]; i++ }
+		if (split_kv(w) >= 0 && KEY == name) value = "hex:" VAL
+	}
+	return glob ? "ambiguous" : value
+}
+'
+# shellcheck disable=SC2016 # an awk program: its $ are awk's
+AWK_CMDLINE_MAIN='
+BEGIN {
+	hexinit()
+	TAGP[1] = hexof("LABEL="); TAGB[1] = "label"; TAGP[2] = hexof("UUID="); TAGB[2] = "uuid"
+	TAGP[3] = hexof("PARTUUID="); TAGB[3] = "partuuid"; TAGP[4] = hexof("PARTLABEL="); TAGB[4] = "partlabel"
+	K_USR = hexof("mount.usr"); K_FSTYPE = hexof("mount.usrfstype"); K_FLAGS = hexof("mount.usrflags")
+	K_ROOT = hexof("root"); K_USRHASH = hexof("usrhash"); K_ROOTHASH = hexof("roothash")
+}
+{ for (f = 1; f <= NF; f++) B[N++] = V[$f] }
+END {
+	if (N > 65536) { print "refused longer than 65536 bytes"; exit }
+	if (N > 0 && B[N - 1] == 10) N--
+	for (i = 0; i < N; i++) {
+		if (B[i] == 0) { print "refused holds a NUL byte"; exit }
+		if (B[i] == 10) { print "refused holds a line break before its end"; exit }
+	}
+	systemd_words()
+	a = usr_what_of(252); b = usr_what_of(257)
+	print "usr", (a == b ? a : "ambiguous")
+	u = shell_arg(hexof("mount.usr")); if (u == "none") u = shell_arg(hexof("usr"))
+	print "flatcar_usr", u
+	print "flatcar_verity_usr", shell_arg(hexof("verity.usr"))
+}
+'
 
-# sgdisk -i N for the partition whose unique GUID is $2 on disk $1; fails on any warning sgdisk gives
-# (a damaged header or table, copies that differ, a table loaded from the backup) or any line it does not
-# expect. Prints "TYPE FLAGS".
-partition_info() {
-	disk=$1 want=$2
-	numbers=$(sgdisk -p "$disk" 2>/dev/null | sed -n 's/^ *\([0-9][0-9]*\) .*/\1/p') || return 1
-	for n in $numbers; do
-		out=$(sgdisk -i "$n" "$disk" 2>&1) || return 1
-		type='' guid='' flags=''
-		while IFS= read -r line; do
-			case $line in
-			"Partition GUID code: "*)
-				type=${line#Partition GUID code: }
-				type=${type%% *}
-				;;
-			"Partition unique GUID: "*) guid=${line#Partition unique GUID: } ;;
-			"Attribute flags: "*) flags=${line#Attribute flags: } ;;
-			"First sector: "* | "Last sector: "* | "Partition size: "* | "Partition name: "*) ;;
-			*)
-				say "sgdisk -i $n $disk said: $line"
-				return 1
-				;;
-			esac
-		done <<END
+# read_cmdline FILE: sets R_USR, R_FLATCAR_USR, R_FLATCAR_VERITY ("hex:..", "none", "ambiguous"), or
+# returns 1 with WHY.
+read_cmdline() {
+	if [ ! -f "$1" ] || [ ! -r "$1" ]; then
+		WHY="$1: cannot read the kernel command line"
+		return 1
+	fi
+	out=$(od -An -v -tx1 "$1" | awk "$AWK_LIB$AWK_CMDLINE$AWK_CMDLINE_MAIN") || {
+		WHY="$1: cannot read the kernel command line"
+		return 1
+	}
+	R_USR='' R_FLATCAR_USR='' R_FLATCAR_VERITY=''
+	while read -r kind value; do
+		case $kind in
+		refused)
+			WHY="$1: $value"
+			return 1
+			;;
+		usr) R_USR=$value ;;
+		flatcar_usr) R_FLATCAR_USR=$value ;;
+		flatcar_verity_usr) R_FLATCAR_VERITY=$value ;;
+		esac
+	done <<END
 $out
 END
-		if [ "$(upper "$guid")" = "$want" ]; then
-			echo "$(upper "$type") $flags"
-			return 0
+}
+
+# --- the partition mounted on /usr (piccolod/usrmount.py) -------------------------------------------
+# shellcheck disable=SC2016 # an awk program: its $ are awk's
+AWK_MOUNTS='
+function unescape_hex(s,   out, i, c, d) {
+	out = ""; i = 1
+	while (i <= length(s)) {
+		c = substr(s, i, 1)
+		if (c == "\\" && substr(s, i + 1, 3) ~ /^[0-3][0-7][0-7]$/) {
+			d = substr(s, i + 1, 3)
+			out = out HX[substr(d, 1, 1) * 64 + substr(d, 2, 1) * 8 + substr(d, 3, 1)]
+			i += 4
+		} else { out = out HX[ORD[c]]; i++ }
+	}
+	return out
+}
+function digits(s) { return s ~ /^[0-9]+$/ && length(s) <= 19 }
+function has_nul(h,   i) { for (i = 1; i <= length(h); i += 2) if (substr(h, i, 2) == "00") return 1; return 0 }
+function octal_of(h,   i, out) { out = ""; for (i = 1; i <= length(h); i += 2) out = out sprintf("\\0%03o", V[substr(h, i, 2)]); return out }
+BEGIN { hexinit(); seen = 0; USR = hexof("/usr") }
+{
+	sep = 0
+	for (i = 7; i <= NF; i++) if ($i == "-") { sep = i; break }
+	nmm = split($3, mm, ":")
+	if (!sep || NF != sep + 3 || !digits($1) || !digits($2) || nmm != 2 || !digits(mm[1]) || !digits(mm[2])) {
+		print "bad " FILENAME ": line " NR " is not a mount table entry"; exit
+	}
+	if (unescape_hex($5) != USR) next
+	seen = 1
+	fstype = $(sep + 1)
+	what = fstype " " $(sep + 2)
+	if (fstype == "overlay") next
+	if (mm[1] + 0 != 0) { print "dev", mm[1] + 0, mm[2] + 0, what; next }
+	src = unescape_hex($(sep + 2))
+	if (fstype == "btrfs" && substr(src, 1, 2) == "2f" && !has_nul(src)) { print "btrfs", octal_of(src), what; next }
+	print "bad /usr is a " what " mount, not a block device: no /usr partition"; exit
+}
+END { if (!seen) print "none" }
+'
+
+# mounted_device: sets U_MAJOR U_MINOR U_FOUND from the mount table, or returns 1 with WHY.
+mounted_device() {
+	out=$(awk -F '[ ]' "$AWK_LIB$AWK_MOUNTS" "$MOUNTINFO" 2>/dev/null) || {
+		WHY="$MOUNTINFO: cannot read the mount table"
+		return 1
+	}
+	devices='' count=0
+	while read -r kind a b rest; do
+		case $kind in
+		bad)
+			WHY="$a $b $rest"
+			return 1
+			;;
+		none)
+			WHY="nothing is mounted on /usr itself (a PXE or container boot?): no /usr partition"
+			return 1
+			;;
+		dev) dev="$a:$b" what=$rest ;;
+		btrfs)
+			src=$(printf '%b' "$a") # octal escapes made by the awk above
+			what="$b $rest"
+			if [ ! -b "$src" ]; then
+				WHY="/usr is a $what mount and it is not a block device"
+				return 1
+			fi
+			dev=$(devnum "$src")
+			;;
+		*) continue ;;
+		esac
+		case " $devices " in
+		*" $dev "*) ;;
+		*)
+			devices="$devices $dev"
+			count=$((count + 1))
+			U_FOUND="/usr is $what ($dev)"
+			;;
+		esac
+	done <<END
+$out
+END
+	if [ "$count" -eq 0 ]; then
+		WHY="only overlays are mounted on /usr: no /usr partition"
+		return 1
+	fi
+	if [ "$count" -gt 1 ]; then
+		WHY="/usr is mounted from more than one device ($devices )"
+		return 1
+	fi
+	U_MAJOR=${dev%:*} U_MINOR=${dev#*:}
+}
+
+first_line() {
+	line=''
+	IFS= read -r line 2>/dev/null <"$1" || [ -n "$line" ] || return 1
+	printf '%s\n' "$line"
+}
+
+number_in() {
+	n=$(first_line "$1") || return 1
+	case $n in
+	'' | *[!0-9]*) return 1 ;;
+	esac
+	[ ${#n} -le 19 ] || return 1
+	printf '%s\n' "$n"
+}
+
+# devnum PATH: the MAJOR:MINOR of block device PATH.
+devnum() {
+	hexes=$(stat -L -c '%t %T' "$1" 2>/dev/null) || hexes='0 0'
+	printf '%d:%d\n' "0x${hexes% *}" "0x${hexes#* }"
+}
+
+kernel_name() {
+	case $1 in
+	'' | [!A-Za-z0-9]* | *[!A-Za-z0-9!._:+-]*) return 1 ;;
+	esac
+}
+
+# partition_of MAJOR MINOR FOUND: sets U_DISK U_NUMBER U_KNAME U_MAPPER U_START U_SIZE U_FOUND, or
+# returns 1 with WHY.
+partition_of() {
+	link="$SYS/dev/block/$1:$2"
+	device=$(readlink -e "$link") || device=''
+	if [ ! -d "$device" ]; then
+		WHY="$link: no such block device"
+		return 1
+	fi
+	U_FOUND=$3 U_MAPPER='' part=$device
+	if [ -d "$device/dm" ]; then
+		U_MAPPER=$(first_line "$device/dm/name") || {
+			WHY="$device/dm/name: cannot read"
+			return 1
+		}
+		below=$(ls -A "$device/slaves" 2>/dev/null) || {
+			WHY="$device/slaves: cannot list"
+			return 1
+		}
+		n=$(printf '%s\n' "$below" | grep -c .)
+		if [ "$n" -ne 1 ]; then
+			WHY="device-mapper device ${device##*/} ($U_MAPPER) is over $n devices, not one"
+			return 1
 		fi
-	done
-	say "$disk: no partition with PARTUUID $want"
+		part=$(readlink -e "$device/slaves/$below") || {
+			WHY="$device/slaves/$below: no such device"
+			return 1
+		}
+		if [ -d "$part/dm" ]; then
+			WHY="device-mapper device ${device##*/} is over another one (${part##*/})"
+			return 1
+		fi
+		U_FOUND="$U_FOUND through device-mapper ${device##*/} ($U_MAPPER)"
+	fi
+	U_KNAME=${part##*/}
+	kernel_name "$U_KNAME" || {
+		WHY="$part: not a kernel device name"
+		return 1
+	}
+	if [ ! -f "$part/partition" ]; then
+		WHY="$U_KNAME is not a partition (a whole disk, or a loop device without partitions)"
+		return 1
+	fi
+	U_NUMBER=$(number_in "$part/partition") || {
+		WHY="$part/partition: not a number"
+		return 1
+	}
+	disk_dir=${part%/*}
+	disk_name=${disk_dir##*/}
+	kernel_name "$disk_name" || {
+		WHY="$disk_dir: not a kernel device name"
+		return 1
+	}
+	want=$(first_line "$disk_dir/dev") || {
+		WHY="$disk_dir/dev: cannot read"
+		return 1
+	}
+	U_DISK="$DEV/$(printf '%s' "$disk_name" | tr '!' '/')"
+	have=''
+	[ ! -b "$U_DISK" ] || have=$(devnum "$U_DISK")
+	if [ "$have" != "$want" ]; then
+		WHY="$U_DISK is not the block device $want of disk $disk_name"
+		return 1
+	fi
+	if ! U_START=$(number_in "$part/start") || ! U_SIZE=$(number_in "$part/size"); then
+		WHY="$part: no start or size"
+		return 1
+	fi
+	U_FOUND="$U_FOUND on partition $U_NUMBER ($U_KNAME) of $U_DISK"
+}
+
+# find_usr: the partition /usr is mounted from (or the override), in U_*; or returns 1 with WHY.
+find_usr() {
+	U_KNAME='' U_MAPPER='' U_START='' U_SIZE=''
+	case $USR_DEVICE in
+	*"
+"*)
+		WHY="the /usr device setting holds a line break"
+		return 1
+		;;
+	auto)
+		mounted_device || return 1
+		partition_of "$U_MAJOR" "$U_MINOR" "$U_FOUND"
+		;;
+	device:/*)
+		path=${USR_DEVICE#device:}
+		if [ ! -b "$path" ]; then
+			WHY="$path: not a block device"
+			return 1
+		fi
+		dev=$(devnum "$path")
+		partition_of "${dev%:*}" "${dev#*:}" "/usr stands for $path (override $USR_DEVICE)"
+		;;
+	image:*:/*)
+		rest=${USR_DEVICE#image:}
+		U_NUMBER=${rest%%:*} U_DISK=${rest#*:}
+		case $U_DISK in
+		/*) ;;
+		*) U_NUMBER=x ;;
+		esac
+		case $U_NUMBER in
+		[1-9] | [1-9][0-9] | [1-9][0-9][0-9] | [1-9][0-9][0-9][0-9] | [1-9][0-9][0-9][0-9][0-9] | [1-9][0-9][0-9][0-9][0-9][0-9]) ;;
+		*)
+			WHY="$USR_DEVICE: not auto, device:/PATH or image:N:/PATH"
+			return 1
+			;;
+		esac
+		U_FOUND="partition $U_NUMBER of $U_DISK (override $USR_DEVICE)"
+		;;
+	*)
+		WHY="$USR_DEVICE: not auto, device:/PATH or image:N:/PATH"
+		return 1
+		;;
+	esac
+}
+
+# --- the GPT, as strictly as piccolod/gpt.py -----------------------------------------------------------
+# Each copy (primary at LBA 1, backup where the primary points, or at the last LBA without a usable
+# primary) is checked in full: signature, revision, header size and CRC32, its own LBA, the other copy's
+# LBA, the usable range, the entry array's geometry, place and CRC32, every used entry inside the usable
+# range, no unique GUID twice. Both valid: they must agree (headers and every used entry, byte for
+# byte). Primary unusable: the backup, only at the last LBA pointing at LBA 1, and only if it matches
+# what a CRC-valid primary header still says. 512-byte sectors first, then 4096 when no GPT was there.
+# The header CRC is computed here; an entry array's CRC by gzip (its trailer is the CRC32 of its input).
+# shellcheck disable=SC2016 # an awk program: its $ are awk's
+AWK_GPT='
+function xor8(a, b) { return X4[int(a / 16) * 16 + int(b / 16)] * 16 + X4[(a % 16) * 16 + b % 16] }
+function crcinit(   a, b, r, p, x, y, k, i, c0, c1, c2, c3, odd) {
+	for (a = 0; a < 16; a++) for (b = 0; b < 16; b++) {
+		r = 0; p = 1; x = a; y = b
+		for (k = 0; k < 4; k++) { if (x % 2 != y % 2) r += p; x = int(x / 2); y = int(y / 2); p *= 2 }
+		X4[a * 16 + b] = r
+	}
+	for (i = 0; i < 256; i++) {
+		c0 = i; c1 = c2 = c3 = 0
+		for (k = 0; k < 8; k++) {
+			odd = c0 % 2
+			c0 = int(c0 / 2) + c1 % 2 * 128; c1 = int(c1 / 2) + c2 % 2 * 128; c2 = int(c2 / 2) + c3 % 2 * 128; c3 = int(c3 / 2)
+			if (odd) { c0 = xor8(c0, 32); c1 = xor8(c1, 131); c2 = xor8(c2, 184); c3 = xor8(c3, 237) }
+		}
+		T0[i] = c0; T1[i] = c1; T2[i] = c2; T3[i] = c3
+	}
+}
+function crc32(a, n,   i, s0, s1, s2, s3, x) {
+	s0 = s1 = s2 = s3 = 255
+	for (i = 0; i < n; i++) { x = xor8(s0, a[i]); s0 = xor8(s1, T0[x]); s1 = xor8(s2, T1[x]); s2 = xor8(s3, T2[x]); s3 = T3[x] }
+	return (255 - s3) * 16777216 + (255 - s2) * 65536 + (255 - s1) * 256 + 255 - s0
+}
+function q(s) { gsub(/\047/, "\047\\\047\047", s); return "\047" s "\047" }
+function num(x) { return sprintf("%.0f", x) }
+function le(a, off, len,   v, i) { v = 0; for (i = len - 1; i >= 0; i--) v = v * 256 + a[off + i]; return v }
+function hexs(a, off, len,   s, i) { s = ""; for (i = 0; i < len; i++) s = s HX[a[off + i]]; return s }
+function guid(a, off) {
+	return HX[a[off+3]] HX[a[off+2]] HX[a[off+1]] HX[a[off]] "-" HX[a[off+5]] HX[a[off+4]] "-" HX[a[off+7]] HX[a[off+6]] "-" hexs(a, off + 8, 2) "-" hexs(a, off + 10, 6)
+}
+function readlba(lba, S, a,   cmd, line, n, f, nf, i) {
+	cmd = "dd if=" q(DISK) " bs=" S " skip=" num(lba) " count=1 2>/dev/null | od -An -v -tx1"
+	n = 0
+	while ((cmd | getline line) > 0) { nf = split(line, f, " "); for (i = 1; i <= nf; i++) a[n++] = V[f[i]] }
+	close(cmd)
+	return n
+}
+# header(c, lba, S): copy c ("p" or "b") read at lba; sets OK[c], SIG[c], WHY[c] and the fields.
+function header(c, lba, S,   h, n, hsize, crc, i, cnt, esz, alba, aend, last) {
+	OK[c] = 0; SIG[c] = 0; VOUCHED[c] = 0; LBA[c] = lba
+	split("", h)
+	n = readlba(lba, S, h)
+	if (n < S) { WHY[c] = "cannot read " S " bytes at LBA " num(lba); return }
+	if (hexs(h, 0, 8) != "4546492050415254") { WHY[c] = "no GPT header at LBA " num(lba); return }
+	SIG[c] = 1
+	hsize = le(h, 12, 4)
+	if (hsize < 92 || hsize > S) { WHY[c] = "GPT header size " num(hsize) " at LBA " num(lba) " is invalid"; return }
+	crc = le(h, 16, 4); for (i = 16; i < 20; i++) h[i] = 0
+	if (crc32(h, hsize) != crc) { WHY[c] = "GPT header CRC32 mismatch at LBA " num(lba); return }
+	if (int(le(h, 8, 4) / 65536) != 1) { WHY[c] = "GPT header at LBA " num(lba) " is not revision 1.x"; return }
+	if (le(h, 24, 8) != lba) { WHY[c] = "GPT header at LBA " num(lba) " claims another LBA"; return }
+	last = LBAS - 1
+	ALT[c] = le(h, 32, 8)
+	if (ALT[c] < 1 || ALT[c] > last || ALT[c] == lba) { WHY[c] = "GPT header at LBA " num(lba) " names its other copy off the disk"; return }
+	FIRST[c] = le(h, 40, 8); LAST[c] = le(h, 48, 8)
+	if (!(2 <= FIRST[c] && FIRST[c] <= LAST[c] && LAST[c] < last)) { WHY[c] = "GPT header at LBA " num(lba) " has an impossible usable range"; return }
+	DGUID[c] = hexs(h, 56, 16)
+	ELBA[c] = le(h, 72, 8); cnt = COUNT[c] = le(h, 80, 4); esz = ESIZE[c] = le(h, 84, 4); ECRC[c] = le(h, 88, 4)
+	if (esz < 128 || esz > 4096 || esz % 8 != 0 || cnt * esz > 16777216) { WHY[c] = "GPT entry array geometry invalid"; return }
+	alba = int((cnt * esz + S - 1) / S); aend = ELBA[c] + alba - 1
+	if (ELBA[c] < 2 || aend >= LBAS || (ELBA[c] <= lba && lba <= aend && alba)) { WHY[c] = "GPT entry array at LBA " num(ELBA[c]) " is not on the disk"; return }
+	if (FIRST[c] <= aend && ELBA[c] <= LAST[c] && alba) { WHY[c] = "GPT entry array overlaps the usable range"; return }
+	VOUCHED[c] = 1
+	entries(c, S)
+}
+function array_crc(c, S,   cmd, line, f) {
+	cmd = "dd if=" q(DISK) " bs=65536 iflag=skip_bytes,count_bytes skip=" num(ELBA[c] * S) " count=" num(COUNT[c] * ESIZE[c]) " 2>/dev/null | gzip -1 -c | tail -c 8 | od -An -tu1"
+	line = ""; cmd | getline line; close(cmd)
+	split(line, f, " ")
+	return f[1] + f[2] * 256 + f[3] * 65536 + f[4] * 16777216
+}
+# entries(c, S): the used entries of copy c: USED[c] (every used entry, byte for byte), and for the
+# booted number: ENTRY[c], TWINS[c] (how many /usr entries have its label).
+function attrs(e,   i, s) { s = ""; for (i = 55; i >= 48; i--) s = s HX[e[i]]; return s }
+function entries(c, S,   cmd, line, f, nf, i, e, prev, used, typ, uniq, first, last, name, u, k, total, seen, names, number, lab, ascii) {
+	if (array_crc(c, S) != ECRC[c]) { WHY[c] = "GPT partition entry array CRC32 mismatch at LBA " num(ELBA[c]); return }
+	total = COUNT[c] * ESIZE[c]
+	cmd = "dd if=" q(DISK) " bs=65536 iflag=skip_bytes,count_bytes skip=" num(ELBA[c] * S) " count=" num(total) " 2>/dev/null | od -Ad -tx1 -w" ESIZE[c]
+	USED[c] = ""; ENTRY[c] = ""; TWINS[c] = 0; used = 0; prev = ""; split("", seen); split("", names)
+	while ((cmd | getline line) > 0) {
+		nf = split(line, f, " ")
+		if (line == "*") {
+			if (prev != "") { WHY[c] = "two partitions share a unique GUID"; close(cmd); return }
+			continue
+		}
+		if (nf < 2) continue
+		number = f[1] / ESIZE[c] + 1
+		for (i = 2; i <= nf; i++) e[i - 2] = V[f[i]]
+		typ = hexs(e, 0, 16)
+		prev = ""
+		if (typ == "00000000000000000000000000000000") continue
+		prev = line
+		if (++used > 1024) { WHY[c] = "more than 1024 used partition entries"; close(cmd); return }
+		first = le(e, 32, 8); last = le(e, 40, 8)
+		if (!(FIRST[c] <= first && first <= last && last <= LAST[c])) { WHY[c] = "partition " number " lies outside the usable range"; close(cmd); return }
+		uniq = hexs(e, 16, 16)
+		if (uniq in seen) { WHY[c] = "partitions " seen[uniq] " and " number " share the unique GUID " guid(e, 16); close(cmd); return }
+		seen[uniq] = number
+		USED[c] = USED[c] number ":" hexs(e, 0, 128) ";"
+		name = ""; lab = 1
+		for (k = 56; k < 128; k += 2) {
+			u = e[k] + e[k + 1] * 256
+			if (u == 0) break
+			name = name HX[e[k]] HX[e[k + 1]]
+			if (u < 32 || u > 126) lab = 0
+		}
+		if (typ == USRTYPE) names[number] = name
+		if (number == WANT) {
+			ascii = ""
+			for (k = 1; k <= length(name); k += 4) ascii = ascii substr(name, k, 2)
+			ENTRY[c] = guid(e, 0) " " guid(e, 16) " " num(first) " " num(last) " " attrs(e) " " (lab && name != "" ? "1" : "0") " " ascii
+			WANTNAME = name
+		}
+	}
+	close(cmd)
+	if (ENTRY[c] != "") for (k in names) if (names[k] == WANTNAME) TWINS[c]++
+	OK[c] = 1
+}
+function differ(a, b,   d) {
+	d = ""
+	if (DGUID[a] != DGUID[b]) d = d "; disk GUIDs differ"
+	if (FIRST[a] != FIRST[b] || LAST[a] != LAST[b]) d = d "; usable ranges differ"
+	if (COUNT[a] != COUNT[b] || ESIZE[a] != ESIZE[b]) d = d "; entry arrays differ"
+	if (ALT[a] != LBA[b] || ALT[b] != LBA[a]) d = d "; they do not point at each other"
+	return d
+}
+# choose(S): 1 with the table in copy CH, 0 with REASON (and FOUND: whether a GPT was there at all).
+function choose(S,   d, last, blba) {
+	last = LBAS - 1
+	header("p", 1, S)
+	blba = OK["p"] ? ALT["p"] : last
+	if (blba > 1) header("b", blba, S)
+	else { OK["b"] = 0; SIG["b"] = 0; VOUCHED["b"] = 0; WHY["b"] = "disk too small" }
+	FOUND = 1
+	if (OK["p"]) {
+		if (OK["b"]) {
+			d = differ("p", "b")
+			if (d == "" && USED["p"] != USED["b"]) d = "; partition entries differ"
+			if (d != "") { REASON = "the primary and backup GPT disagree" d; return 0 }
+		}
+		CH = "p"; return 1
+	}
+	if (!OK["b"]) { FOUND = SIG["p"] || SIG["b"]; REASON = "no valid GPT: primary: " WHY["p"] "; backup: " WHY["b"]; return 0 }
+	if (LBA["b"] != last || ALT["b"] != 1) { REASON = "primary unusable (" WHY["p"] ") and the backup is not at the last LBA pointing at LBA 1"; return 0 }
+	if (VOUCHED["p"]) {
+		d = differ("p", "b")
+		if (ECRC["p"] != ECRC["b"]) d = d "; the backup entry array is not the one the primary header describes"
+		if (d != "") { REASON = "primary entries unusable (" WHY["p"] ") and the backup does not match the primary header" d; return 0 }
+	}
+	CH = "b"; return 1
+}
+BEGIN {
+	hexinit(); crcinit()
+	USRTYPE = "f4f5fb5d4828ac4baa5e0d9a20b745a6"
+	first_error = ""
+	split("512 4096", sizes, " ")
+	for (s = 1; s <= 2; s++) {
+		S = sizes[s] + 0; LBAS = int(SIZE / S)
+		if (SIZE < 3 * S) { if (first_error == "") first_error = "too short for a GPT: " num(SIZE) " bytes"; continue }
+		if (choose(S)) {
+			print "ok", S, (CH == "p" ? "primary" : "backup"), num(LBA[CH])
+			if (ENTRY[CH] != "") { print "entry", ENTRY[CH]; print "twins", TWINS[CH] }
+			exit
+		}
+		if (FOUND) { print "bad", REASON; exit }
+		if (first_error == "") first_error = REASON
+	}
+	print "bad", first_error
+}
+'
+
+# read_gpt DISK N: sets G_SECTOR G_COPY G_LBA and the entry N fields (G_TYPE G_GUID G_FIRST G_LAST
+# G_ATTRS G_LABEL_OK G_LABEL) and G_TWINS; returns 1 with WHY.
+read_gpt() {
+	if [ -b "$1" ]; then
+		size=$(blockdev --getsize64 "$1" 2>/dev/null) || size=''
+	elif [ -f "$1" ]; then
+		size=$(stat -L -c %s "$1" 2>/dev/null) || size=''
+	else
+		WHY="$1: not a disk or a disk image"
+		return 1
+	fi
+	if [ -z "$size" ]; then
+		WHY="$1: cannot find its size"
+		return 1
+	fi
+	out=$(DISK=$1 awk -v SIZE="$size" -v WANT="$2" "BEGIN { DISK = ENVIRON[\"DISK\"] } $AWK_LIB$AWK_GPT")
+	G_TYPE=''
+	while read -r kind a b c d e f g; do
+		case $kind in
+		bad)
+			WHY="$1: $a $b $c $d $e $f $g"
+			return 1
+			;;
+		ok) G_SECTOR=$a G_COPY=$b G_LBA=$c ;;
+		entry) G_TYPE=$a G_GUID=$b G_FIRST=$c G_LAST=$d G_ATTRS=$e G_LABEL_OK=$f G_LABEL=$g ;;
+		twins) G_TWINS=$a ;;
+		esac
+	done <<END
+$out
+END
+	if [ -z "$G_TYPE" ]; then
+		WHY="$1: partition $2 is not in its GPT"
+		return 1
+	fi
+}
+
+# --- does the command line name this partition? (piccolod/slot.py) ---------------------------------
+# shellcheck disable=SC2016 # an awk program: its $ are awk's
+AWK_NAMES='
+function lower(h,   i, c, out) { out = ""; for (i = 1; i <= length(h); i += 2) { c = V[substr(h, i, 2)]; out = out HX[c >= 65 && c <= 90 ? c + 32 : c] } return out }
+function by_path(what,   p, rest) {
+	p = hexof("/dev/disk/by-partuuid/"); if (substr(what, 1, length(p)) == p) { rest = substr(what, length(p) + 1); return rest != "" && rest == GUID }
+	p = hexof("/dev/disk/by-partlabel/"); if (substr(what, 1, length(p)) == p) { rest = substr(what, length(p) + 1); return rest != "" && rest == devnode_escape(LABEL) }
+	p = hexof("/dev/disk/by-label/"); if (substr(what, 1, length(p)) == p) { rest = substr(what, length(p) + 1); return rest != "" && rest == devnode_escape(FSLABEL) }
+	return KNAME != "" && what == hexof("/dev/") KNAME
+}
+function by_flatcar(v,   p) {
+	p = hexof("PARTUUID="); if (substr(v, 1, length(p)) == p) return lower(substr(v, length(p) + 1)) == GUID
+	p = hexof("PARTLABEL="); if (substr(v, 1, length(p)) == p) return substr(v, length(p) + 1) == LABEL
+	p = hexof("LABEL="); if (substr(v, 1, length(p)) == p) return FSLABEL != "" && substr(v, length(p) + 1) == FSLABEL
+	p = hexof("UUID="); if (substr(v, 1, length(p)) == p) return 0
+	return by_path(v)
+}
+function reading(r, who) {
+	if (r == "ambiguous") { print "no the kernel command line has no single reading for " who; exit }
+	if (r !~ /^hex:./) { print "no the kernel command line names no /usr for " who; exit }
+	return substr(r, 5)
+}
+BEGIN {
+	hexinit()
+	GUID = hexof(ENVIRON["N_GUID"]); LABEL = ENVIRON["N_LABEL"]; FSLABEL = ENVIRON["N_FSLABEL"]
+	kn = ENVIRON["N_KNAME"]; gsub(/!/, "/", kn); KNAME = hexof(kn); where = "partition " ENVIRON["N_NUMBER"]
+	s = reading(ENVIRON["R_USR"], "systemd (mount.usr=)")
+	f = reading(ENVIRON["R_FLATCAR_USR"], "Flatcar early init (mount.usr= or usr=)")
+	if (ENVIRON["N_MAPPER"] != "") {
+		dm = hexof("/dev/mapper/" ENVIRON["N_MAPPER"])
+		if (s != dm || f != dm) { print "no /usr is mounted through /dev/mapper/" ENVIRON["N_MAPPER"] ", but mount.usr= names something else"; exit }
+		v = reading(ENVIRON["R_FLATCAR_VERITY"], "dm-verity (verity.usr=)")
+		if (!by_flatcar(v)) { print "no verity.usr= does not name " where ", the one under /dev/mapper/" ENVIRON["N_MAPPER"]; exit }
+		print "yes"; exit
+	}
+	if (!by_path(s)) { print "no systemd mounts another device than " where " as /usr"; exit }
+	if (!by_flatcar(f)) { print "no Flatcar early init mounts another device than " where " as /usr"; exit }
+	print "yes"
+}
+'
+
+# names_partition: whether both readings of the command line name the booted partition; WHY if not.
+names_partition() {
+	fslabel=''
+	case "$R_USR $R_FLATCAR_USR $R_FLATCAR_VERITY" in
+	*4c4142454c3d* | *62792d6c6162656c2f*) # LABEL= or by-label/: the file system label, as blkid probes it
+		fslabel=$(blkid -p -o value -s LABEL -O "$((G_FIRST * G_SECTOR))" \
+			-S "$(((G_LAST - G_FIRST + 1) * G_SECTOR))" "$U_DISK" 2>/dev/null) || fslabel=''
+		case $fslabel in
+		*[!\ -~]* | ?????????????????????????????????????*) fslabel='' ;;
+		esac
+		fslabel=$(printf '%s' "$fslabel" | od -An -v -tx1 | tr -d ' \n')
+		;;
+	esac
+	answer=$(N_GUID=$G_GUID N_LABEL=$G_LABEL N_FSLABEL=$fslabel N_KNAME=$U_KNAME N_NUMBER=$U_NUMBER \
+		N_MAPPER=$U_MAPPER R_USR=$R_USR R_FLATCAR_USR=$R_FLATCAR_USR R_FLATCAR_VERITY=$R_FLATCAR_VERITY \
+		awk "$AWK_LIB$AWK_CMDLINE$AWK_NAMES" </dev/null)
+	case $answer in
+	yes) return 0 ;;
+	*) WHY=${answer#no } ;;
+	esac
 	return 1
 }
 
-# "marked" when the booted slot's GPT entry says successful=1 (attribute bit 56), "unmarked" when it says
-# 0, "unknown" (with a reason on stdout) for anything that cannot be read or verified.
-slot_state() {
-	uuid=$(booted_partuuid) || {
-		say "$CMDLINE: no mount.usr=, verity.usr= or usr= with a PARTUUID"
-		echo unknown
-		return
+# sgdisk_agrees: sgdisk reads the same entry, and says nothing else (a second reader, for every byte of
+# trust this script gives a disk).
+sgdisk_agrees() {
+	out=$(sgdisk -i "$U_NUMBER" "$U_DISK" 2>&1) || {
+		WHY="sgdisk -i $U_NUMBER $U_DISK failed"
+		return 1
 	}
-	disk=$DISK
-	if [ "$disk" = auto ]; then
-		disk=$(find_disk "$uuid") || {
-			say "no disk holds PARTUUID $uuid"
-			echo unknown
-			return
-		}
-	fi
-	info=$(partition_info "$disk" "$uuid") || {
-		printf '%s\n' "$info"
-		echo unknown
-		return
-	}
-	type=${info% *} flags=${info#* }
-	if [ "$type" != "$USR_TYPE" ]; then
-		say "$disk: partition $uuid is of type $type, not a Flatcar /usr slot"
-		echo unknown
-		return
-	fi
-	case $flags in
-	[0-9A-Fa-f][0-9A-Fa-f][0-9A-Fa-f][0-9A-Fa-f][0-9A-Fa-f][0-9A-Fa-f][0-9A-Fa-f][0-9A-Fa-f][0-9A-Fa-f][0-9A-Fa-f][0-9A-Fa-f][0-9A-Fa-f][0-9A-Fa-f][0-9A-Fa-f][0-9A-Fa-f][0-9A-Fa-f]) ;;
-	*)
-		say "$disk: unexpected attribute flags '$flags' for $uuid"
-		echo unknown
-		return
-		;;
-	esac
-	top=${flags%??????????????}
-	say "booted slot $uuid on $disk: attribute flags $flags"
-	if [ $((0x$top & 1)) -eq 1 ]; then
-		echo marked
-	else
-		echo unmarked
+	# sgdisk writes hex in upper case
+	read -r type_uc guid_uc attrs_uc <<END
+$(printf '%s %s %s\n' "$G_TYPE" "$G_GUID" "$G_ATTRS" | tr 'a-f' 'A-F')
+END
+	seen=0
+	while IFS= read -r line; do
+		case $line in
+		"Partition GUID code: "*) value=${line#Partition GUID code: } && value=${value%% *} && want=$type_uc ;;
+		"Partition unique GUID: "*) value=${line#Partition unique GUID: } && want=$guid_uc ;;
+		"First sector: "*) value=${line#First sector: } && value=${value%% *} && want=$G_FIRST ;;
+		"Last sector: "*) value=${line#Last sector: } && value=${value%% *} && want=$G_LAST ;;
+		"Attribute flags: "*) value=${line#Attribute flags: } && want=$attrs_uc ;;
+		"Partition size: "* | "Partition name: "*) continue ;;
+		*)
+			WHY="sgdisk -i $U_NUMBER $U_DISK said: $line"
+			return 1
+			;;
+		esac
+		if [ "$value" != "$want" ]; then
+			WHY="sgdisk -i $U_NUMBER $U_DISK reads $line, this script $want"
+			return 1
+		fi
+		seen=$((seen + 1))
+	done <<END
+$out
+END
+	if [ "$seen" -ne 5 ]; then
+		WHY="sgdisk -i $U_NUMBER $U_DISK did not show the entry"
+		return 1
 	fi
 }
 
+USR_TYPE=5dfbf5f4-2848-4bac-aa5e-0d9a20b745a6
+
+# slot_state: "marked", "unmarked" or "unknown" in STATE, with what was found said on stdout.
+slot_state() {
+	STATE=unknown
+	read_cmdline "$CMDLINE" || return 0
+	find_usr || return 0
+	say "$U_FOUND"
+	read_gpt "$U_DISK" "$U_NUMBER" || return 0
+	if [ "$G_TYPE" != "$USR_TYPE" ]; then
+		WHY="$U_DISK: partition $U_NUMBER is of type $G_TYPE, not a Flatcar /usr slot"
+		return 0
+	fi
+	if [ "$G_LABEL_OK" != 1 ]; then
+		WHY="$U_DISK: partition $U_NUMBER has a label that is empty or not printable ASCII"
+		return 0
+	fi
+	if [ "$G_TWINS" -ne 1 ]; then
+		WHY="$U_DISK: $G_TWINS /usr partitions share the label of partition $U_NUMBER: which slot is which is ambiguous"
+		return 0
+	fi
+	if [ -n "$U_START" ]; then
+		scale=$((G_SECTOR / 512))
+		start=$((G_FIRST * scale)) size=$(((G_LAST - G_FIRST + 1) * scale))
+		if [ "$U_START+$U_SIZE" != "$start+$size" ]; then
+			WHY="$U_DISK: partition $U_NUMBER: the kernel mounted sectors $U_START+$U_SIZE, the GPT entry says $start+$size"
+			return 0
+		fi
+	fi
+	names_partition || return 0
+	say "booted slot: partition $U_NUMBER ($G_GUID) of $U_DISK, $G_COPY GPT header at LBA $G_LBA, attributes $G_ATTRS"
+	sgdisk_agrees || return 0
+	top=${G_ATTRS%??????????????}
+	if [ $((0x$top & 1)) -eq 1 ]; then
+		STATE=marked
+	else
+		STATE=unmarked
+	fi
+}
+
+# The token counts when it is a regular file (not a symbolic link) owned by root, mode 0600, holding
+# this boot's id.
 passed_in_this_boot() {
-	[ -f "$TOKEN" ] || return 1
+	[ -f "$TOKEN" ] && [ ! -L "$TOKEN" ] || return 1
+	[ "$(stat -c '%u %a' "$TOKEN" 2>/dev/null)" = "0 600" ] || return 1
 	IFS= read -r have <"$TOKEN" 2>/dev/null || return 1
 	IFS= read -r want <"$BOOT_ID_FILE" 2>/dev/null || return 1
 	[ -n "$want" ] && [ "$have" = "$want" ]
 }
 
 main() {
-	result=$(slot_state)
-	state=$(printf '%s\n' "$result" | tail -n 1)
-	printf '%s\n' "$result" | sed '$d'
-	if [ "$state" = marked ]; then
+	WHY=''
+	slot_state
+	if [ "$STATE" = unknown ]; then
+		say "cannot tell the booted slot: $WHY"
+	fi
+	if [ "$STATE" = marked ]; then
 		say "the booted slot is marked good: update-engine may start"
 		exit 0
 	fi
-	say "the booted slot is $state: waiting up to ${WAIT_SECONDS}s for piccolod's gate to pass ($TOKEN)"
+	say "the booted slot is $STATE: waiting up to ${WAIT_SECONDS}s for piccolod's gate to pass ($TOKEN)"
 	start=$(cut -d ' ' -f 1 /proc/uptime)
 	while :; do
 		if passed_in_this_boot; then
@@ -185,4 +839,26 @@ main() {
 	done
 }
 
-main "$@"
+case ${1:-} in
+'') main ;;
+state)
+	WHY=''
+	slot_state
+	[ "$STATE" != unknown ] || say "cannot tell the booted slot: $WHY"
+	echo "state: $STATE"
+	;;
+cmdline)
+	shift
+	for file in "$@"; do
+		if read_cmdline "$file"; then
+			echo "$file	$R_USR	$R_FLATCAR_USR	$R_FLATCAR_VERITY"
+		else
+			echo "$file	refused"
+		fi
+	done
+	;;
+*)
+	echo "usage: piccolod-guard [state | cmdline FILE...]" >&2
+	exit 2
+	;;
+esac
