@@ -270,7 +270,8 @@ def test_release_sign_after_a_build_without_the_key(build: Build, keypair: tuple
     v = cli("release", "verify", str(out), *sets, cwd=build.root)
     assert v.returncode == 1
     (line,) = [ln for ln in v.stderr.splitlines() if ln.startswith("error:")]
-    assert "flatcar_test_update.gz: its signature does not verify against SHA256:" in line
+    # The first payload in order (the OEM payload, signed like the main one) is the one named.
+    assert "flatcar_test_update-oem-qemu.gz: its signature does not verify against SHA256:" in line
     s = cli("release", "sign", str(out), *sets, "--update-signing-key", str(keypair[0]), cwd=build.root)
     assert s.returncode == 0, s.stderr
     assert cli("release", "verify", str(out), *sets, cwd=build.root).returncode == 0
