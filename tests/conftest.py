@@ -34,6 +34,14 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         raise pytest.UsageError("; ".join(unmarked))
 
 
+@pytest.fixture(autouse=True)
+def _a_pin_file_per_test(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each test's agent pins into an update.conf of its own (a pin one test leaves behind must not
+    show in the next one's metrics)."""
+    conf = tmp_path_factory.mktemp("etc-flatcar") / "update.conf"
+    monkeypatch.setenv("PICCOLOD_UPDATE_CONF", str(conf))
+
+
 @pytest.fixture(scope="session", autouse=True)
 def _agent_stays_off_the_host(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     """Every agent a test starts writes its pass token into a directory of the session, not into the
