@@ -64,6 +64,10 @@ class Agent:
         return value(get(self.port, "/metrics")[2].decode(), name, **labels)
 
 
+def gate(d: Daemon) -> None:
+    first_boot_gate(d, start_update_engine=lambda: None)  # never the host's systemctl
+
+
 @pytest.fixture
 def agent(tmp_path: Path, flatcar_disk: Path) -> Iterator[Any]:
     started: list[Agent] = []
@@ -75,7 +79,7 @@ def agent(tmp_path: Path, flatcar_disk: Path) -> Iterator[Any]:
         daemon = Daemon(
             policy(tmp_path, flatcar_disk, port, on_pre_existing),
             assessor=Assessor({Component.TPM: Switch(healthy)}, lambda c, p: 1.0),
-            gate=lambda d: first_boot_gate(d, start_update_engine=lambda: None),
+            gate=gate,
             listener=listener,
             facts=replace(FACTS, boot_id=boot_id),
             env={"RUNTIME_DIRECTORY": str(tmp_path / "run")},
