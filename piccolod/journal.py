@@ -17,7 +17,7 @@ slots share) holds everything the gate must remember across a restart of the age
   count and the time survive every reboot and a restarted agent never counts the same record twice.
 
 The file is read with the same typed model as the configuration (:func:`piccolod.model.build`: frozen
-dataclasses, unknown keys and wrong types refused), and it is read defensively, because a state
+dataclasses, wrong types refused, keys it does not know read past), and it is read defensively, because a state
 directory can hold anything: :func:`read_bytes` opens without following a symbolic link and without
 blocking on a FIFO (``O_NOFOLLOW | O_NONBLOCK``), accepts only a regular file (``fstat``), and reads at
 most :data:`MAX_BYTES`; :func:`parse` wants UTF-8 and JSON nested at most :data:`MAX_DEPTH` deep.
