@@ -17,13 +17,13 @@ slots share) holds everything the gate must remember across a restart of the age
   count and the time survive every reboot and a restarted agent never counts the same record twice.
 
 The file is read with the same typed model as the configuration (:func:`piccolod.model.build`: frozen
-dataclasses, wrong types refused, keys it does not know read past), and it is read defensively, because a state
-directory can hold anything: :func:`read_bytes` opens without following a symbolic link and without
-blocking on a FIFO (``O_NOFOLLOW | O_NONBLOCK``), accepts only a regular file (``fstat``), and reads at
-most :data:`MAX_BYTES`; :func:`parse` wants UTF-8 and JSON nested at most :data:`MAX_DEPTH` deep.
-Anything else is a :class:`JournalError` whose text is one line naming the file. The agent then goes on
-as if there were no journal: on an unmarked slot that means a gate (fail closed), on a marked slot
-nothing changes (never blocked); the next write replaces the bad file.
+dataclasses, wrong types refused, keys it does not know read past), and it is read defensively,
+because a state directory can hold anything: :func:`read_bytes` opens without following a symbolic
+link and without blocking on a FIFO (``O_NOFOLLOW | O_NONBLOCK``), accepts only a regular file
+(``fstat``), and reads at most :data:`MAX_BYTES`; :func:`parse` wants UTF-8 and JSON nested at most
+:data:`MAX_DEPTH` deep. Anything else is a :class:`JournalError` whose text is one line naming the
+file. The agent then goes on as if there were no journal: on an unmarked slot that means a gate
+(fail closed), on a marked slot nothing changes (never blocked); the next write replaces the bad file.
 
 :class:`Store` is the one writer: every change is a new frozen :class:`Journal` written atomically
 (temporary file, fsync, rename, fsync of the directory). A write that fails (``/var`` full or read-only,

@@ -3,7 +3,7 @@
 A thread polls :func:`piccolod.updates.engine.query` (``update_engine_client -status``) rather than
 listening for update_engine's D-Bus ``StatusUpdate`` signal: the standard library speaks no D-Bus, the
 client is what the base image has, and one short process every :data:`IDLE_SECONDS` costs little
-(``bench/agent.py --only watch`` measures it). Its pace:
+(``bench/watch.py`` measures it). Its pace:
 
 - every :data:`IDLE_SECONDS` while update_engine is idle or waits for a reboot;
 - every :data:`BUSY_SECONDS` while it checks for, downloads, verifies or finalizes an update, so the
