@@ -213,6 +213,11 @@ def test_failed_gate_records_reboots_once_and_status_shows_it(tmp_path: Path, fl
     assert "piccolod unpin clears it" in text and "baseline: none" in text
     assert run("unpin").returncode == 0
     assert "update pin: none" in run("status", "--config", str(config)).stdout
+    conf = Path(os.environ["PICCOLOD_UPDATE_CONF"])
+    conf.write_bytes(b"FLATCAR_RELEASE_VERSION=\xff\n")  # an update.conf the agent will not touch
+    bad = run("status", "--config", str(config))
+    assert bad.returncode == 3 and "USR-B" in bad.stdout and "Traceback" not in bad.stderr
+    assert bad.stderr.splitlines() == [f"piccolod: {conf}: not UTF-8 (byte 24)"], bad.stderr
 
 
 def test_status_after_the_fallback_boot(tmp_path: Path, flatcar_disk: Path) -> None:
