@@ -22,8 +22,8 @@ from piccolod.journal import GateVerdict, Journal, Store
 from piccolod.model import Source, build
 from piccolod.policy import Component, PolicyFile
 from piccolod.updates import pin
-from tests.agent_helpers import FACTS, Switch, get, wait_for
-from tests.fixtures.gptdisk import USR_A, cmdline_for, gptprio_next, install_update, usr_device
+from tests.agent_helpers import FACTS, Switch, gate_agent, get, wait_for
+from tests.fixtures.gptdisk import USR_A, cmdline_for, gptprio_next, install_update
 from tests.test_journal import record
 from tests.test_metrics import value
 
@@ -38,14 +38,7 @@ def policy(tmp_path: Path, disk: Path, port: int, on_pre_existing: str) -> Polic
                 "on_pre_existing": on_pre_existing,
             },
         },
-        "agent": {
-            "listen": f"127.0.0.1:{port}",
-            "state_dir": str(tmp_path / "state"),
-            "boot": {
-                "cmdline": str(tmp_path / "cmdline"),
-                "usr_device": usr_device(disk, tmp_path / "cmdline"),
-            },
-        },
+        "agent": gate_agent(tmp_path, port, disk),
     }
     return build(PolicyFile, data, Source("<test>"))
 
