@@ -114,11 +114,16 @@ def test_a_failing_required_script_rolls_the_update_back(
     assert r.health["startup_health_check"] == "failed" and not r.started("update-engine")
     assert r.data["reboot_requests"] == 1
     record = r.data["status"]["rollback_record"]
-    assert record["reason"] == "required components failing: 10-app-ready"
+    # No update_engine here, so no baseline: the failure's class is inconclusive (it fails closed).
+    assert record["reason"] == (
+        "required components failing: 10-app-ready [inconclusive: 10-app-ready: inconclusive "
+        "(no baseline was taken before this update)]"
+    )
     script = next(c for c in record["components"] if c["component"] == "10-app-ready")
     assert script == {
         "component": "10-app-ready", "healthy": False, "required": True,
         "reason": "exit 1: db migration pending", "duration_seconds": script["duration_seconds"],
-        "state": "failed",
+        "state": "failed", "failure_class": "inconclusive",
+        "class_reason": "no baseline was taken before this update",
     }  # fmt: skip
     assert not slot(flatcar_disk, USR_B).successful
