@@ -41,7 +41,7 @@ def test_healthy_boot(vm_outcomes: dict[str, runner.Outcome]) -> None:
 
 def test_docker_stopped(vm_outcomes: dict[str, runner.Outcome]) -> None:
     o = _held(vm_outcomes, "docker-stopped")
-    assert "not 200 after" in o.notes and "recovered after" in o.notes
+    assert "unhealthy after" in o.notes and "recovered after" in o.notes
 
 
 def test_healthy_update(vm_outcomes: dict[str, runner.Outcome]) -> None:
