@@ -4,9 +4,9 @@ Run (root): ``.venv/bin/python bench/vm.py [--clean] [--jobs 2] [--scenario NAME
 
 Figures: the stand-in's build (``--clean`` first removes the whole cache, kernel download and debootstrap
 included; without it the build is a cache hit, or a rebuild when an input changed), the accelerator and
-why, then per scenario its wall time, boots and the seconds from QEMU's start to piccolod's ``READY=1``
-in each boot, and the total of build and scenarios. The issue's targets on 2 cores under TCG: a boot to
-READY under 40 s, the six scenarios with the build under 15 minutes.
+why, then per scenario its wall time, boots and the seconds from the guest kernel's start to piccolod's
+``READY=1`` in each boot, and the total of build and scenarios. The issue's targets on 2 cores under
+TCG: a boot to READY under 40 s, the six scenarios with the build under 15 minutes.
 """
 
 from __future__ import annotations
@@ -47,7 +47,7 @@ def main() -> int:
     outcomes = runner.run_scenarios(s, chosen, out, accel, jobs=args.jobs, say=lambda m: print(m, flush=True))
     t2 = time.monotonic()
     ready = sorted(r for o in outcomes for r in o.ready)
-    print("\nscenario                  seconds  boots  READY (s from QEMU start)")
+    print("\nscenario                  seconds  boots  READY (s after the kernel started)")
     for o in outcomes:
         print(f"{o.name:<24} {o.seconds:8.0f}  {o.boots:5d}  {' '.join(f'{r:.0f}' for r in o.ready)}"
               f"{'' if o.ok else '  FAILED: ' + o.message}")  # fmt: skip

@@ -85,8 +85,10 @@ def run_scenarios(
         tell(line(o))
         return o
 
+    longest_first = sorted(scenarios, key=lambda s: -s.minutes)
     with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
-        return list(pool.map(one, scenarios))
+        done = dict(zip((s.name for s in longest_first), pool.map(one, longest_first), strict=True))
+    return [done[s.name] for s in scenarios]
 
 
 def line(o: Outcome) -> str:
