@@ -22,6 +22,7 @@ MIRROR = "http://deb.debian.org/debian"
 PACKAGES = (
     "systemd", "systemd-sysv", "dbus", "udev", "kmod", "util-linux", "mawk", "gdisk", "cgpt", "e2fsprogs",
     "qemu-guest-agent", "python3", "python3-yaml", "python3-tpm2-pytss", "docker.io",
+    "python3-ply",  # pycparser needs it through virtual packages, which debootstrap does not resolve
 )  # fmt: skip
 DOCKER_UNITS = ("docker.service", "docker.socket", "containerd.service")
 MASKED = (
