@@ -146,6 +146,8 @@ def test_image_directory_without_artefacts_is_one_line(
 def test_unknown_scenario_and_list(capsys: pytest.CaptureFixture[str]) -> None:
     assert run(["vm-test", "--scenario", "nope"]) == 2
     assert "unknown scenario 'nope'" in capsys.readouterr().err
+    assert run(["vm-test", "--scenario", "two-disks", "-s", "x"]) == 2  # -s is --set, as everywhere
+    assert "--set 'x': expected KEY=VALUE" in capsys.readouterr().err
     assert run(["vm-test", "--list"]) == 0
     names = [ln.split()[0] for ln in capsys.readouterr().out.splitlines()]
     assert names == [

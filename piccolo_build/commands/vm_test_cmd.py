@@ -33,7 +33,7 @@ def register(app: typer.Typer) -> None:
             Path | None, typer.Option("--image", help="A qemu_uefi build's directory; default: the stand-in.")
         ] = None,
         scenario: Annotated[
-            list[str] | None, typer.Option("--scenario", "-s", help="Run only this scenario (repeatable).")
+            list[str] | None, typer.Option("--scenario", help="Run only this scenario (repeatable).")
         ] = None,
         junit: Annotated[
             Path | None, typer.Option("--junit", help="Write JUnit XML here.", dir_okay=False)
