@@ -3,6 +3,7 @@ project builds or around a real ``qemu_uefi`` image (:mod:`piccolo_build.vm`, do
 
 from __future__ import annotations
 
+import os
 import time
 from enum import StrEnum
 from pathlib import Path
@@ -75,7 +76,9 @@ def register(app: typer.Typer) -> None:
         t0 = time.monotonic()
         if image is not None:
             art = image_mod.find_artefacts(image)
-            chosen = accel.value if accel is not Accel.AUTO else "kvm"  # no kernel of ours to probe with
+            # no kernel of ours to probe with: KVM when the node opens (CI runners), else TCG
+            kvm = os.access("/dev/kvm", os.R_OK | os.W_OK)
+            chosen = accel.value if accel is not Accel.AUTO else ("kvm" if kvm else "tcg")
             outcomes = [_image_run(art, out, chosen, keep)]
         else:
             cfg = load_for_cli(config, sets)

@@ -24,7 +24,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from piccolo_build.errors import PiccoloError
+from piccolo_build.errors import PiccoloError, StepFailed
 from piccolo_build.run import run, spawn
 from piccolo_build.vm import qemu
 from piccolo_build.vm.machine import BAD_LINES, expect
@@ -157,8 +157,11 @@ def ssh_argv(p: Prepared, command: str) -> list[str]:
 def wait_ssh(p: Prepared, timeout: float) -> float:
     t0 = time.monotonic()
     while time.monotonic() - t0 < timeout:
-        if run(ssh_argv(p, "true"), check=False, timeout=15).returncode == 0:
-            return time.monotonic() - t0
+        try:
+            if run(ssh_argv(p, "true"), check=False, timeout=15).returncode == 0:
+                return time.monotonic() - t0
+        except StepFailed:  # sshd accepted but did not finish the handshake in time: early boot
+            pass
         time.sleep(2)
     raise PiccoloError(
         f"no SSH on 127.0.0.1:{p.ssh_port} after {timeout:g}s (console: {p.run_dir}/console.log)"
