@@ -110,10 +110,11 @@ GCC15_PINNED_PACKAGES = ("libtss2-dev",)
 DEBIAN_MIRROR = "http://deb.debian.org/debian"
 
 
-# `test --fast`: everything but the tests that boot systemd as PID 1 or a virtual machine, and the full
-# corpora of the seeded fuzzes (their seeded slices stay); the markers are in pyproject.toml,
-# tests/conftest.py refuses a booting test without its marker.
-FAST_TIER = "not boot and not vm and not full"
+# `test --fast`: everything but the tests that boot systemd as PID 1 or a virtual machine, the full
+# corpora of the seeded fuzzes (their seeded slices stay) and the slow ones (real daemons and builds that
+# take more than a few seconds each: the builder's end-to-end builds, dockerd, GCC 15); the markers are in
+# pyproject.toml, tests/conftest.py refuses a booting test without its marker.
+FAST_TIER = "not boot and not vm and not full and not slow"
 
 
 def run(*argv: str | Path) -> None:
@@ -296,13 +297,14 @@ def main(argv: list[str]) -> int:
         os.chdir(ROOT)
         fill_test_cache()
         fill_wheelhouse()
-        ensure_gcc15_root()  # tests/test_gcc15.py, in both tiers
         args = argv[1:]
         if "--fast" in args:
             args = [a for a in args if a != "--fast"] + ["-m", FAST_TIER]
         else:
+            ensure_gcc15_root()  # tests/test_gcc15.py (slow)
             ensure_trixie_root()  # only the boots use it
-        return subprocess.run([str(python), "-m", "pytest", *args], check=False).returncode
+        # The slowest tests are named at the end of every run, so a run that grows shows where.
+        return subprocess.run([str(python), "-m", "pytest", "--durations=25", *args], check=False).returncode
     if argv[:1] == ["lock-env"]:
         return lock_env()
     if argv[:1] == ["check"]:

@@ -29,12 +29,13 @@ import time
 from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field, replace
 
+from piccolod import baseline as bl
 from piccolod import manager
 from piccolod import record as rec
 from piccolod.assess import Assessment, Cancelled
 from piccolod.journal import BootGate, GateVerdict, Store
-from piccolod.policy import Component, FailureCondition, PolicyFile
-from piccolod.result import CheckState
+from piccolod.policy import Component, FailureCondition, OnPreExisting, PolicyFile
+from piccolod.result import CheckResult, CheckState
 from piccolod.slot import BootSlot, SlotState
 
 log = logging.getLogger("piccolod.gate")
@@ -69,10 +70,46 @@ class Decision(enum.StrEnum):
 
 @dataclass(frozen=True)
 class Verdict:
+    """``classified``: the failing required checks with their class (:mod:`piccolod.baseline`);
+    ``warned``: a READY verdict that let pre-existing failures through (``on_pre_existing: warn``)."""
+
     decision: Decision
     reason: str
     condition: FailureCondition | None = None
     reboot: bool = False
+    classified: tuple[bl.Classified, ...] = ()
+    warned: bool = False
+
+
+def judge_failure(
+    verdict: Verdict,
+    failing: Sequence[CheckResult],
+    baseline: bl.Baseline | None,
+    *,
+    slot: str | None,
+    version: str | None,
+    on_pre_existing: OnPreExisting,
+) -> Verdict:
+    """A FAIL verdict with its failures classified against the old slot's baseline; READY (warned)
+    instead when every failure is pre-existing and the policy says ``warn``. Anything else is left as
+    it is: a regression or an inconclusive failure fails the gate whatever the policy."""
+    if verdict.decision is not Decision.FAIL:
+        return verdict
+    classified = bl.classify(failing, baseline, slot=slot, version=version)
+    if not classified:
+        return verdict
+    text = bl.describe(classified)
+    if on_pre_existing is OnPreExisting.WARN and bl.all_pre_existing(classified):
+        return Verdict(
+            Decision.READY,
+            f"required checks failing as before the update, let through (rollback.on_pre_existing: "
+            f"warn): {text}",
+            classified=classified,
+            warned=True,
+        )
+    return replace(
+        verdict, reason=f"{verdict.reason} [{bl.overall(classified)}: {text}]", classified=classified
+    )
 
 
 def decide(
@@ -166,9 +203,14 @@ Reboot = Callable[[Sequence[str]], str | None]
 def required_failing(a: Assessment) -> tuple[str, ...]:
     """The required checks that did not pass: failed, unknown or refused ones, or (should none be) the
     cancelled ones; a check skipped in the gate does not count."""
+    return tuple(r.component for r in failing_results(a))
+
+
+def failing_results(a: Assessment) -> tuple[CheckResult, ...]:
+    """The results behind :func:`required_failing`."""
     judged = [r for r in a.results if r.required and not r.healthy and r.counted]
-    answered = tuple(r.component for r in judged if r.state is not CheckState.CANCELLED)
-    return answered or tuple(r.component for r in judged)
+    answered = tuple(r for r in judged if r.state is not CheckState.CANCELLED)
+    return answered or tuple(judged)
 
 
 def _assess_within(assess: Assess, seconds: float) -> Assessment | None:
@@ -195,8 +237,10 @@ def _assess_within(assess: Assess, seconds: float) -> Assessment | None:
 
 def _verdict_of(gate: BootGate) -> Verdict:
     if gate.verdict is GateVerdict.FAILED:
-        return Verdict(Decision.FAIL, gate.reason, gate.condition, gate.reboot_planned)
-    return Verdict(Decision.READY, gate.reason)
+        return Verdict(
+            Decision.FAIL, gate.reason, gate.condition, gate.reboot_planned, classified=gate.failures
+        )
+    return Verdict(Decision.READY, gate.reason, classified=gate.failures, warned=bool(gate.failures))
 
 
 def run_gate(
@@ -254,7 +298,7 @@ def run_gate(
             store.begin(gate)
     result = _wait_for_verdict(
         policy, slot, gate, assess, say=say, dry_run=dry_run, resumed=resumed, on_assessment=on_assessment,
-        on_begin=on_begin, clock=clock, sleep=sleep,
+        on_begin=on_begin, clock=clock, sleep=sleep, baseline=store.journal.baseline,
     )  # fmt: skip
     result.resumed = resumed
     verdict = result.verdict
@@ -262,7 +306,13 @@ def run_gate(
         log.info("gate open after %.2fs: %s", result.elapsed, verdict.reason)
         if not dry_run:
             kind = GateVerdict.SKIPPED if slot.state is SlotState.MARKED else GateVerdict.PASSED
-            store.finish(gate, verdict=kind, reason=verdict.reason, attempts=result.attempts)
+            store.finish(
+                gate,
+                verdict=kind,
+                reason=verdict.reason,
+                attempts=result.attempts,
+                failures=verdict.classified,
+            )
             if slot.state is not SlotState.MARKED:
                 store.supersede_rollback()
         if on_verdict is not None:
@@ -284,6 +334,7 @@ def run_gate(
         attempts=result.attempts,
         reboot_planned=verdict.reboot,
         finished_at=time.time(),
+        failures=verdict.classified,
     )
     store.record_rollback(result.record, gate)
     if on_verdict is not None:
@@ -405,6 +456,7 @@ def _wait_for_verdict(
     on_begin: Callable[[BootGate], None] | None,
     clock: Callable[[], float],
     sleep: Callable[[float], object],
+    baseline: bl.Baseline | None = None,
 ) -> GateResult:
     """Assess until :func:`decide` says something other than WAIT, with STATUS=/EXTEND_TIMEOUT_USEC=.
 
@@ -414,6 +466,7 @@ def _wait_for_verdict(
     hp = policy.health_policy
     if on_begin is not None and not dry_run and slot.state is not SlotState.MARKED:
         on_begin(gate)
+    version = rec.os_version()
     deadline = gate.deadline_monotonic - gate.started_monotonic
     extend = hp.rollback.reboot_grace_seconds + EXTEND_MARGIN_SECONDS
     result = GateResult(slot, Verdict(Decision.WAIT, "not started"))
@@ -441,7 +494,7 @@ def _wait_for_verdict(
             api_failing_since = now if api_failing_since is None else api_failing_since
         else:
             api_failing_since = None
-        result.verdict = decide(
+        verdict = decide(
             slot.state,
             failing,
             elapsed=max(elapsed, deadline) if dry_run else elapsed,
@@ -450,6 +503,16 @@ def _wait_for_verdict(
             automatic=hp.rollback.enable_automatic,
             api_failing_for=0.0 if api_failing_since is None else now - api_failing_since,
         )
+        if verdict.decision is Decision.FAIL and result.assessment is not None:
+            verdict = judge_failure(
+                verdict,
+                failing_results(result.assessment),
+                baseline,
+                slot=slot.name,
+                version=version,
+                on_pre_existing=hp.rollback.on_pre_existing,
+            )
+        result.verdict = verdict
         result.elapsed = clock() - start
         if result.verdict.decision is not Decision.WAIT:
             return result
@@ -461,6 +524,8 @@ def _record(
     policy: PolicyFile, slot: BootSlot, result: GateResult, boot_id: str, started: float
 ) -> rec.RollbackRecord:
     a = result.assessment
+    classes = {c.component: c for c in result.verdict.classified}
+    worst = bl.overall(result.verdict.classified)
     return rec.RollbackRecord(
         boot_id=boot_id,
         slot=slot.name,
@@ -474,5 +539,8 @@ def _record(
         deadline_seconds=policy.health_policy.startup.timeout_seconds,
         attempts=result.attempts,
         reboot_requested=result.verdict.reboot,
-        components=tuple(rec.ComponentVerdict.of(r) for r in a.results) if a else (),
+        components=tuple(rec.ComponentVerdict.of(r, classes.get(str(r.component))) for r in a.results)
+        if a
+        else (),
+        failure_class=str(worst) if worst else "",
     )

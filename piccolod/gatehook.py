@@ -29,12 +29,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from piccolod import journal, manager, osinfo, passtoken
+from piccolod import logs, manager, osinfo, passtoken, updatehook
 from piccolod import record as rec
 from piccolod.checkspec import Phase
 from piccolod.gate import GateResult, Interrupted, Reboot, no_reboot_reason, run_gate
 from piccolod.journal import BootGate, Store
-from piccolod.metrics import GateOutcome, pinned_value
+from piccolod.metrics import GateOutcome
 from piccolod.policy import FailureCondition, PolicyFile
 from piccolod.slot import BootSlot, SlotState, detect
 
@@ -87,7 +87,7 @@ def first_boot_gate(
     daemon.metrics.machine(slot=slot)
     store = Store.load(state_dir)
     _report_rollback(daemon, slot, store, boot_id, count=not dry_run)
-    daemon.metrics.update_pinned(pinned_value(store.journal))
+    updatehook.publish_pin(daemon)
     if slot.state is not SlotState.MARKED:
         daemon.state.update(startup_health_check="pending")
 
@@ -95,8 +95,31 @@ def first_boot_gate(
         daemon.metrics.gate_begins(gate.deadline_at)
 
     def publish(result: GateResult) -> None:  # as soon as the verdict is known, before any reboot grace
-        daemon.state.update(startup_health_check=result.startup_health_check)
+        classified = result.verdict.classified
+        daemon.state.update(
+            startup_health_check=result.startup_health_check,
+            extra={
+                "gate_failures": [
+                    {"component": c.component, "class": str(c.failure_class), "reason": c.reason}
+                    for c in classified
+                ]
+            },
+        )
         daemon.metrics.gate_outcome(_outcome(result))
+        daemon.metrics.gate_failures(classified)
+        logs.log_classified(classified, boot_id)
+        if result.verdict.warned:
+            log.critical("gate WARNED on %s: %s", slot.name, result.verdict.reason)
+        if dry_run or result.earlier:
+            pass
+        elif not result.ready and slot.state is not SlotState.MARKED:
+            updatehook.pin_failed_version(
+                rec.os_version(), f"failed its first-boot gate on {slot.name or 'the booted slot'}"
+            )
+            updatehook.publish_pin(daemon)
+        elif result.ready and slot.state is SlotState.UNMARKED:
+            updatehook.release_pin(f"{rec.os_version() or 'this version'} passed its first-boot gate")
+            updatehook.publish_pin(daemon)
         if not result.ready and not dry_run:
             daemon.ready(f"gate failed ({result.verdict.condition}): {result.verdict.reason}")
 
@@ -164,26 +187,27 @@ def _report_rollback(daemon: Daemon, slot: BootSlot, store: Store, boot_id: str,
             update_status=status[0], rollback_reason=status[1], rollback_record=record.to_json()
         )
         if count:
-            store.count_rollback(record)
+            before = store.journal.rollbacks
+            if (
+                store.count_rollback(record) is not before
+            ):  # first seen: pin, should the failing boot not have
+                updatehook.ensure_pinned(record.os_version)
     tally = store.journal.rollbacks
     daemon.metrics.rollback_tally(tally.count, tally.last_at)
 
 
 def refresh_machine(daemon: Daemon) -> None:
     """``piccolod serve``'s refresh hook (:data:`piccolod.daemon.RefreshHook`): the slot table, the OS
-    facts and the update-loop pin, as they are now. An unusable journal leaves the pin as it was."""
+    facts and the update-loop pin, as they are now."""
     daemon.metrics.machine(os=osinfo.read(), slot=detect_slot(daemon.policy))
-    try:
-        found = journal.read(Path(daemon.policy.agent.state_dir))
-    except journal.JournalError as e:
-        log.debug("pin not refreshed: %s", e)
-        return
-    daemon.metrics.update_pinned(pinned_value(found))
+    updatehook.publish_pin(daemon)
 
 
 def _outcome(result: GateResult) -> GateOutcome:
     if result.slot.state is SlotState.MARKED:
         return GateOutcome.SKIPPED
+    if result.verdict.warned:
+        return GateOutcome.WARNED
     if result.ready:
         return GateOutcome.PASSED
     if result.verdict.condition is FailureCondition.STARTUP_TIMEOUT:
@@ -193,5 +217,8 @@ def _outcome(result: GateResult) -> GateOutcome:
 
 def serve_hook(daemon: Daemon) -> None:
     """``piccolod serve``'s gate hook (:data:`piccolod.daemon.GateHook`): after a failed gate the agent
-    stays up and serves the failure; the runtime loop follows either way."""
+    stays up and serves the failure; the runtime loop follows either way, and the update watcher
+    (:func:`piccolod.updatehook.start_watcher`) beside it."""
     first_boot_gate(daemon)
+    if not daemon.stopping.is_set():
+        updatehook.start_watcher(daemon)

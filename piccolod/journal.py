@@ -17,13 +17,13 @@ slots share) holds everything the gate must remember across a restart of the age
   count and the time survive every reboot and a restarted agent never counts the same record twice.
 
 The file is read with the same typed model as the configuration (:func:`piccolod.model.build`: frozen
-dataclasses, unknown keys and wrong types refused), and it is read defensively, because a state
-directory can hold anything: :func:`read_bytes` opens without following a symbolic link and without
-blocking on a FIFO (``O_NOFOLLOW | O_NONBLOCK``), accepts only a regular file (``fstat``), and reads at
-most :data:`MAX_BYTES`; :func:`parse` wants UTF-8 and JSON nested at most :data:`MAX_DEPTH` deep.
-Anything else is a :class:`JournalError` whose text is one line naming the file. The agent then goes on
-as if there were no journal: on an unmarked slot that means a gate (fail closed), on a marked slot
-nothing changes (never blocked); the next write replaces the bad file.
+dataclasses, wrong types refused, keys it does not know read past), and it is read defensively,
+because a state directory can hold anything: :func:`read_bytes` opens without following a symbolic
+link and without blocking on a FIFO (``O_NOFOLLOW | O_NONBLOCK``), accepts only a regular file
+(``fstat``), and reads at most :data:`MAX_BYTES`; :func:`parse` wants UTF-8 and JSON nested at most
+:data:`MAX_DEPTH` deep. Anything else is a :class:`JournalError` whose text is one line naming the
+file. The agent then goes on as if there were no journal: on an unmarked slot that means a gate
+(fail closed), on a marked slot nothing changes (never blocked); the next write replaces the bad file.
 
 :class:`Store` is the one writer: every change is a new frozen :class:`Journal` written atomically
 (temporary file, fsync, rename, fsync of the directory). A write that fails (``/var`` full or read-only,
@@ -48,8 +48,9 @@ import tempfile
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
+from piccolod.baseline import Baseline, Classified
 from piccolod.model import ModelError, Source, build, to_plain
 from piccolod.policy import FailureCondition
 from piccolod.record import RollbackRecord
@@ -79,7 +80,11 @@ class GateVerdict(enum.StrEnum):
 
 @dataclass(frozen=True)
 class BootGate:
-    """The gate of one boot. ``*_monotonic`` values are CLOCK_MONOTONIC seconds of that boot."""
+    """The gate of one boot. ``*_monotonic`` values are CLOCK_MONOTONIC seconds of that boot.
+    ``failures``: the failing required checks of its verdict with their class
+    (:mod:`piccolod.baseline`); on a passed verdict, the pre-existing failures ``warn`` let through."""
+
+    ignores_unknown_keys: ClassVar[bool] = True
 
     boot_id: str
     slot: str | None
@@ -95,6 +100,7 @@ class BootGate:
     finished_at: float | None = None
     reboot_planned: bool = False  # the verdict asks for one reboot into the previous slot
     reboot_requested: bool = False  # the reboot command ran (or was about to) in this boot: never again
+    failures: tuple[Classified, ...] = ()
 
     @property
     def finished(self) -> bool:
@@ -110,6 +116,8 @@ class BootGate:
 class RollbackTally:
     """The rollbacks this machine came back from. ``last_at`` is the ``failed_at`` of the last record
     counted (seconds since the epoch, 0: none yet), ``last_boot_id`` that record's boot id."""
+
+    ignores_unknown_keys: ClassVar[bool] = True
 
     count: int = 0
     last_at: float = 0.0
@@ -130,11 +138,14 @@ class RollbackTally:
 
 @dataclass(frozen=True)
 class Journal:
+    ignores_unknown_keys: ClassVar[bool] = True
+
     format: int = FORMAT
     boot: BootGate | None = None
     rollback: RollbackRecord | None = None
     previous_rollback: RollbackRecord | None = None
     rollbacks: RollbackTally = field(default_factory=RollbackTally)
+    baseline: Baseline | None = None
 
     def gate_of(self, boot_id: str, partuuid: str | None = None) -> BootGate | None:
         """The gate of boot ``boot_id`` (on the slot ``partuuid`` when given), or None if none began."""
@@ -235,11 +246,14 @@ def read(state_dir: Path) -> Journal:
 # --- writing -----------------------------------------------------------------------------------------
 
 
-def write_atomic(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` atomically and durably (tmp + fsync + rename + fsync of the directory)."""
+def write_atomic(path: Path, text: str, mode: int | None = None) -> None:
+    """Write ``text`` to ``path`` atomically and durably (tmp + fsync + rename + fsync of the directory),
+    as a file of ``mode`` (None: 0600)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     try:
+        if mode is not None:
+            os.fchmod(fd, mode)
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             f.write(text)
             f.flush()
@@ -315,6 +329,9 @@ class Store:
         if tally is not self.journal.rollbacks:
             self.put(replace(self.journal, rollbacks=tally))
         return tally
+
+    def put_baseline(self, baseline: Baseline) -> bool:
+        return self.put(replace(self.journal, baseline=baseline))
 
     def supersede_rollback(self) -> None:
         """A gate passed: keep the old rollback record as the previous one, out of the way."""

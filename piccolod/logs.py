@@ -20,6 +20,7 @@ import sys
 from collections.abc import Iterable
 from typing import Any, TextIO
 
+from piccolod.baseline import Classified
 from piccolod.policy import Declared
 from piccolod.result import CheckResult, CheckState
 from piccolod.text import printable
@@ -121,3 +122,19 @@ def log_check(result: CheckResult, boot_id: str, logger: logging.Logger | None =
         result.duration_seconds,
         extra={FIELDS: fields},
     )
+
+
+def log_classified(
+    classified: Iterable[Classified], boot_id: str, logger: logging.Logger | None = None
+) -> None:
+    """One record per failing required check of a gate's verdict: its class and why
+    (:mod:`piccolod.baseline`), with ``component``, ``failure_class``, ``class_reason``, ``boot_id``."""
+    logger = logger or logging.getLogger("piccolod.gate")
+    for c in classified:
+        fields = {
+            "component": c.component,
+            "failure_class": str(c.failure_class),
+            "class_reason": c.reason,
+            "boot_id": boot_id,
+        }
+        logger.warning("gate: %s is %s: %s", c.component, c.failure_class, c.reason, extra={FIELDS: fields})

@@ -36,7 +36,7 @@ from collections.abc import Iterable
 
 from piccolod import __version__
 from piccolod.assess import Assessment
-from piccolod.journal import Journal
+from piccolod.baseline import Classified, FailureClass
 from piccolod.osinfo import UNKNOWN, OsInfo, label_text
 from piccolod.policy import Component, Declared, Runtime
 from piccolod.result import CheckState, Status
@@ -53,6 +53,7 @@ class GateOutcome(enum.StrEnum):
     FAILED = "failed"
     TIMEOUT = "timeout"
     SKIPPED = "skipped"
+    WARNED = "warned"  # opened with required checks that failed before the update too (on_pre_existing: warn)
 
 
 def number(value: float) -> str:
@@ -146,15 +147,6 @@ class _Histogram(_Family):
         return out
 
 
-def pinned_value(journal: Journal) -> int:
-    """``piccolod_update_pinned``: 1 when the journal holds the update-loop pin, else 0.
-
-    The pin is not part of this agent's journal yet, so this is 0; the pin's own change connects it here
-    (the one place that reads it for the metric)."""
-    del journal
-    return 0
-
-
 def _gauge(name: str, help: str, *labels: str) -> _Family:
     return _Family(name, "gauge", help, labels)
 
@@ -221,6 +213,13 @@ class Metrics:
             "piccolod_gate_deadline_timestamp_seconds",
             "Deadline of this boot's first-boot gate (0: no gate ran here)",
         )
+        self.failure_class = _gauge(
+            "piccolod_gate_failure_class",
+            "1 for the class of each required check failing in this boot's gate verdict (regression, "
+            "pre_existing, inconclusive), 0 for the other classes and for the checks that passed",
+            "component",
+            "class",
+        )
         self.rollbacks = _Family(
             "piccolod_rollbacks_total",
             "counter",
@@ -255,6 +254,8 @@ class Metrics:
             self.duration.create(comp)
             self.check_status.set(0, comp)
             self.consecutive.set(0, comp)
+            for cls in FailureClass:
+                self.failure_class.set(0, comp, cls)
         catalog = tuple(catalog)
         if catalog:
             for d in catalog:
@@ -295,6 +296,7 @@ class Metrics:
             self.gate_outcomes,
             self.gate_pending,
             self.gate_deadline,
+            self.failure_class,
             self.rollbacks,
             self.last_rollback,
             self.pinned,
@@ -352,6 +354,15 @@ class Metrics:
         with self._lock:
             self.gate_outcomes.inc(outcome)
             self.gate_pending.set(0)
+            self._rendered = None
+
+    def gate_failures(self, classified: Iterable[Classified]) -> None:
+        """The classes of the failing required checks of this boot's gate verdict."""
+        with self._lock:
+            for key in list(self.failure_class.series):
+                self.failure_class.series[key] = 0
+            for c in classified:
+                self.failure_class.set(1, c.component, c.failure_class)
             self._rendered = None
 
     def rollback_tally(self, count: int, last_at: float) -> None:

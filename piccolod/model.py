@@ -94,6 +94,9 @@ def extra_field(cls: type[Any]) -> dataclasses.Field[Any] | None:
 
 
 KIND = "kind"
+# A dataclass with this class attribute set to True reads past keys it does not know instead of
+# refusing them: the journal's records, which the agent of the other slot (older or newer) reads too.
+IGNORES_UNKNOWN_KEYS = "ignores_unknown_keys"
 
 
 def kinds_of(members: tuple[Any, ...]) -> dict[str, type[Any]] | None:
@@ -357,6 +360,8 @@ def _convert_dataclass(cls: type[Any], value: Any, src: Source, path: KeyPath) -
     extra = extra_field(cls)
     fields = {f.name: f for f in dataclasses.fields(cls) if f.init and f is not extra}
     unknown = next((key for key in value if key not in fields), None) if extra is None else None
+    if unknown is not None and getattr(cls, IGNORES_UNKNOWN_KEYS, False):
+        unknown = None  # a record a newer agent wrote: what this one does not know, it leaves alone
     if unknown is not None:
         raise src.error((*path, unknown), f"unknown key (expected one of: {', '.join(fields)})")
     hints = _hints(cls)

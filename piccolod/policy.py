@@ -53,6 +53,13 @@ class FailureCondition(enum.StrEnum):
     API_UNRESPONSIVE_300S = "api_unresponsive_300s"
 
 
+class OnPreExisting(enum.StrEnum):
+    """What a gate does when every required check that fails failed before the update too."""
+
+    FAIL = "fail"  # hold the slot, as any required failure does
+    WARN = "warn"  # mark the slot; the gate's outcome is "warned" (and its alert fires)
+
+
 class AllOptionalFailed(enum.StrEnum):
     """The status when every optional component fails (and every required one passes)."""
 
@@ -124,6 +131,13 @@ class Rollback:
     )
     reboot_command: tuple[str, ...] = field(
         default=("systemctl", "reboot"), metadata=meta("argv run once to reboot", check=argv)
+    )
+    on_pre_existing: OnPreExisting = field(
+        default=OnPreExisting.FAIL,
+        metadata=meta(
+            "a gate whose every required failure also failed in the old slot's baseline: fail (hold the "
+            "slot) or warn (mark it and raise the alert)"
+        ),
     )
 
     def validate(self) -> None:

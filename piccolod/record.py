@@ -17,9 +17,10 @@ import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from piccolod import osinfo
+from piccolod.baseline import Classified
 from piccolod.model import to_plain
 from piccolod.result import CheckResult
 from piccolod.slot import BootSlot, SlotState
@@ -34,7 +35,11 @@ ROLLED_BACK = "rolled_back"
 @dataclass(frozen=True)
 class ComponentVerdict:
     """One check in a failed gate: its verdict and what its run said (``state``: passed, failed,
-    unknown, refused, cancelled, skipped; empty in records of agents before checks had states)."""
+    unknown, refused, cancelled, skipped; empty in records of agents before checks had states).
+    ``failure_class`` and ``class_reason``: a failing required check's class
+    (:mod:`piccolod.baseline`), empty for the others."""
+
+    ignores_unknown_keys: ClassVar[bool] = True
 
     component: str
     healthy: bool
@@ -42,17 +47,29 @@ class ComponentVerdict:
     reason: str
     duration_seconds: float
     state: str = ""
+    failure_class: str = ""
+    class_reason: str = ""
 
     @classmethod
-    def of(cls, r: CheckResult) -> ComponentVerdict:
+    def of(cls, r: CheckResult, classified: Classified | None = None) -> ComponentVerdict:
         return cls(
-            str(r.component), r.healthy, r.required, r.reason, round(r.duration_seconds, 4), str(r.state)
+            str(r.component),
+            r.healthy,
+            r.required,
+            r.reason,
+            round(r.duration_seconds, 4),
+            str(r.state),
+            str(classified.failure_class) if classified else "",
+            classified.reason if classified else "",
         )
 
 
 @dataclass(frozen=True)
 class RollbackRecord:
-    """One failed gate. Timestamps are seconds since the epoch (UTC)."""
+    """One failed gate. Timestamps are seconds since the epoch (UTC). ``failure_class``: the worst
+    class of its failing required checks (``regression``, ``inconclusive``, ``pre_existing``)."""
+
+    ignores_unknown_keys: ClassVar[bool] = True
 
     boot_id: str
     slot: str | None
@@ -68,6 +85,7 @@ class RollbackRecord:
     reboot_requested: bool
     components: tuple[ComponentVerdict, ...] = field(default=())
     format: int = FORMAT
+    failure_class: str = ""
 
     def to_json(self) -> dict[str, Any]:
         data: dict[str, Any] = to_plain(self)
@@ -135,6 +153,7 @@ def format_record(record: RollbackRecord | None) -> str:
     lines = [
         f"last rollback record: {record.slot} ({record.partuuid}) os {record.os_version or '?'}",
         f"  condition: {record.condition}  reason: {record.reason}",
+        *([f"  class: {record.failure_class}"] if record.failure_class else []),
         f"  boot {record.boot_id}  started {when(record.started_at)}  failed {when(record.failed_at)}"
         f"  attempts {record.attempts}  reboot requested: {'yes' if record.reboot_requested else 'no'}",
     ]
@@ -142,4 +161,6 @@ def format_record(record: RollbackRecord | None) -> str:
         verdict = "ok  " if c.healthy else (c.state.upper() if c.state not in ("", "failed") else "FAIL")
         kind = "required" if c.required else "optional"
         lines.append(f"  {verdict} {c.component:10} {kind:8} {c.duration_seconds:7.3f}s  {c.reason}")
+        if c.failure_class:
+            lines.append(f"       {c.failure_class}: {c.class_reason}")
     return "\n".join(printable(line) for line in lines)  # stored texts never reach a terminal raw

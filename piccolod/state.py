@@ -8,6 +8,7 @@ so requests never take a lock, never build JSON and never run a check.
 from __future__ import annotations
 
 import threading
+from collections.abc import Mapping
 from typing import Any
 
 from piccolod import document
@@ -15,6 +16,9 @@ from piccolod.assess import Assessment
 from piccolod.policy import Declared
 
 STARTUP_VALUES = ("pending", "passed", "failed", "skipped")
+# Keys the gate and the update watcher add to the health document (null until they say something):
+# the classes of this boot's gate failures, the update-loop pin, what update_engine said last.
+EXTRA_KEYS = ("gate_failures", "update_pin", "update_engine")
 
 
 class State:
@@ -36,6 +40,7 @@ class State:
         self.update_status = "up_to_date"
         self.rollback_reason: str | None = None
         self.rollback_record: dict[str, Any] | None = None
+        self.extra: dict[str, Any] = {key: None for key in EXTRA_KEYS}
         self.document: dict[str, Any] = {}
         self.health: tuple[int, bytes] = (503, b"")
         self._render()
@@ -49,6 +54,7 @@ class State:
         update_status: str | None = None,
         rollback_reason: str | None = None,
         rollback_record: dict[str, Any] | None = None,
+        extra: Mapping[str, Any] | None = None,
     ) -> None:
         """Change what is given and re-render the document (None leaves a field as it is)."""
         if startup_health_check is not None and startup_health_check not in STARTUP_VALUES:
@@ -66,6 +72,10 @@ class State:
                 self.rollback_reason = rollback_reason
             if rollback_record is not None:
                 self.rollback_record = rollback_record
+            for key, value in (extra or {}).items():
+                if key not in EXTRA_KEYS:
+                    raise ValueError(f"not a key of the health document: {key}")
+                self.extra[key] = value
             self._render()
 
     def _render(self) -> None:
@@ -79,5 +89,6 @@ class State:
             policy_error=self.policy_error,
             catalog=self.catalog,
         )
+        doc.update(self.extra)
         self.document = doc
         self.health = (document.http_status(doc), document.encode(doc))

@@ -25,6 +25,7 @@ from piccolod.document import Facts
 from piccolod.model import Source, build
 from piccolod.policy import PolicyFile
 from piccolod.result import Outcome
+from tests.fixtures.gptdisk import usr_device
 
 
 def policy_data(
@@ -41,6 +42,15 @@ def policy_data(
             "runtime": {"check_interval_seconds": interval, "failure_threshold": threshold},
         },
         "agent": {"listen": listen},
+    }
+
+
+def gate_agent(tmp_path: Path, port: int, disk: Path) -> dict[str, Any]:
+    """The ``agent`` block of an in-process gate on the image ``disk``: its state, command line, /usr."""
+    return {
+        "listen": f"127.0.0.1:{port}",
+        "state_dir": str(tmp_path / "state"),
+        "boot": {"cmdline": str(tmp_path / "cmdline"), "usr_device": usr_device(disk, tmp_path / "cmdline")},
     }
 
 

@@ -34,19 +34,34 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         raise pytest.UsageError("; ".join(unmarked))
 
 
+@pytest.fixture(autouse=True)
+def _a_pin_file_per_test(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each test's agent pins into an update.conf of its own (a pin one test leaves behind must not
+    show in the next one's metrics)."""
+    conf = tmp_path_factory.mktemp("etc-flatcar") / "update.conf"
+    monkeypatch.setenv("PICCOLOD_UPDATE_CONF", str(conf))
+
+
 @pytest.fixture(scope="session", autouse=True)
 def _agent_stays_off_the_host(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     """Every agent a test starts writes its pass token into a directory of the session, not into the
     host's /run/piccolod, and its ``systemctl start update-engine.service`` goes to a stand-in that
-    records the call (``systemctl.log`` beside it)."""
+    records the call (``systemctl.log`` beside it). Its update-loop pin goes into a file of the session,
+    never the host's /etc/flatcar/update.conf, and it finds no update_engine_client unless a test
+    gives it a stand-in."""
     root = tmp_path_factory.mktemp("agent-host")
     (root / "run").mkdir()
     fake = root / "bin" / "systemctl"
     fake.parent.mkdir()
     fake.write_text(f'#!/bin/sh\necho "$*" >> {root}/systemctl.log\n')
     fake.chmod(0o755)
-    saved = {k: os.environ.get(k) for k in ("RUNTIME_DIRECTORY", "PATH")}
+    saved = {
+        k: os.environ.get(k)
+        for k in ("RUNTIME_DIRECTORY", "PATH", "PICCOLOD_UPDATE_CONF", "PICCOLOD_UPDATE_ENGINE_CLIENT")
+    }
     os.environ["RUNTIME_DIRECTORY"] = str(root / "run")
+    os.environ["PICCOLOD_UPDATE_CONF"] = str(root / "etc-flatcar" / "update.conf")
+    os.environ["PICCOLOD_UPDATE_ENGINE_CLIENT"] = str(root / "no-update-engine-client")
     os.environ["PATH"] = f"{fake.parent}:{os.environ.get('PATH', '')}"
     try:
         yield root

@@ -270,6 +270,7 @@ def test_full_build_runs_the_exact_sdk_commands_and_publishes_a_signed_release(p
     assert (project.work / "release-staging").exists() is False
 
 
+@pytest.mark.slow
 def test_a_second_build_skips_what_is_done_and_repairs_the_overlay(project: Project) -> None:
     _ok(project.build())
     project.fake.reset_calls()
@@ -290,6 +291,7 @@ def test_a_second_build_skips_what_is_done_and_repairs_the_overlay(project: Proj
     assert (project.out / "SHA256SUMS.asc").is_file()
 
 
+@pytest.mark.slow
 def test_changing_only_the_signing_key_rebuilds_nothing(project: Project) -> None:
     _ok(project.build(signed=False))
     assert not list(project.out.rglob("*.asc"))
@@ -299,6 +301,7 @@ def test_changing_only_the_signing_key_rebuilds_nothing(project: Project) -> Non
     assert (project.out / "SHA256SUMS.asc").is_file()
 
 
+@pytest.mark.slow
 def test_from_reruns_a_step_and_everything_after_it(project: Project) -> None:
     _ok(project.build())
     project.fake.reset_calls()
@@ -310,6 +313,7 @@ def test_from_reruns_a_step_and_everything_after_it(project: Project) -> None:
     assert project.sdk_calls() == expected_calls()[:4]
 
 
+@pytest.mark.slow
 def test_a_failing_step_stops_the_build_and_resuming_finishes_it(project: Project) -> None:
     project.fake.fail("build_image", 3)
     r = project.build()
@@ -344,6 +348,7 @@ def test_a_failing_step_stops_the_build_and_resuming_finishes_it(project: Projec
     assert (project.out / "SHA256SUMS.asc").is_file()
 
 
+@pytest.mark.slow
 def test_after_a_failure_a_plain_rebuild_skips_the_finished_steps(project: Project) -> None:
     project.fake.fail("image_to_vm.sh", 42)
     assert project.build().returncode == 42
@@ -353,6 +358,7 @@ def test_after_a_failure_a_plain_rebuild_skips_the_finished_steps(project: Proje
     assert project.sdk_calls() == expected_calls()[6:]
 
 
+@pytest.mark.slow
 def test_a_new_stable_tag_rebuilds_everything(project: Project) -> None:
     _ok(project.build())
     project.fake.add_tag("stable-4593.2.6", "4593.0.0")
@@ -363,6 +369,7 @@ def test_a_new_stable_tag_rebuilds_everything(project: Project) -> None:
     assert manifest["flatcar_tag"] == "stable-4593.2.6"
 
 
+@pytest.mark.slow
 def test_a_pinned_beta_builds_the_oem_sysext_before_image_to_vm(project: Project) -> None:
     _ok(project.build("--set", "flatcar.release=beta-4757.1.0"))
     assert _git(project.scripts, "rev-parse", "HEAD") == project.fake.tag_commit("beta-4757.1.0")
@@ -386,6 +393,7 @@ def _sysext_tree(project: Project, name: str) -> tuple[list[str], list[str]]:
     )
 
 
+@pytest.mark.slow
 def test_the_piccolod_sysext_holds_all_it_needs_with_or_without_docker_flatcar(project: Project) -> None:
     _ok(project.build(signed=False))
     with_docker, base = _sysext_tree(project, "piccolod")
@@ -414,6 +422,7 @@ def test_the_piccolod_sysext_holds_all_it_needs_with_or_without_docker_flatcar(p
     assert (without_docker, base) == (with_docker, [])
 
 
+@pytest.mark.slow
 def test_an_unknown_pinned_tag_stops_at_the_checkout(project: Project) -> None:
     r = project.build("--set", "flatcar.release=stable-1.2.3")
     assert r.returncode == 2
@@ -421,6 +430,7 @@ def test_an_unknown_pinned_tag_stops_at_the_checkout(project: Project) -> None:
     assert project.sdk_calls() == []
 
 
+@pytest.mark.slow
 def test_a_missing_signing_key_fails_before_anything_starts(project: Project) -> None:
     r = project.build("--set", "release.signing_key=nobody@piccolo.test", signed=False)
     assert r.returncode == 2, r.stdout + r.stderr
@@ -429,6 +439,7 @@ def test_a_missing_signing_key_fails_before_anything_starts(project: Project) ->
     assert project.sdk_calls() == []
 
 
+@pytest.mark.slow
 def test_two_boards_and_an_unsigned_release(project: Project) -> None:
     _ok(project.build("--set", "boards=amd64-usr,arm64-usr", "--set", "update.group=beta", signed=False))
     assert project.sdk_calls() == expected_calls("amd64-usr", "beta") + expected_calls("arm64-usr", "beta")
@@ -439,6 +450,7 @@ def test_two_boards_and_an_unsigned_release(project: Project) -> None:
     assert not list(project.out.rglob("*.asc"))
 
 
+@pytest.mark.slow
 def test_dry_run_runs_nothing(project: Project) -> None:
     r = project.build("--dry-run")
     _ok(r)
@@ -453,12 +465,14 @@ def test_dry_run_runs_nothing(project: Project) -> None:
     assert project.sdk_calls() == []
 
 
+@pytest.mark.slow
 def test_unknown_step_names_are_refused(project: Project) -> None:
     r = project.build("--from", "build-imag")
     assert r.returncode == 2
     assert "--from build-imag: no such step" in r.stderr
 
 
+@pytest.mark.slow
 def test_live_progress_shows_step_elapsed_time_and_log_tail(
     project: Project, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -490,6 +504,7 @@ def test_live_progress_shows_step_elapsed_time_and_log_tail(
     assert "\x1b[4F\x1b[J" in drawn  # status line + 3 tail lines erased before the next draw
 
 
+@pytest.mark.slow
 def test_ctrl_c_stops_the_running_step_and_records_nothing_for_it(project: Project) -> None:
     project.fake.slow("build_packages", 60)
     env = {k: v for k, v in os.environ.items() if not k.startswith("PICCOLO_")}
@@ -519,6 +534,7 @@ def test_ctrl_c_stops_the_running_step_and_records_nothing_for_it(project: Proje
     assert log.stat().st_size == size  # the fake build_packages is gone, not writing on
 
 
+@pytest.mark.slow
 def test_a_non_free_licence_file_lands_in_the_overlay_licenses_dir(project: Project) -> None:
     _ok(project.build("--set", "package.license=Piccolo-EULA", "--to", "overlay", signed=False))
     assert (project.scripts / OVERLAY / "licenses" / "Piccolo-EULA").is_file()
@@ -532,6 +548,7 @@ def _tamper(path: Path) -> None:
     path.write_bytes(bytes(data))
 
 
+@pytest.mark.slow
 def test_a_tampered_distfile_stops_the_build_before_any_sdk_step(
     project: Project, locked_distfiles: Path
 ) -> None:
@@ -554,6 +571,7 @@ def test_a_tampered_distfile_stops_the_build_before_any_sdk_step(
     assert project.sdk_calls() == expected_calls()
 
 
+@pytest.mark.slow
 def test_every_build_verifies_and_repairs_distdir_without_rebuilding(project: Project) -> None:
     _ok(project.build())
     project.fake.reset_calls()
@@ -593,6 +611,7 @@ def mirror(tmp_path: Path, locked_distfiles: Path) -> Iterator[tuple[str, list[s
         thread.join(timeout=10)
 
 
+@pytest.mark.slow
 def test_only_missing_distfiles_are_downloaded(project: Project, mirror: tuple[str, list[str]]) -> None:
     url, requests = mirror
     (project.cache / "pkgconfig-1.6.0.tar.gz").unlink()
@@ -614,6 +633,7 @@ def _image(project: Project, board: str = "amd64-usr") -> str:
     return (project.out / board / "flatcar_production_image.bin").read_text()
 
 
+@pytest.mark.slow
 def test_a_changed_update_server_reaches_the_image(project: Project) -> None:
     _ok(project.build())
     script = project.scripts / "build_library" / "set_lsb_release"
@@ -634,6 +654,7 @@ def test_a_changed_update_server_reaches_the_image(project: Project) -> None:
     assert "already in" in (project.work / "logs" / "update-server.log").read_text()
 
 
+@pytest.mark.slow
 def test_a_set_lsb_release_without_the_update_conf_heredoc_stops_the_build(project: Project) -> None:
     # A flatcar/scripts that writes update.conf differently: fail loudly, never build with Flatcar's server.
     path = "build_library/set_lsb_release"
@@ -653,6 +674,7 @@ def test_a_set_lsb_release_without_the_update_conf_heredoc_stops_the_build(proje
     assert not project.out.exists()
 
 
+@pytest.mark.slow
 def test_from_after_a_config_change_reruns_the_cheap_steps_and_refuses_stale_sdk_steps(
     project: Project,
 ) -> None:
@@ -691,6 +713,7 @@ def test_from_after_a_config_change_reruns_the_cheap_steps_and_refuses_stale_sdk
     assert project.sdk_calls() == expected_calls()[4:]
 
 
+@pytest.mark.slow
 def test_a_newly_pinned_tag_is_fetched_into_an_existing_checkout(project: Project) -> None:
     _ok(project.build("--set", f"flatcar.release={NEWEST_STABLE}"))
     project.fake.add_tag("stable-4593.2.6", "4593.0.0")
@@ -709,6 +732,7 @@ def test_a_newly_pinned_tag_is_fetched_into_an_existing_checkout(project: Projec
         gone.rename(project.fake.upstream)
 
 
+@pytest.mark.slow
 def test_require_signature_fails_before_anything_when_no_key_is_set(project: Project) -> None:
     r = project.build("--require-signature", signed=False)
     assert r.returncode == 2, r.stdout + r.stderr
@@ -721,6 +745,7 @@ def test_require_signature_fails_before_anything_when_no_key_is_set(project: Pro
     _ok(project.build("--require-signature", "--to", "clone"))
 
 
+@pytest.mark.slow
 def test_an_empty_signing_key_variable_is_an_error_not_an_unsigned_release(project: Project) -> None:
     args = ["build", "--config", str(DEFAULT_CONFIG), "--scripts-url", str(project.fake.upstream)]
     r = cli(*args, "--no-sdk-image-check", cwd=project.root, env={"PICCOLO_RELEASE_SIGNING_KEY": ""})
@@ -729,6 +754,7 @@ def test_an_empty_signing_key_variable_is_an_error_not_an_unsigned_release(proje
     assert not project.work.joinpath("scripts").exists()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("output", [".", "build", "/", "notes"])
 def test_an_output_dir_that_is_not_a_release_fails_before_anything_starts(
     project: Project, output: str

@@ -16,9 +16,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 
-from tests.fixtures.bootrig import BootRig, Report, Staged, gate_violations, policy_yaml
+from tests.fixtures.bootrig import BootRig, Report, Staged, gate_violations
 from tests.fixtures.gptdisk import USR_A, USR_B, install_update, slot
 from tests.fixtures.nspawn import ENV, PY, Machine
 
@@ -51,16 +50,16 @@ CHECKS = {
 def rig_with_checks(
     machine: Machine, disk: Path, staged: Staged, systemd: int, script: str, *, optional: list[str]
 ) -> BootRig:
-    rig = BootRig(machine, disk, staged, systemd, units=dict(UNITS))
+    def tune(policy: dict[str, Any]) -> None:
+        startup = policy["health_policy"]["startup"]
+        startup["required_components"] = [*startup["required_components"], "sshd"]
+        startup["optional_components"] = optional
+        startup["optional_all_failed"] = "degraded"
+        policy["health_policy"]["checks"].update(CHECKS)
+
+    rig = BootRig(machine, disk, staged, systemd, units=dict(UNITS), tune_policy=tune)
     m = machine
     m.add_unit("pt-idle.service", "[Service]\nExecStart=/bin/sleep infinity\n")  # never started
-    policy: dict[str, Any] = yaml.safe_load(policy_yaml())
-    startup = policy["health_policy"]["startup"]
-    startup["required_components"] = [*startup["required_components"], "sshd"]
-    startup["optional_components"] = optional
-    startup["optional_all_failed"] = "degraded"
-    policy["health_policy"]["checks"].update(CHECKS)
-    (m.root / "policy.yaml").write_text(yaml.safe_dump(policy))
     required = m.root / "required.d"
     required.mkdir()
     (required / "10-app-ready").write_text(f"#!/bin/sh\necho app says hello\n{script}\n")

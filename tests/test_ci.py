@@ -243,6 +243,7 @@ def test_a_channel_resolves_to_its_newest_tag_and_commit(upstream: Path) -> None
         ci_key.resolve_release("stable-1.2.3", str(upstream))
 
 
+@pytest.mark.slow
 def test_the_key_changes_with_every_input(tmp_path: Path, upstream: Path) -> None:
     def key(*sets: str, url: Path = upstream) -> str:
         args: list[str | Path] = ["ci", "key", "--config", DEFAULT_CONFIG, "--scripts-url", url]

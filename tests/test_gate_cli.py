@@ -206,6 +206,18 @@ def test_failed_gate_records_reboots_once_and_status_shows_it(tmp_path: Path, fl
     assert doc["last_gate"]["verdict"] == "failed" and doc["last_gate"]["reboot_requested"]
     assert doc["rollback_record"]["condition"] == "critical_component_failure"
     assert doc["update_status"] is None  # still on the failed slot, in the same boot
+    # The failed version is pinned; status shows it, unpin clears it.
+    assert doc["update_pin"]["version"] == rec.os_version() and doc["update_pin"]["effective"]
+    text = run("status", "--config", str(config)).stdout
+    assert f"update pin: {rec.os_version()} in {os.environ['PICCOLOD_UPDATE_CONF']}:" in text
+    assert "piccolod unpin clears it" in text and "baseline: none" in text
+    assert run("unpin").returncode == 0
+    assert "update pin: none" in run("status", "--config", str(config)).stdout
+    conf = Path(os.environ["PICCOLOD_UPDATE_CONF"])
+    conf.write_bytes(b"FLATCAR_RELEASE_VERSION=\xff\n")  # an update.conf the agent will not touch
+    bad = run("status", "--config", str(config))
+    assert bad.returncode == 3 and "USR-B" in bad.stdout and "Traceback" not in bad.stderr
+    assert bad.stderr.splitlines() == [f"piccolod: {conf}: not UTF-8 (byte 24)"], bad.stderr
 
 
 def test_status_after_the_fallback_boot(tmp_path: Path, flatcar_disk: Path) -> None:

@@ -22,7 +22,7 @@ from piccolod.gatehook import first_boot_gate, refresh_machine
 from piccolod.journal import GateVerdict, Journal, Store
 from piccolod.model import Source, build
 from piccolod.policy import Component, PolicyFile
-from tests.agent_helpers import FACTS, Switch, get, wait_for
+from tests.agent_helpers import FACTS, Switch, gate_agent, get, wait_for
 from tests.fixtures.gptdisk import (
     USR_A,
     USR_B,
@@ -30,7 +30,6 @@ from tests.fixtures.gptdisk import (
     gptprio_next,
     install_update,
     setgoodroot,
-    usr_device,
 )
 from tests.test_journal import record
 from tests.test_metrics import value
@@ -50,14 +49,7 @@ def policy(tmp_path: Path, disk: Path, port: int, timeout: float = 0.6, interval
             "runtime": {"check_interval_seconds": interval},
             "rollback": {"reboot_grace_seconds": 0.3, "reboot_command": [str(script)]},
         },
-        "agent": {
-            "listen": f"127.0.0.1:{port}",
-            "state_dir": str(tmp_path / "state"),
-            "boot": {
-                "cmdline": str(tmp_path / "cmdline"),
-                "usr_device": usr_device(disk, tmp_path / "cmdline"),
-            },
-        },
+        "agent": gate_agent(tmp_path, port, disk),
     }
     return build(PolicyFile, data, Source("<test>"))
 

@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
+import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.samples import Sample
 
-from piccolod.journal import Journal
-from piccolod.metrics import GateOutcome, Metrics, pinned_value
+from piccolod import updatehook
+from piccolod.metrics import GateOutcome, Metrics
 from piccolod.osinfo import OsInfo
 from piccolod.policy import Component
 from piccolod.result import Status
 from piccolod.slot import BootSlot, SlotRow, SlotState
+from piccolod.updates import pin
 from tests.agent_helpers import Switch, get, policy_data, running_daemon, wait_for
 from tests.fixtures.gptdisk import USR_A, USR_B
 
@@ -241,13 +245,20 @@ def test_gate_pending_then_its_verdict() -> None:
     assert value(text, "piccolod_gate_deadline_timestamp_seconds") == 1_796_000_120.5
 
 
-def test_the_rollback_tally_and_the_pin() -> None:
+def test_the_rollback_tally_and_the_pin(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``piccolod_update_pinned`` reads the real pin: the file update_engine reads."""
+    conf = tmp_path / "update.conf"
+    monkeypatch.setenv(pin.UPDATE_CONF_ENV, str(conf))
     m = Metrics()
     m.rollback_tally(2, 1_796_000_000.25)
-    m.update_pinned(pinned_value(Journal()))
+    m.update_pinned(updatehook.pin_state()[0])
     text = m.render().decode()
     assert value(text, "piccolod_rollbacks_total") == 2
     assert value(text, "piccolod_last_rollback_timestamp_seconds") == 1_796_000_000.25
     assert value(text, "piccolod_update_pinned") == 0
-    m.update_pinned(1)
+    pin.pin("3975.2.0", "failed its gate")
+    m.update_pinned(updatehook.pin_state()[0])
     assert value(m.render().decode(), "piccolod_update_pinned") == 1
+    conf.write_text(conf.read_text() + "FLATCAR_RELEASE_VERSION=3975.2.1\n")  # overridden: not effective
+    m.update_pinned(updatehook.pin_state()[0])
+    assert value(m.render().decode(), "piccolod_update_pinned") == 0

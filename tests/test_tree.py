@@ -100,6 +100,7 @@ def test_without_a_checkout_the_plan_says_what_it_will_read(tmp_path: Path) -> N
     assert "<oem_sysext flags and image types read from the checkout>" in image
 
 
+@pytest.mark.slow
 def test_a_tree_whose_files_disagree_is_one_line_naming_the_file(
     flatcar: FlatcarTrees, tmp_path: Path
 ) -> None:
@@ -118,6 +119,7 @@ def test_a_tree_whose_files_disagree_is_one_line_naming_the_file(
 # --- the in-tree check ------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("tag", TAGS)
 def test_the_in_tree_check_agrees_with_the_verdict_read_from_the_tree(
     flatcar: FlatcarTrees, tag: str
@@ -142,6 +144,7 @@ def test_the_in_tree_check_agrees_with_the_verdict_read_from_the_tree(
     assert status.stdout == ""
 
 
+@pytest.mark.slow
 def test_python_compat_is_rendered_for_the_tree_and_the_default_does_not_build_python_3_11(
     flatcar: FlatcarTrees,
 ) -> None:
@@ -201,6 +204,7 @@ def test_plan_lists_what_compiles_in_text_and_json(flatcar: FlatcarTrees) -> Non
     ) in text
 
 
+@pytest.mark.slow
 def test_a_tag_nobody_listed_is_judged_by_the_same_facts(flatcar: FlatcarTrees, tmp_path: Path) -> None:
     tree = flatcar.copy("stable-4593.2.5", tmp_path / "t")
     assert judge(tree).builds
@@ -242,6 +246,7 @@ def test_a_tag_nobody_listed_is_judged_by_the_same_facts(flatcar: FlatcarTrees, 
     )
 
 
+@pytest.mark.slow
 def test_check_tree_exits_0_on_the_newest_stable_and_names_the_atom_that_does_not_resolve(
     flatcar: FlatcarTrees, tmp_path: Path
 ) -> None:

@@ -34,6 +34,7 @@ COREOS = Path(COREOS_OVERLAY) / "coreos-base" / "coreos"
 LSB_RELEASE = "build_library/set_lsb_release"
 
 
+@pytest.mark.slow
 def test_every_tag_is_built_or_refused_here() -> None:
     assert sorted([*SUPPORTED, *UNSUPPORTED]) == sorted(TAGS)
 
@@ -61,6 +62,7 @@ def _status(scripts: Path) -> dict[str, set[str]]:
     return out
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("tag", SUPPORTED)
 def test_build_to_the_last_step_before_the_sdk_on_the_real_tree(
     flatcar: FlatcarTrees, tmp_path: Path, locked_distfiles: Path, tag: str
@@ -133,6 +135,7 @@ def test_build_to_the_last_step_before_the_sdk_on_the_real_tree(
     assert "update-server" in steps and not [s for s in steps if s.endswith("-amd64-usr")]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("tag", sorted(UNSUPPORTED))
 def test_a_release_that_does_not_build_is_refused_right_after_the_checkout(
     flatcar: FlatcarTrees, tmp_path: Path, tag: str
@@ -151,6 +154,7 @@ def test_a_release_that_does_not_build_is_refused_right_after_the_checkout(
     assert not (tmp_path / "build" / "logs" / "overlay.log").exists()
 
 
+@pytest.mark.slow
 def test_channels_resolve_to_the_real_tags_and_an_unsupported_one_is_refused_after_the_checkout(
     flatcar: FlatcarTrees, tmp_path: Path
 ) -> None:

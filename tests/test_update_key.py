@@ -205,6 +205,7 @@ def build(
     shutil.rmtree(root / "build" / "scripts", ignore_errors=True)
 
 
+@pytest.mark.slow
 def test_a_build_publishes_payloads_only_our_key_signed(build: Build) -> None:
     r = build.run(
         "--set",
@@ -260,6 +261,7 @@ def test_a_build_publishes_payloads_only_our_key_signed(build: Build) -> None:
     )
 
 
+@pytest.mark.slow
 def test_release_sign_after_a_build_without_the_key(build: Build, keypair: tuple[Path, Path]) -> None:
     """The split pipeline: the build job has no secret; the release job signs, verify then passes."""
     r = build.run()
@@ -282,6 +284,7 @@ def test_release_sign_after_a_build_without_the_key(build: Build, keypair: tuple
     assert bad.returncode == 2 and "is not the private half of release.update_key" in bad.stderr
 
 
+@pytest.mark.slow
 def test_the_signing_key_must_stay_outside_the_build_tree(build: Build) -> None:
     inside = build.root / "build" / "update.key.pem"
     inside.parent.mkdir(exist_ok=True)
@@ -294,6 +297,7 @@ def test_the_signing_key_must_stay_outside_the_build_tree(build: Build) -> None:
     assert r.returncode == 2 and "no update signing key was given" in r.stderr
 
 
+@pytest.mark.slow
 def test_without_an_update_key_plan_and_build_say_development_key(build: Build, fakesdk: FakeSdk) -> None:
     base = ["--config", str(DEFAULT_CONFIG)]
     plan = cli("plan", *base, cwd=build.root)

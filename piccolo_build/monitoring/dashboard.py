@@ -147,7 +147,8 @@ def panels(mon: Monitoring) -> tuple[Panel, ...]:
         graph(
             "Gate outcomes of the current boots",
             "How the first-boot gate of each machine's current boot ended: passed and failed on a freshly "
-            "updated slot, timeout when it ran out of time, skipped on a slot already marked good.",
+            "updated slot, timeout when it ran out of time, skipped on a slot already marked good, warned "
+            "when it let through required checks that failed before the update too.",
             f"sum by (outcome) ({m('piccolod_gate_outcomes_total')})",
             "{{outcome}}",
             stacked=True,
@@ -194,6 +195,14 @@ def panels(mon: Monitoring) -> tuple[Panel, ...]:
             "Checks that count as failed now (after the policy's failure_threshold).",
             m("piccolod_health_check_status"),
             keep="0",
+        ),
+        table(
+            "Gate failures by class",
+            "Required checks failing in the first-boot gate of each machine's current boot, by class: "
+            "regression (passed before the update), pre_existing (failed before it too), inconclusive (no "
+            "baseline to compare with).",
+            m("piccolod_gate_failure_class"),
+            keep="above 0",
         ),
         table(
             "Last rollbacks",

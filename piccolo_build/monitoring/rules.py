@@ -137,6 +137,17 @@ def alerts(mon: Monitoring) -> tuple[Alert, ...]:
             "the slot is neither marked good nor rolled back.",
         ),
         Alert(
+            "PiccolodGateWarned",
+            m("piccolod_gate_outcomes_total", 'outcome="warned"') + " > 0",
+            0,
+            Severity.WARNING,
+            f"{INSTANCE} marked an update with required checks failing",
+            f"The first-boot gate of {INSTANCE} let its update through with required checks that failed "
+            "before the update too (rollback.on_pre_existing: warn): rolling back would not have fixed "
+            "them. piccolod_gate_failure_class and gate_failures in the machine's health document name "
+            "them; fix them on the machine. The alert fires until the agent restarts.",
+        ),
+        Alert(
             "PiccolodGatePending",
             f"{m('piccolod_gate_pending')} == 1",
             0,

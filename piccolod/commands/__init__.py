@@ -18,9 +18,9 @@ EXIT_CANNOT_ASSESS = 3  # also a bad policy (the monitoring-plugin "unknown")
 
 
 def command_modules() -> tuple[ModuleType, ...]:
-    from piccolod.commands import check, gate, serve, status
+    from piccolod.commands import check, gate, serve, status, unpin
 
-    return (serve, check, gate, status)
+    return (serve, check, gate, status, unpin)
 
 
 def add_config_option(p: argparse.ArgumentParser) -> None:

@@ -1,9 +1,10 @@
 """``piccolod status [--json]``: both /usr slots, which one is booted, the last gate and rollback record,
-and how many rollbacks this machine came back from.
+how many rollbacks this machine came back from, the update-loop pin and the regression baseline.
 
 Reads the GPT and the journal in the state directory only; it runs no check and needs no running agent.
 A journal that cannot be used (not UTF-8, not JSON, nested too deep, too large, a FIFO, a symbolic link)
-is one line naming the file on stderr and exit status 3, after the slot table.
+is one line naming the file on stderr and exit status 3, after the slot table; so is an
+``/etc/flatcar/update.conf`` whose pin cannot be read.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import sys
 from dataclasses import asdict
 from pathlib import Path
 
+from piccolod import baseline as bl
 from piccolod import journal, passtoken
 from piccolod import record as rec
 from piccolod.commands import EXIT_CANNOT_ASSESS, add_config_option, load
@@ -21,6 +23,7 @@ from piccolod.gatehook import detect_slot
 from piccolod.model import to_plain
 from piccolod.slot import format_table
 from piccolod.text import printable
+from piccolod.updates import pin
 
 
 def run(args: argparse.Namespace) -> int:
@@ -39,6 +42,10 @@ def run(args: argparse.Namespace) -> int:
     rolled = rec.update_status(record, slot, boot_id)
     last = found.boot
     token = _token(boot_id)
+    try:
+        pinned = pin.read()
+    except pin.PinError as exc:
+        error, pinned = error or str(exc), None
     if args.json:
         doc = {
             "boot_id": boot_id,
@@ -57,6 +64,10 @@ def run(args: argparse.Namespace) -> int:
             "rollbacks": to_plain(found.rollbacks),
             "journal_error": error,
             "pass_token": token,
+            "update_pin": {"version": pinned.version, "effective": pinned.effective, "path": pinned.path}
+            if pinned
+            else None,
+            "baseline": to_plain(found.baseline) if found.baseline else None,
         }
         print(json.dumps(doc, indent=2, sort_keys=True))
     else:
@@ -68,15 +79,29 @@ def run(args: argparse.Namespace) -> int:
             print(
                 printable(f"last gate: {verdict} on {last.slot} (boot {last.boot_id}): {last.reason or '-'}")
             )
+            for c in last.failures:
+                print(printable(f"  {c.component}: {c.failure_class}: {c.reason}"))
         else:
             print("last gate: none recorded")
         print(rec.format_record(record))
         print(rec.format_tally(found.rollbacks.count, found.rollbacks.last_at))
         print(f"pass token: {token}")
+        print(_pin_line(pinned))
+        print(bl.format_baseline(found.baseline))
     if error:
         print(f"piccolod: {error}", file=sys.stderr)
         return EXIT_CANNOT_ASSESS
     return 0
+
+
+def _pin_line(pinned: pin.Pin | None) -> str:
+    if pinned is None:
+        return f"update pin: none ({pin.conf_path()})"
+    how = "" if pinned.effective else " (NOT in effect: a later FLATCAR_RELEASE_VERSION line overrides it)"
+    return printable(
+        f"update pin: {pinned.version} in {pinned.path}{how}: update_engine is not offered it again; "
+        "piccolod unpin clears it"
+    )
 
 
 def _token(boot_id: str) -> str:
