@@ -41,7 +41,8 @@ TEST_CACHE = VENV / "test-cache"
 
 # Debian packages the test suite drives for real (docs/testing.md): a private dockerd with busybox images,
 # swtpm and the TSS headers tpm2-pytss builds against, GPT tools, systemd-nspawn, sysext tooling, gpg,
-# Prometheus.
+# Prometheus; QEMU, OVMF, kmod and the SSH client for the VM tests (docs/vm-test.md: the stand-in's kernel
+# is downloaded with apt-get, its package tree made with debootstrap).
 APT_PACKAGES = (
     "docker.io",
     "busybox-static",
@@ -63,6 +64,11 @@ APT_PACKAGES = (
     "git",
     "debootstrap",
     "prometheus",  # promtool checks and unit-tests the alert rules; a real Prometheus runs them
+    "qemu-system-x86",
+    "qemu-utils",
+    "ovmf",
+    "kmod",
+    "openssh-client",
 )
 # What `piccolo-build check` runs besides the `check` extra's pkgcheck and shellcheck: systemd-analyze, and
 # promtool (Debian's prometheus package) on the alert rules.

@@ -16,6 +16,7 @@ import contextlib
 import os
 import shutil
 import signal
+import subprocess
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -137,6 +138,51 @@ def run(
             exit_code=result.returncode,
         )
     return result
+
+
+class Background:
+    """A process started by :func:`spawn`."""
+
+    def __init__(self, proc: subprocess.Popen[bytes]) -> None:
+        self._proc = proc
+        self.pid = proc.pid
+
+    def poll(self) -> int | None:
+        return self._proc.poll()
+
+    def wait(self, timeout: float | None = None) -> int | None:
+        """Its exit code, or None when it still runs after ``timeout`` seconds."""
+        try:
+            return self._proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            return None
+
+    def stop(self, grace: float = 5.0) -> int:
+        """SIGTERM, then SIGKILL after ``grace`` seconds; its exit code."""
+        if self._proc.poll() is None:
+            self._proc.terminate()
+            if self.wait(grace) is None:
+                self._proc.kill()
+        return self._proc.wait()
+
+
+def spawn(
+    argv: Sequence[str | os.PathLike[str]],
+    *,
+    log: Path,
+    env: Mapping[str, str] | None = None,
+) -> Background:
+    """Start ``argv`` in the background (a virtual machine, a TPM simulator): its own session, stdin from
+    /dev/null, stdout and stderr appended to ``log``. The caller waits for it or stops it."""
+    args = tuple(str(a) for a in argv)
+    full_env = base_env(env)
+    exe = _resolve(args, full_env)
+    with log.open("ab") as out:
+        proc = subprocess.Popen(
+            [exe, *args[1:]], stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
+            env=full_env, start_new_session=True,
+        )  # fmt: skip
+    return Background(proc)
 
 
 def stream(

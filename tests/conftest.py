@@ -20,7 +20,7 @@ pytest_plugins = [
 
 # The fixtures that boot something, and the marker a test using one must carry: the fast tier
 # (`python3 build.py test --fast`) leaves those markers out, so an unmarked boot would slip into it.
-BOOTING_FIXTURES = {"machine": "boot"}
+BOOTING_FIXTURES = {"machine": "boot", "vm_outcomes": "vm"}
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

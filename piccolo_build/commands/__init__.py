@@ -13,6 +13,7 @@ from piccolo_build.commands import (
     release_cmd,
     render_cmd,
     stage_cmd,
+    vm_test_cmd,
 )
 
 COMMAND_MODULES: tuple[ModuleType, ...] = (
@@ -24,4 +25,5 @@ COMMAND_MODULES: tuple[ModuleType, ...] = (
     bundle_cmd,
     release_cmd,
     ci_cmd,
+    vm_test_cmd,
 )
