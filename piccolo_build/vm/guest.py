@@ -87,15 +87,6 @@ if [ -e {GATE_HOLDS} ] && [ ! -e {RELEASE} ]; then echo "held by the harness unt
 echo ok
 """
 
-# The agent runs as root without capabilities, and the TPM's resource manager node belongs to tss:tss
-# 0660 (tpm2-tss's udev rule, in Debian as in Flatcar): without this group piccolod cannot open
-# /dev/tpmrm0 ("tcti:IO failure"). A finding of these tests that the shipped unit does not address yet
-# (docs/vm-test.md); the stand-in adds the group so the other scenarios can run.
-AGENT_DROPIN = """\
-[Service]
-SupplementaryGroups=tss
-"""
-
 POLICY = f"""\
 # The VM's administrator policy (piccolo-build vm-test): short intervals, docker the one optional
 # component (no network in the VM), a gate deadline the scenarios can wait out.
@@ -173,7 +164,6 @@ def configure(root: Path, *, modules: Path, base: Path, sysext_raw: Path) -> Non
         wants / "sysinit.target.wants/systemd-sysext.service",
         "/usr/lib/systemd/system/systemd-sysext.service",
     )
-    _write(etc / "systemd/system/piccolod.service.d/50-vm-tpm-group.conf", AGENT_DROPIN)
     _link(wants / "default.target", "/usr/lib/systemd/system/multi-user.target")
     # /etc and /var as new as /usr: no first-boot ldconfig, catalog, hwdb rebuilds (ConditionNeedsUpdate)
     for where in (etc, root / "var"):
