@@ -76,11 +76,10 @@ CHECK_APT_PACKAGES = ("systemd", "prometheus")
 
 # The systemd-257 machine the gate's boot tests run (tests/fixtures/nspawn.py): a Debian trixie root from
 # Debian's registry, made once and rebuilt only when it is missing or this list changes. systemd and D-Bus
-# boot it; gdisk and util-linux are what the base image's guard uses (sgdisk, blkid); tpm-udev makes the
-# tss group piccolod.service joins (as Flatcar's image has it); the host's Python and its libraries are
-# bound in by the tests.
+# boot it; gdisk and util-linux are what the base image's guard uses (sgdisk, blkid); the host's Python
+# and its libraries are bound in by the tests.
 TRIXIE_ROOT = VENV / "trixie-root"
-TRIXIE_INCLUDE = ("systemd", "systemd-sysv", "dbus", "gdisk", "util-linux", "mawk", "tpm-udev")
+TRIXIE_INCLUDE = ("systemd", "systemd-sysv", "dbus", "gdisk", "util-linux", "mawk")
 
 # The GCC 15 machine tests/test_gcc15.py builds tpm2-pytss in, as the Flatcar SDK compiles it from
 # alpha-4790 on: a Debian testing root (its gcc-15, the Python packages tpm2-pytss's build and import

@@ -43,7 +43,8 @@ esac
 WAIT_FOR_BASELINE = (
     "[Unit]\nDescription=wait until the agent wrote its baseline (the probe waits for this job)\n"
     "After=piccolod.service\n[Service]\nType=oneshot\nTimeoutStartSec=40\n"
-    'ExecStart=/bin/sh -c \'for i in $(seq 150); do grep -q "\\"baseline\\": {" '
+    # The pattern has no quote of its own: systemd would unescape one and sh then see another pattern.
+    'ExecStart=/bin/sh -c \'for i in $(seq 150); do grep -q "baseline.: {" '
     "/var/lib/piccolod/journal.json 2>/dev/null && exit 0; sleep 0.2; done; exit 1'\n"
 )
 
@@ -77,6 +78,7 @@ def old_slot_with_baseline(rig: BootRig, *, healthy: bool) -> Report:
     rig.healthy(healthy)
     r = rig.boot()
     assert r.booted == USR_A
+    assert "rig-wait-baseline.service: Failed with result" not in r.journal, "the baseline came late"
     base = r.data["status"]["baseline"]
     assert base is not None, r.journal[-3000:]
     assert base["slot"] == "USR-A" and base["version"] == VERSION and base["target_version"] == VERSION
