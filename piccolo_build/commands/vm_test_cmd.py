@@ -3,8 +3,12 @@ project builds or around a real ``qemu_uefi`` image (:mod:`piccolo_build.vm`, do
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
+import threading
 import time
+from collections.abc import Callable, Iterator
 from enum import StrEnum
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
@@ -48,6 +52,18 @@ def register(app: typer.Typer) -> None:
             Accel, typer.Option("--accel", help="auto: KVM if a probe boot works, else TCG.")
         ] = Accel.AUTO,
         jobs: Annotated[int, typer.Option("--jobs", "-j", min=1, max=8, help="VMs at once.")] = 2,
+        jobs_file: Annotated[
+            Path | None,
+            typer.Option(
+                "--jobs-file",
+                dir_okay=False,
+                help="Read the VMs at once from this file before each start (a caller sharing the host "
+                "raises it while the run goes on); --jobs while it is missing or unreadable.",
+            ),
+        ] = None,
+        json_out: Annotated[
+            Path | None, typer.Option("--json", help="Write every outcome as JSON here.", dir_okay=False)
+        ] = None,
         out: Annotated[Path, typer.Option("--out", help="Run directories and logs.", file_okay=False)] = OUT,
         cache: Annotated[
             Path | None, typer.Option("--cache", help="Stand-in cache (default $PICCOLO_TEST_CACHE/vm).")
@@ -74,23 +90,25 @@ def register(app: typer.Typer) -> None:
         out = out.resolve()
         out.mkdir(parents=True, exist_ok=True)
         t0 = time.monotonic()
-        if image is not None:
-            art = image_mod.find_artefacts(image)
-            # no kernel of ours to probe with: KVM when the node opens (CI runners), else TCG
-            kvm = os.access("/dev/kvm", os.R_OK | os.W_OK)
-            chosen = accel.value if accel is not Accel.AUTO else ("kvm" if kvm else "tcg")
-            outcomes = [_image_run(art, out, chosen, keep)]
-        else:
-            cfg = load_for_cli(config, sets)
-            where = (cache or standin.default_cache()).resolve()
-            typer.echo(f"stand-in: building or reusing in {where}")
-            s = standin.build(cfg, where, say=lambda m: typer.echo(f"  {m}"))
-            typer.echo(f"stand-in {s.key}: {'built' if s.built else 'cached'} in {s.seconds:.0f}s")
-            chosen, why = qemu.choose_accel(s.vmlinuz, s.initrd, out, accel.value)
-            typer.echo(f"accelerator: {chosen} ({why})")
-            outcomes = runner.run_scenarios(
-                s, [scenarios.BY_NAME[n] for n in names], out, chosen, jobs=jobs, keep=keep, say=typer.echo
-            )
+        with _sigterm_interrupts():  # a CI job cancelled, or the suite ending: no VM outlives the run
+            if image is not None:
+                art = image_mod.find_artefacts(image)
+                # no kernel of ours to probe with: KVM when the node opens (CI runners), else TCG
+                kvm = os.access("/dev/kvm", os.R_OK | os.W_OK)
+                chosen = accel.value if accel is not Accel.AUTO else ("kvm" if kvm else "tcg")
+                outcomes = [_image_run(art, out, chosen, keep)]
+            else:
+                cfg = load_for_cli(config, sets)
+                where = (cache or standin.default_cache()).resolve()
+                typer.echo(f"stand-in: building or reusing in {where}")
+                s = standin.build(cfg, where, say=lambda m: typer.echo(f"  {m}"))
+                typer.echo(f"stand-in {s.key}: {'built' if s.built else 'cached'} in {s.seconds:.0f}s")
+                chosen, why = qemu.choose_accel(s.vmlinuz, s.initrd, out, accel.value)
+                typer.echo(f"accelerator: {chosen} ({why})")
+                outcomes = runner.run_scenarios(
+                    s, [scenarios.BY_NAME[n] for n in names], out, chosen,
+                    jobs=_jobs(jobs, jobs_file), keep=keep, say=typer.echo,
+                )  # fmt: skip
         failed = [o for o in outcomes if not o.ok]
         passed = len(outcomes) - len(failed)
         typer.echo(f"{passed} of {len(outcomes)} passed in {time.monotonic() - t0:.0f}s ({chosen})")
@@ -99,8 +117,41 @@ def register(app: typer.Typer) -> None:
         if tap is not None:
             tap.parent.mkdir(parents=True, exist_ok=True)
             tap.write_text(report.tap(outcomes))
+        if json_out is not None:
+            report.json_file(outcomes, json_out)
         if failed:
             raise typer.Exit(1)
+
+
+@contextlib.contextmanager
+def _sigterm_interrupts() -> Iterator[None]:
+    """SIGTERM as Ctrl-C: the runner then ends every machine it started (QEMU and swtpm run in sessions
+    of their own, so a signal to this process's group would not reach them)."""
+
+    def interrupt(_signum: int, _frame: object) -> None:
+        raise KeyboardInterrupt
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _jobs(default: int, path: Path | None) -> int | Callable[[], int]:
+    if path is None:
+        return default
+
+    def now() -> int:
+        try:
+            return max(1, min(8, int(path.read_text().strip())))
+        except (OSError, ValueError):
+            return default
+
+    return now
 
 
 def _image_run(art: Artefacts, out: Path, accel: str, keep: bool) -> Outcome:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+import json
 from pathlib import Path
 from xml.etree import ElementTree as ET
 
@@ -35,3 +37,13 @@ def tap(outcomes: list[Outcome]) -> str:
         if not o.ok:
             lines += [f"  # {m}" for m in o.message.splitlines()]
     return "\n".join(lines) + "\n"
+
+
+def json_file(outcomes: list[Outcome], path: Path) -> Path:
+    """Every outcome with its notes, boots and times, for a program to read (the test suite does)."""
+    rows = [dataclasses.asdict(o) | {"logs": str(o.logs) if o.logs else None} for o in outcomes]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(rows, indent=1) + "\n")
+    tmp.replace(path)
+    return path

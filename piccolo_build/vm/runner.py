@@ -1,6 +1,11 @@
 """Run scenarios, up to ``jobs`` machines at once (two on a two-core host: each VM has one vCPU), with a
 progress line per event and one result per scenario. A failed scenario keeps its run directory (console
-per boot, journal per boot, QEMU and swtpm logs; the disk images too with ``keep``)."""
+per boot, journal per boot, QEMU and swtpm logs; the disk images too with ``keep``).
+
+``jobs`` may be a callable, asked before each start: a caller that shares the host (the test suite runs
+the scenarios beside its other tests) starts with one machine at a time and allows two once it only waits.
+An interruption (Ctrl-C, or SIGTERM turned into one by the command) ends every running machine before it
+propagates, so no QEMU or swtpm outlives the run."""
 
 from __future__ import annotations
 
@@ -10,7 +15,6 @@ import threading
 import time
 import traceback
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -38,25 +42,80 @@ def run_scenarios(
     out: Path,
     accel: str,
     *,
-    jobs: int = 2,
+    jobs: int | Callable[[], int] = 2,
     keep: bool = False,
     say: Callable[[str], None] = print,
 ) -> list[Outcome]:
-    lock = threading.Lock()
+    lanes = _Lanes(standin, out, accel, keep, say)
+    pending = sorted(scenarios, key=lambda s: -s.minutes)
+    running: list[threading.Thread] = []
+    try:
+        while pending or running:
+            running = [t for t in running if t.is_alive()]
+            while pending and len(running) < max(1, jobs() if callable(jobs) else jobs):
+                t = threading.Thread(target=lanes.run, args=(pending.pop(0),), daemon=True)
+                t.start()
+                running.append(t)
+            if running:
+                running[0].join(0.5)
+    except BaseException:
+        lanes.stop()
+        raise
+    return [lanes.done[s.name] for s in scenarios]
 
-    def tell(msg: str) -> None:
-        with lock:
-            say(msg)
 
-    def one(s: Scenario) -> Outcome:
-        where = out / s.name
+class _Lanes:
+    """The machines of one run: each scenario on its own thread, and the ones alive, to end them all on
+    an interruption."""
+
+    def __init__(
+        self, standin: Standin, out: Path, accel: str, keep: bool, say: Callable[[str], None]
+    ) -> None:
+        self.standin, self.out, self.accel, self.keep, self.say = standin, out, accel, keep, say
+        self.lock = threading.Lock()
+        self.live: dict[int, Machine] = {}  # by id: a Machine is a dataclass, not hashable
+        self.stopping = threading.Event()
+        self.done: dict[str, Outcome] = {}
+
+    def tell(self, msg: str) -> None:
+        with self.lock:
+            self.say(msg)
+
+    def stop(self) -> None:
+        self.stopping.set()
+        for _sweep in range(2):  # a lane may have started a boot while the first sweep ran
+            with self.lock:
+                machines = list(self.live.values())
+            for m in machines:
+                with contextlib.suppress(Exception):
+                    m.close()
+            time.sleep(1)
+
+    def _start(self, s: Scenario, where: Path) -> Machine:
+        m = Machine(self.standin, where, self.accel, say=lambda msg: self.tell(f"  {s.name}: {msg}"))
+        with self.lock:
+            self.live[id(m)] = m
+        if self.stopping.is_set():
+            raise Failed("interrupted before it started")
+        return m
+
+    def _end(self, m: Machine, ok: bool) -> None:
+        with self.lock:
+            self.live.pop(id(m), None)
+        if not ok and not self.stopping.is_set():
+            with contextlib.suppress(Exception):  # the machine may be gone; the logs are a bonus
+                m.save_journal()
+        m.close()
+
+    def run(self, s: Scenario) -> None:
+        where = self.out / s.name
         shutil.rmtree(where, ignore_errors=True)
         t0 = time.monotonic()
         notes = Notes()
         m: Machine | None = None
         ok, message = False, ""
         try:
-            m = Machine(standin, where, accel, say=lambda msg: tell(f"  {s.name}: {msg}"))
+            m = self._start(s, where)
             s.run(m, notes)
             ok = True
         except Failed as exc:
@@ -68,27 +127,19 @@ def run_scenarios(
             (where / "traceback.txt").write_text(traceback.format_exc())
         finally:
             if m is not None:
-                if not ok:
-                    with contextlib.suppress(Exception):  # the machine may be gone; the logs are a bonus
-                        m.save_journal()
-                m.close()
+                self._end(m, ok)
         boots = len(m.boots) if m else 0
         ready = [b.ready_seconds for b in m.boots if b.ready_seconds] if m else []
         o = Outcome(s.name, ok, time.monotonic() - t0, message, notes.values, boots, None, ready)
-        if not keep:
+        if not self.keep:
             for image in where.glob("*.raw"):
                 image.unlink()
-        if ok and not keep:
+        if ok and not self.keep:
             shutil.rmtree(where, ignore_errors=True)
         else:
             o.logs = where
-        tell(line(o))
-        return o
-
-    longest_first = sorted(scenarios, key=lambda s: -s.minutes)
-    with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
-        done = dict(zip((s.name for s in longest_first), pool.map(one, longest_first), strict=True))
-    return [done[s.name] for s in scenarios]
+        self.tell(line(o))
+        self.done[s.name] = o
 
 
 def line(o: Outcome) -> str:
