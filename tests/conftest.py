@@ -15,6 +15,7 @@ pytest_plugins = [
     "tests.fixtures.bootrig",  # Flatcar's boot order: staged base image files and a real sysext
     "tests.fixtures.flatcar",  # the real flatcar/scripts trees, cloned once per session
     "tests.fixtures.fakesdk",  # a checkout of a real tree with recording stand-ins for the SDK
+    "tests.fixtures.vmrun",  # the VM scenarios, run in the background for the whole session
 ]
 
 
