@@ -48,7 +48,7 @@ from piccolod.model import (
     set_path,
 )
 from piccolod.policy import Agent, HealthPolicy, PolicyFile
-from piccolod.values import between, safe_text
+from piccolod.values import between, distinct, safe_text
 
 DEFAULT_CONFIG_FILE = "piccolo.yaml"
 ENV_PREFIX = "PICCOLO_"
@@ -213,13 +213,7 @@ def title(value: str) -> str:
     return value
 
 
-def _boards(values: tuple[Board, ...]) -> tuple[Board, ...]:
-    if not values:
-        raise ValueError("must name at least one board")
-    for i, board in enumerate(values):
-        if board in values[:i]:
-            raise ValueError(f"'{board}' is listed twice")
-    return values
+_BOARDS = distinct("must name at least one board")
 
 
 # --- the model -----------------------------------------------------------------------------------
@@ -355,7 +349,7 @@ class BuildConfig:
     """A Piccolo OS build: piccolo.yaml."""
 
     version: str = field(default="0.1.0", metadata=meta("Piccolo OS / agent version", check=gentoo_version))
-    boards: tuple[Board, ...] = field(default=(Board.AMD64,), metadata=meta("boards to build", check=_boards))
+    boards: tuple[Board, ...] = field(default=(Board.AMD64,), metadata=meta("boards to build", check=_BOARDS))
     flatcar: Flatcar = field(default_factory=Flatcar)
     update: Update = field(default_factory=Update)
     package: Package = field(default_factory=Package)

@@ -27,6 +27,7 @@ from piccolod.model import FieldError, meta
 from piccolod.values import (
     absolute_path,
     between,
+    distinct,
     docker_endpoint,
     each,
     host_port,
@@ -89,13 +90,7 @@ def check_name(value: str) -> str:
     return Component(value) if value in BUILT_IN else value
 
 
-def _run_on(values: tuple[Phase, ...]) -> tuple[Phase, ...]:
-    if not values:
-        raise ValueError("must name gate, runtime or both (to stop a check, set enabled: false)")
-    for i, phase in enumerate(values):
-        if phase in values[:i]:
-            raise ValueError(f"'{phase}' is listed twice")
-    return values
+_RUN_ON = distinct("must name gate, runtime or both (to stop a check, set enabled: false)")
 
 
 def option(help: str, *, check: Any = None) -> dict[str, Any]:
@@ -161,7 +156,7 @@ class Options:
     )
     run_on: tuple[Phase, ...] | None = field(
         default=None,
-        metadata=option("where it runs: gate, runtime or both; null: both", check=optional(_run_on)),
+        metadata=option("where it runs: gate, runtime or both; null: both", check=optional(_RUN_ON)),
     )
 
     def effective(self, *, timeout: float, interval: float, failure_threshold: int) -> Effective:

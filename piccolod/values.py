@@ -151,6 +151,21 @@ def optional(check: Callable[[Any], Any]) -> Callable[[Any], Any]:
     return run
 
 
+def distinct(empty: str) -> Callable[[tuple[Any, ...]], tuple[Any, ...]]:
+    """A check of a list that must name something (``empty`` says what, when it does not) and must not
+    name anything twice."""
+
+    def run(values: tuple[Any, ...]) -> tuple[Any, ...]:
+        if not values:
+            raise ValueError(empty)
+        for i, value in enumerate(values):
+            if value in values[:i]:
+                raise ValueError(f"'{value}' is listed twice")
+        return values
+
+    return run
+
+
 def argv(values: tuple[str, ...]) -> tuple[str, ...]:
     """A command as an argument list: not empty, no control characters."""
     if not values:
