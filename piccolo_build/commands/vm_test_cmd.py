@@ -91,8 +91,9 @@ def register(app: typer.Typer) -> None:
         sets: SetOption = None,
     ) -> None:
         """Boot Piccolo OS in QEMU and run the acceptance scenarios: healthy boot, docker stopped, a healthy
-        and a broken update, a crash before userspace, two disks. One line per scenario; exit 1 when one
-        fails."""
+        and a broken update, a crash before userspace, two disks; on a real image (--image) a healthy boot,
+        and on request (--scenario real-update) the previous release updated to --image's payload. One
+        line per scenario; exit 1 when one fails."""
         from piccolo_build.vm import qemu, report, runner, scenarios, standin
 
         if list_:
@@ -102,12 +103,12 @@ def register(app: typer.Typer) -> None:
                        "(--image with --previous-image only)")  # fmt: skip
             return
         names = _names(scenario, image is not None, [*scenarios.BY_NAME], previous_image, to_version)
-        out = out.resolve()
+        runs = _image_runs(image, names, previous_image, to_version) if image is not None else []
+        out = out.resolve()  # every input checked (the image's artefacts too): now write
         out.mkdir(parents=True, exist_ok=True)
         t0 = time.monotonic()
         with _sigterm_interrupts():  # a CI job cancelled, or the suite ending: no VM outlives the run
             if image is not None:
-                runs = _image_runs(image, names, previous_image, to_version)  # input checked before a boot
                 # no kernel of ours to probe with: KVM when the node opens (CI runners), else TCG
                 kvm = os.access("/dev/kvm", os.R_OK | os.W_OK)
                 chosen = accel.value if accel is not Accel.AUTO else ("kvm" if kvm else "tcg")
