@@ -187,8 +187,16 @@ class FakeFlatcar:
     slot, update_engine's status, flatcar-update's checks and postinstall marking, a reboot with GRUB's
     choice, piccolod's gate and update_engine's later marking. Any command it does not know fails the test."""
 
-    def __init__(self, root: Path, *, installs: str | None = None, new_slot_boots: bool = True,
-                 marks: bool = True, corrupt_copy: bool = False) -> None:  # fmt: skip
+    def __init__(
+        self,
+        root: Path,
+        *,
+        installs: str | None = None,
+        new_slot_boots: bool = True,
+        marks: bool = True,
+        corrupt_copy: bool = False,
+        gate_passes: bool = True,
+    ) -> None:
         self.files = root / "guest"
         self.slots = {"USR-A": [1, 0, 1], "USR-B": [0, 0, 0]}  # priority, tries, successful
         self.version = {"USR-A": OLD, "USR-B": ""}
@@ -200,6 +208,7 @@ class FakeFlatcar:
             marks,
             corrupt_copy,
         )
+        self.gate_passes = gate_passes
         self.commands: list[str] = []
         self.marked = False
 
@@ -239,7 +248,7 @@ class FakeFlatcar:
             return 0, "piccolod: gate passed\n", ""
         if argv[0] == "curl" and argv[-1] == image.HEALTH_URL:
             self.health_polls += 1
-            passed = self.boot == 1 or self.health_polls > 2
+            passed = self.boot == 1 or (self.gate_passes and self.health_polls > 2)
             doc = '{"startup_health_check": "%s"}' % ("passed" if passed else "pending")
             return 0, f"{doc}\n{200 if passed else 503}", ""
         if command == "cat /etc/os-release":
@@ -340,6 +349,7 @@ def test_the_steps_update_and_prove_the_new_slot(tmp_path: Path, key: Path) -> N
         ({"new_slot_boots": False}, OLD, "boot 2 (boot-2) runs USR-A, not the updated USR-B"),
         ({"installs": "4593.2.4"}, OLD, "boot 2: VERSION 4593.2.4 VERSION_ID 4593.2.4, expected"),
         ({"marks": False}, OLD, "USR-B P2 T0 S0 0.2s after the gate passed: not marked successful"),
+        ({"gate_passes": False}, OLD, "boot 2: health 503, startup_health_check pending after 0.2s"),
         ({"corrupt_copy": True}, OLD, "flatcar_test_update.gz: the copy in the VM differs"),
         ({}, "4400.0.0", f"boot 1: VERSION {OLD}, the previous image's version.txt 4400.0.0"),
     ],
@@ -348,7 +358,8 @@ def test_the_steps_fail_with_the_reason(
     tmp_path: Path, key: Path, flaws: dict[str, object], previous: str, reason: str
 ) -> None:
     g = FakeFlatcar(tmp_path, **flaws)  # type: ignore[arg-type]
-    fast = Timeouts(boot=5, copy=5, update=5, gate=5, mark=0.2 if flaws.get("marks") is False else 5, poll=0)
+    short = 0.2 if flaws.get("marks") is False or flaws.get("gate_passes") is False else 5
+    fast = Timeouts(boot=5, copy=5, update=5, gate=short, mark=short, poll=0)
     with pytest.raises(Failed, match=re.escape(reason)):
         payload_update.steps(g, _update(tmp_path, key), previous, lambda _m: None, fast)
 

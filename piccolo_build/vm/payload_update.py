@@ -235,6 +235,19 @@ def health(g: Guest) -> tuple[str, dict[str, object]]:
     return code.strip(), doc if isinstance(doc, dict) else {}
 
 
+def wait_health(g: Guest, boot: str, t: Timeouts, *, passed: bool) -> None:
+    """Wait for health 200 (and with ``passed``, for the gate's ``startup_health_check: passed``)."""
+    t0 = time.monotonic()
+    while True:
+        code, doc = health(g)
+        verdict = doc.get("startup_health_check")
+        if code == "200" and (verdict == "passed" or not passed):
+            return
+        if time.monotonic() - t0 >= t.gate:
+            raise Failed(f"{boot}: health {code}, startup_health_check {verdict} after {t.gate:g}s")
+        time.sleep(t.poll)
+
+
 def _kola(g: Guest, boot: str) -> None:
     found = image.kola_findings(lambda c: g.run(c, 300).stdout, g.console())
     expect(not found, f"{boot}: " + "; ".join(found))
@@ -258,8 +271,7 @@ def steps(  # noqa: PLR0915 - one scenario, read top to bottom
     first = wait_boot(g, "", t.boot, t.poll)
     notes["ssh"] = f"{time.monotonic() - t0:.0f}s"
     _kola(g, "boot 1")
-    code, _doc = health(g)
-    expect(code == "200", f"boot 1 (the previous release): GET /api/v1/system/health {code}")
+    wait_health(g, "boot 1 (the previous release)", t, passed=False)
     old = parse_fields(_sh(g, "cat /etc/os-release"))
     expect(
         previous is None or old.get("VERSION") == previous,
@@ -319,17 +331,9 @@ def steps(  # noqa: PLR0915 - one scenario, read top to bottom
         f"expected {u.version} {u.version_id}",
     )
 
-    doc: dict[str, object] = {}
-    while time.monotonic() - t3 < t.gate:
-        code, doc = health(g)
-        if code == "200" and doc.get("startup_health_check") == "passed":
-            break
-        time.sleep(t.poll)
-    expect(
-        code == "200" and doc.get("startup_health_check") == "passed",
-        f"boot 2: health {code}, startup_health_check {doc.get('startup_health_check')} after {t.gate:g}s",
-    )
-    notes["gate"] = f"{time.monotonic() - t3:.0f}s"
+    t_up = time.monotonic()
+    wait_health(g, "boot 2", t, passed=True)
+    notes["gate"] = f"{time.monotonic() - t_up:.0f}s after SSH"
     t4 = time.monotonic()
     while time.monotonic() - t4 < t.mark and not now.bits[target][2]:
         time.sleep(t.poll)
