@@ -56,6 +56,11 @@ def read_value(path: Path, key: str) -> str:
     return unquoted
 
 
+def is_version(text: str) -> bool:
+    """Whether ``text`` is a Flatcar version, ``NNNN.N.N`` with an optional ``+BUILD_ID``."""
+    return _VERSION.fullmatch(text) is not None
+
+
 def read_sdk_version(path: Path) -> str:
     """``FLATCAR_SDK_VERSION`` from ``path`` (see :func:`read_value`)."""
     return read_value(path, SDK_KEY)

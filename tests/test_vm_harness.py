@@ -157,6 +157,7 @@ def test_unknown_scenario_and_list(capsys: pytest.CaptureFixture[str]) -> None:
         "broken-update",
         "crash-before-userspace",
         "two-disks",
+        "real-update",  # --image only, opt-in (tests/test_vm_image.py)
     ]
 
 

@@ -10,6 +10,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from enum import StrEnum
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
@@ -19,10 +20,12 @@ from piccolo_build.commands.config_cmd import ConfigOption, SetOption, load_for_
 from piccolo_build.errors import PiccoloError
 
 if TYPE_CHECKING:
-    from piccolo_build.vm.image import Artefacts
     from piccolo_build.vm.runner import Outcome
 
 OUT = Path("build/vm-test")  # per-scenario logs (kept for failures and with --keep); CI uploads it
+# --image only, opt-in: a real payload from the previous release (docs/vm-test.md)
+REAL_UPDATE = "real-update"
+IMAGE_SCENARIOS = ("healthy-boot", REAL_UPDATE)
 
 
 class Accel(StrEnum):
@@ -68,35 +71,48 @@ def register(app: typer.Typer) -> None:
         cache: Annotated[
             Path | None, typer.Option("--cache", help="Stand-in cache (default $PICCOLO_TEST_CACHE/vm).")
         ] = None,
+        previous_image: Annotated[
+            Path | None,
+            typer.Option(
+                "--previous-image",
+                help=f"--scenario {REAL_UPDATE}: the previous release's qemu_uefi directory, booted and "
+                "updated to --image's payload.",
+            ),
+        ] = None,
+        to_version: Annotated[
+            str | None,
+            typer.Option(
+                "--to-version",
+                help=f"--scenario {REAL_UPDATE}: the version --image's payload installs "
+                "(default: FLATCAR_VERSION in its version.txt).",
+            ),
+        ] = None,
         config: ConfigOption = None,
         sets: SetOption = None,
     ) -> None:
         """Boot Piccolo OS in QEMU and run the acceptance scenarios: healthy boot, docker stopped, a healthy
-        and a broken update, a crash before userspace, two disks. One line per scenario; exit 1 when one
-        fails."""
-        from piccolo_build.vm import image as image_mod
+        and a broken update, a crash before userspace, two disks; on a real image (--image) a healthy boot,
+        and on request (--scenario real-update) the previous release updated to --image's payload. One
+        line per scenario; exit 1 when one fails."""
         from piccolo_build.vm import qemu, report, runner, scenarios, standin
 
         if list_:
             for sc in scenarios.SCENARIOS:
                 typer.echo(f"{sc.name:<24} {sc.title}")
+            typer.echo(f"{REAL_UPDATE:<24} a real update payload with flatcar-update -P "
+                       "(--image with --previous-image only)")  # fmt: skip
             return
-        names = scenario or [sc.name for sc in scenarios.SCENARIOS]
-        unknown = [n for n in names if n not in scenarios.BY_NAME]
-        if unknown:
-            raise PiccoloError(
-                f"unknown scenario {unknown[0]!r}", hint=f"one of: {', '.join(scenarios.BY_NAME)} (--list)"
-            )
-        out = out.resolve()
+        names = _names(scenario, image is not None, [*scenarios.BY_NAME], previous_image, to_version)
+        runs = _image_runs(image, names, previous_image, to_version) if image is not None else []
+        out = out.resolve()  # every input checked (the image's artefacts too): now write
         out.mkdir(parents=True, exist_ok=True)
         t0 = time.monotonic()
         with _sigterm_interrupts():  # a CI job cancelled, or the suite ending: no VM outlives the run
             if image is not None:
-                art = image_mod.find_artefacts(image)
                 # no kernel of ours to probe with: KVM when the node opens (CI runners), else TCG
                 kvm = os.access("/dev/kvm", os.R_OK | os.W_OK)
                 chosen = accel.value if accel is not Accel.AUTO else ("kvm" if kvm else "tcg")
-                outcomes = [_image_run(art, out, chosen, keep)]
+                outcomes = [_image_run(name, fn, out, chosen, keep) for name, fn in runs]
             else:
                 cfg = load_for_cli(config, sets)
                 where = (cache or standin.default_cache()).resolve()
@@ -154,20 +170,80 @@ def _jobs(default: int, path: Path | None) -> int | Callable[[], int]:
     return now
 
 
-def _image_run(art: Artefacts, out: Path, accel: str, keep: bool) -> Outcome:
+def _names(
+    asked: list[str] | None,
+    with_image: bool,
+    standin: list[str],
+    previous_image: Path | None,
+    to_version: str | None,
+) -> list[str]:
+    """The scenarios to run; every misuse of the options is one line (exit 2)."""
+    known = [*IMAGE_SCENARIOS] if with_image else standin
+    names = asked or (["healthy-boot"] if with_image else standin)
+    for n in names:
+        if n == REAL_UPDATE and not with_image:
+            raise PiccoloError(
+                f"--scenario {REAL_UPDATE} runs only on real images",
+                hint=f"piccolo-build vm-test --image NEW --previous-image OLD --scenario {REAL_UPDATE}",
+            )
+        if with_image and n in standin and n not in IMAGE_SCENARIOS:
+            raise PiccoloError(f"scenario {n!r} runs only on the stand-in (without --image)",
+                               hint=f"with --image: {', '.join(IMAGE_SCENARIOS)}")  # fmt: skip
+        if n not in known:
+            raise PiccoloError(f"unknown scenario {n!r}", hint=f"one of: {', '.join(known)} (--list)")
+    if REAL_UPDATE in names and previous_image is None:
+        raise PiccoloError(
+            f"--scenario {REAL_UPDATE} needs --previous-image OLD",
+            hint="the previous release's qemu_uefi directory, updated to --image's payload",
+        )
+    if REAL_UPDATE not in names and (previous_image is not None or to_version is not None):
+        option = "--previous-image" if previous_image is not None else "--to-version"
+        raise PiccoloError(f"{option} is used only by --scenario {REAL_UPDATE}")
+    return names
+
+
+def _image_runs(
+    image: Path, names: list[str], previous_image: Path | None, to_version: str | None
+) -> list[tuple[str, Callable[[Path, str], dict[str, str]]]]:
+    """Each scenario on the real image, its artefacts found and checked now (before any VM boots)."""
+    from piccolo_build.vm import image as image_mod
+    from piccolo_build.vm import payload_update
+
+    runs: list[tuple[str, Callable[[Path, str], dict[str, str]]]] = []
+    for name in names:
+        if name == REAL_UPDATE:
+            assert previous_image is not None  # _names saw to it
+            old = image_mod.find_artefacts(previous_image, "--previous-image")
+            old_version = payload_update.version_of(previous_image, "--previous-image")
+            update = payload_update.find_update(image, to_version)
+            if old_version == update.version:
+                raise PiccoloError(f"--previous-image {previous_image} is already {update.version}")
+            real = partial(
+                payload_update.real_update, old, update, previous_version=old_version, say=typer.echo
+            )
+            runs.append((name, real))
+        else:
+            art = image_mod.find_artefacts(image)
+            runs.append((name, partial(image_mod.healthy_boot, art, say=typer.echo)))
+    return runs
+
+
+def _image_run(
+    name: str, fn: Callable[[Path, str], dict[str, str]], out: Path, accel: str, keep: bool
+) -> Outcome:
     import shutil
 
-    from piccolo_build.vm import image as image_mod
     from piccolo_build.vm.machine import Failed
     from piccolo_build.vm.runner import Outcome, line
 
-    where = out / "healthy-boot"
+    where = out / name
+    shutil.rmtree(where, ignore_errors=True)
     t0 = time.monotonic()
     try:
-        notes = image_mod.healthy_boot(art, where, accel, typer.echo)
-        o = Outcome("healthy-boot", True, time.monotonic() - t0, notes=notes)
+        notes = fn(where, accel)
+        o = Outcome(name, True, time.monotonic() - t0, notes=notes)
     except (Failed, PiccoloError) as exc:
-        o = Outcome("healthy-boot", False, time.monotonic() - t0, str(exc), logs=where)
+        o = Outcome(name, False, time.monotonic() - t0, str(exc), logs=where)
     if not keep:
         (where / "overlay.qcow2").unlink(missing_ok=True)
     if o.ok and not keep:

@@ -16,16 +16,17 @@ command line, the Ignition document and the overlay are what the tests check.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
 import socket
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from piccolo_build.errors import PiccoloError, StepFailed
-from piccolo_build.run import run, spawn
+from piccolo_build.run import Background, run, spawn
 from piccolo_build.vm import qemu
 from piccolo_build.vm.machine import BAD_LINES, expect
 from piccolo_build.vm.tools import need
@@ -35,6 +36,7 @@ CODE_NAMES = ("flatcar_production_qemu_uefi_efi_code.qcow2", "flatcar_production
 VARS_NAMES = ("flatcar_production_qemu_uefi_efi_vars.qcow2", "flatcar_production_qemu_uefi_efi_vars.fd")
 IGNITION_KEY = "opt/org.flatcar-linux/config"
 IGNITION_VERSION = "3.3.0"
+HEALTH_URL = "http://127.0.0.1:8080/api/v1/system/health"
 
 
 @dataclass(frozen=True)
@@ -54,9 +56,9 @@ def _one(where: Path, names: tuple[str, ...], what: str) -> Path:
     )
 
 
-def find_artefacts(where: Path) -> Artefacts:
+def find_artefacts(where: Path, option: str = "--image") -> Artefacts:
     if not where.is_dir():
-        raise PiccoloError(f"--image {where}: not a directory")
+        raise PiccoloError(f"{option} {where}: not a directory")
     return Artefacts(
         _one(where, IMAGE_NAMES, "image"),
         _one(where, CODE_NAMES, "efi_code"),
@@ -146,12 +148,24 @@ def argv(p: Prepared, accel: str, swtpm_socket: Path | None, *, memory_mib: int 
     return args
 
 
-def ssh_argv(p: Prepared, command: str) -> list[str]:
+def ssh_options(p: Prepared) -> list[str]:
+    """The options of every ssh and scp to a test VM: the run's key only, no host key kept (every VM is
+    new), never a prompt."""
     return [
-        need("ssh"), "-i", str(p.key), "-p", str(p.ssh_port), "-o", "StrictHostKeyChecking=no",
+        "-i", str(p.key), "-o", "IdentitiesOnly=yes", "-o", "StrictHostKeyChecking=no",
         "-o", "UserKnownHostsFile=/dev/null", "-o", "ConnectTimeout=5", "-o", "BatchMode=yes",
-        "-o", "LogLevel=ERROR", "core@127.0.0.1", command,
+        "-o", "LogLevel=ERROR",
     ]  # fmt: skip
+
+
+def ssh_argv(p: Prepared, command: str) -> list[str]:
+    return [need("ssh"), *ssh_options(p), "-p", str(p.ssh_port), "core@127.0.0.1", command]
+
+
+def scp_argv(p: Prepared, files: Sequence[Path], dest: str) -> list[str]:
+    """Copy ``files`` into the directory ``dest`` of the VM (scp's SFTP protocol, the default since
+    OpenSSH 9)."""
+    return [need("scp"), *ssh_options(p), "-P", str(p.ssh_port), *map(str, files), f"core@127.0.0.1:{dest}/"]
 
 
 def wait_ssh(p: Prepared, timeout: float) -> float:
@@ -168,9 +182,9 @@ def wait_ssh(p: Prepared, timeout: float) -> float:
     )
 
 
-def healthy_boot(art: Artefacts, run_dir: Path, accel: str, say: Callable[[str], None]) -> dict[str, str]:
-    """The healthy-boot scenario on the real image over SSH: system running, no failed units, no kola
-    findings in the journal, piccolod active and its health endpoint 200. Raises :class:`Failed`."""
+@contextlib.contextmanager
+def booted(art: Artefacts, run_dir: Path, accel: str) -> Iterator[tuple[Prepared, Background]]:
+    """A VM of ``art`` with its swtpm, started (not yet reachable); both stopped on the way out."""
     p = prepare(art, run_dir)
     state = run_dir / "tpm"
     state.mkdir(exist_ok=True)
@@ -183,24 +197,42 @@ def healthy_boot(art: Artefacts, run_dir: Path, accel: str, say: Callable[[str],
         time.sleep(0.05)
     vm = spawn(argv(p, accel, sock), log=run_dir / "qemu.log")
     try:
+        yield p, vm
+    finally:
+        vm.stop(5)
+        tpm.stop(2)
+
+
+def kola_findings(sh: Callable[[str], str], console: str) -> list[str]:
+    """What kola fails a boot for: not ``running``, failed units, and panics, "Dependency failed",
+    ordering cycles or emergency shells on the console (this boot's part) or in this boot's journal."""
+    found = []
+    state = sh("systemctl is-system-running --wait").strip()
+    if state != "running":
+        found.append(f"is-system-running: {state or 'nothing'}")
+    failed = sh("systemctl list-units --failed --no-legend --plain").strip()
+    if failed:
+        found.append(f"failed units: {' / '.join(failed.splitlines())}")
+    for where, text in (("console", console), ("journal", sh("journalctl -b -o cat --no-pager"))):
+        found += [f"{where}: {ln.strip()[:200]}" for ln in text.splitlines() if BAD_LINES.search(ln)][:3]
+    return found
+
+
+def healthy_boot(art: Artefacts, run_dir: Path, accel: str, say: Callable[[str], None]) -> dict[str, str]:
+    """The healthy-boot scenario on the real image over SSH: system running, no failed units, no kola
+    findings, piccolod active and its health endpoint 200. Raises :class:`Failed`."""
+    with booted(art, run_dir, accel) as (p, vm):
         say(f"image: booting under {accel}, SSH on 127.0.0.1:{p.ssh_port}")
         notes = {"ssh": f"{wait_ssh(p, 600 if accel == 'tcg' else 180):.0f}s"}
 
         def sh(command: str) -> str:
             return run(ssh_argv(p, command), check=False, timeout=300).stdout
 
-        state_now = sh("systemctl is-system-running --wait").strip()
-        expect(state_now == "running", f"is-system-running: {state_now}")
-        failed = sh("systemctl list-units --failed --no-legend --plain").strip()
-        expect(not failed, f"failed units: {failed}")
-        bad = [ln for ln in sh("journalctl -b -o cat --no-pager").splitlines() if BAD_LINES.search(ln)]
-        expect(not bad, f"journal: {bad[:3]}")
+        found = kola_findings(sh, (run_dir / "console.log").read_text(errors="replace"))
+        expect(not found, "; ".join(found))
         expect(sh("systemctl is-active piccolod.service").strip() == "active", "piccolod is not active")
-        code = sh("curl -s -o /dev/null -w '%{http_code}' http://127.0.0.1:8080/api/v1/system/health").strip()
+        code = sh(f"curl -s -o /dev/null -w '%{{http_code}}' {HEALTH_URL}").strip()
         expect(code == "200", f"GET /api/v1/system/health: {code}")
         sh("sudo systemctl poweroff")
         vm.wait(60)
         return notes
-    finally:
-        vm.stop(5)
-        tpm.stop(2)

@@ -23,6 +23,7 @@ PACKAGES = {
     "cp": "coreutils",
     "ssh-keygen": "openssh-client",
     "ssh": "openssh-client",
+    "scp": "openssh-client",
 }
 
 
