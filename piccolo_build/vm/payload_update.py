@@ -39,7 +39,7 @@ from piccolo_build import release, versionfile
 from piccolo_build.errors import PiccoloError, StepFailed
 from piccolo_build.payload import PayloadError, read_payload
 from piccolo_build.run import Completed, run
-from piccolo_build.vm import image
+from piccolo_build.vm import disk, image
 from piccolo_build.vm.machine import Failed, expect
 
 PAYLOAD = "flatcar_test_update.gz"
@@ -47,7 +47,7 @@ EXTENSION_GLOB = f"{release.OEM_PAYLOAD_PREFIX}flatcar-*.gz"  # Flatcar's own op
 VERSION_FILE = "version.txt"  # build_image's: FLATCAR_VERSION=..., FLATCAR_VERSION_ID=...
 GUEST_DIR = "/var/tmp/piccolo-vm-update"  # noqa: S108 - in the VM, made by the harness
 NEED_REBOOT = "UPDATE_STATUS_UPDATED_NEED_REBOOT"
-USR_PARTITIONS = {"USR-A": 3, "USR-B": 4}  # Flatcar's fixed partition numbers
+USR_PARTITIONS = {label: number for label, (number, _uuid) in disk.SLOTS.items()}
 # One line per USR slot: "slot LABEL PRIORITY TRIES SUCCESSFUL", and "booted LABEL" for the slot under
 # /usr (rootdev -s: the partition below dm-verity).
 SLOTS_SCRIPT = (
