@@ -63,7 +63,13 @@ def healthy_boot(m: Machine, n: Notes) -> None:
     expect(_booted_slot(m) == "USR-A", f"booted {_booted_slot(m)}, not USR-A")
     doc = _health_200(m, 90)
     n["health 200"] = time.monotonic() - m.vm.started if m.vm else 0.0
-    expect(doc.get("status") == "healthy", f"status {doc.get('status')}, not healthy")
+    # 200 comes with "degraded" while docker (optional) is still starting: slow on a loaded host
+    deadline = time.monotonic() + 90
+    while doc.get("status") != "healthy" and time.monotonic() < deadline:
+        time.sleep(2)
+        _code, doc = m.health()
+    expect(doc.get("status") == "healthy", f"status {doc.get('status')}, not healthy within 90s of 200")
+    n["healthy"] = time.monotonic() - m.vm.started if m.vm else 0.0
     comps = doc.get("components")
     tpm = comps.get("tpm", {}) if isinstance(comps, dict) else {}
     expect(tpm.get("status") == "healthy", f"the TPM (/dev/tpmrm0) is not healthy: {tpm}")
