@@ -149,7 +149,9 @@ def test_unknown_scenario_and_list(capsys: pytest.CaptureFixture[str]) -> None:
     assert run(["vm-test", "--scenario", "two-disks", "-s", "x"]) == 2  # -s is --set, as everywhere
     assert "--set 'x': expected KEY=VALUE" in capsys.readouterr().err
     assert run(["vm-test", "--list"]) == 0
-    names = [ln.split()[0] for ln in capsys.readouterr().out.splitlines()]
+    listed = capsys.readouterr().out.splitlines()
+    assert [ln.split()[1] for ln in listed if ln.startswith("model ")] == ["late", "initrd"]
+    names = [ln.split()[0] for ln in listed if not ln.startswith("model ")]
     assert names == [
         "healthy-boot",
         "docker-stopped",

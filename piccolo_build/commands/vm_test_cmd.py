@@ -1,10 +1,12 @@
 """``piccolo-build vm-test``: the acceptance scenarios in QEMU virtual machines, on the stand-in machine the
-project builds or around a real ``qemu_uefi`` image (:mod:`piccolo_build.vm`, docs/vm-test.md)."""
+project builds (in each boot model, :mod:`piccolo_build.vm.models`) or around a real ``qemu_uefi`` image
+(:mod:`piccolo_build.vm`, docs/vm-test.md)."""
 
 from __future__ import annotations
 
 import os
 import time
+from collections.abc import Callable
 from enum import StrEnum
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
@@ -43,7 +45,15 @@ def register(app: typer.Typer) -> None:
         keep: Annotated[
             bool, typer.Option("--keep", help="Keep every run directory, disks included.")
         ] = False,
-        list_: Annotated[bool, typer.Option("--list", help="List the scenarios and exit.")] = False,
+        model: Annotated[
+            list[str] | None,
+            typer.Option(
+                "--model", help="Boot model of the stand-in: late, initrd (repeatable; default both)."
+            ),
+        ] = None,
+        list_: Annotated[
+            bool, typer.Option("--list", help="List the scenarios and models, and exit.")
+        ] = False,
         accel: Annotated[
             Accel, typer.Option("--accel", help="auto: KVM if a probe boot works, else TCG.")
         ] = Accel.AUTO,
@@ -59,11 +69,13 @@ def register(app: typer.Typer) -> None:
         and a broken update, a crash before userspace, two disks. One line per scenario; exit 1 when one
         fails."""
         from piccolo_build.vm import image as image_mod
-        from piccolo_build.vm import qemu, report, runner, scenarios, standin
+        from piccolo_build.vm import models, qemu, report, runner, scenarios, standin
 
         if list_:
             for sc in scenarios.SCENARIOS:
                 typer.echo(f"{sc.name:<24} {sc.title}")
+            for m in models.MODELS:
+                typer.echo(f"model {m.name:<8} Debian {m.suite:<7} {m.initrd} initrd: {m.description}")
             return
         names = scenario or [sc.name for sc in scenarios.SCENARIOS]
         unknown = [n for n in names if n not in scenarios.BY_NAME]
@@ -71,6 +83,14 @@ def register(app: typer.Typer) -> None:
             raise PiccoloError(
                 f"unknown scenario {unknown[0]!r}", hint=f"one of: {', '.join(scenarios.BY_NAME)} (--list)"
             )
+        wanted = list(dict.fromkeys(model or [m.name for m in models.MODELS]))  # in order, once each
+        bad = [n for n in wanted if n not in models.BY_NAME]
+        if bad:
+            raise PiccoloError(
+                f"unknown model {bad[0]!r}", hint=f"one of: {', '.join(models.BY_NAME)} (--list)"
+            )
+        if image is not None and model:
+            raise PiccoloError("--model is for the stand-in; --image boots the image as it is")
         out = out.resolve()
         out.mkdir(parents=True, exist_ok=True)
         t0 = time.monotonic()
@@ -83,14 +103,22 @@ def register(app: typer.Typer) -> None:
         else:
             cfg = load_for_cli(config, sets)
             where = (cache or standin.default_cache()).resolve()
-            typer.echo(f"stand-in: building or reusing in {where}")
-            s = standin.build(cfg, where, say=lambda m: typer.echo(f"  {m}"))
-            typer.echo(f"stand-in {s.key}: {'built' if s.built else 'cached'} in {s.seconds:.0f}s")
-            chosen, why = qemu.choose_accel(s.vmlinuz, s.initrd, out, accel.value)
-            typer.echo(f"accelerator: {chosen} ({why})")
-            outcomes = runner.run_scenarios(
-                s, [scenarios.BY_NAME[n] for n in names], out, chosen, jobs=jobs, keep=keep, say=typer.echo
-            )
+            outcomes = []
+            chosen = accel.value
+            for name in wanted:  # one model after the other: each runs its scenarios on its own stand-in
+                m = models.BY_NAME[name]
+                typer.echo(f"model {m.name}: {m.description}")
+                typer.echo(f"stand-in ({m.name}): building or reusing in {where}")
+                s = standin.build(cfg, where, model=m, say=_prefixed(f"  {m.name}: "))
+                typer.echo(
+                    f"stand-in {m.name}-{s.key}: {'built' if s.built else 'cached'} in {s.seconds:.0f}s"
+                )
+                chosen, why = qemu.choose_accel(s.vmlinuz, s.initrd, out, accel.value)
+                typer.echo(f"accelerator: {chosen} ({why})")
+                outcomes += runner.run_scenarios(
+                    s, [scenarios.BY_NAME[n] for n in names], out / m.name, chosen, jobs=jobs, keep=keep,
+                    say=typer.echo,
+                )  # fmt: skip
         failed = [o for o in outcomes if not o.ok]
         passed = len(outcomes) - len(failed)
         typer.echo(f"{passed} of {len(outcomes)} passed in {time.monotonic() - t0:.0f}s ({chosen})")
@@ -101,6 +129,10 @@ def register(app: typer.Typer) -> None:
             tap.write_text(report.tap(outcomes))
         if failed:
             raise typer.Exit(1)
+
+
+def _prefixed(prefix: str) -> Callable[[str], None]:
+    return lambda msg: typer.echo(prefix + msg)
 
 
 def _image_run(art: Artefacts, out: Path, accel: str, keep: bool) -> Outcome:

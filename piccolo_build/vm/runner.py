@@ -30,6 +30,12 @@ class Outcome:
     boots: int = 0
     logs: Path | None = None
     ready: list[float] = field(default_factory=list)  # QEMU start to piccolod READY, per boot that saw it
+    model: str = ""  # the stand-in's boot model ("" for --image)
+
+    @property
+    def label(self) -> str:
+        """``model/scenario``: what the output lines and the reports call it."""
+        return f"{self.model}/{self.name}" if self.model else self.name
 
 
 def run_scenarios(
@@ -56,7 +62,9 @@ def run_scenarios(
         m: Machine | None = None
         ok, message = False, ""
         try:
-            m = Machine(standin, where, accel, say=lambda msg: tell(f"  {s.name}: {msg}"))
+            m = Machine(
+                standin, where, accel, say=lambda msg: tell(f"  {standin.model.name}/{s.name}: {msg}")
+            )
             s.run(m, notes)
             ok = True
         except Failed as exc:
@@ -74,7 +82,9 @@ def run_scenarios(
                 m.close()
         boots = len(m.boots) if m else 0
         ready = [b.ready_seconds for b in m.boots if b.ready_seconds] if m else []
-        o = Outcome(s.name, ok, time.monotonic() - t0, message, notes.values, boots, None, ready)
+        o = Outcome(
+            s.name, ok, time.monotonic() - t0, message, notes.values, boots, None, ready, standin.model.name
+        )
         if not keep:
             for image in where.glob("*.raw"):
                 image.unlink()
@@ -94,7 +104,7 @@ def run_scenarios(
 def line(o: Outcome) -> str:
     extra = ", ".join(f"{k} {v}" for k, v in o.notes.items())
     ready = f", READY {' / '.join(f'{r:.0f}s' for r in o.ready)}" if o.ready else ""
-    head = f"{'ok  ' if o.ok else 'FAIL'} {o.name:<24} {o.seconds:5.0f}s  {o.boots} boot(s){ready}"
+    head = f"{'ok  ' if o.ok else 'FAIL'} {o.label:<31} {o.seconds:5.0f}s  {o.boots} boot(s){ready}"
     tail = f"  ({extra})" if extra else ""
     why = f"\n     {o.message}" + (f"\n     logs: {o.logs}" if o.logs else "") if not o.ok else ""
     return head + tail + why
