@@ -154,6 +154,10 @@ def test_unknown_scenario_and_list(capsys: pytest.CaptureFixture[str]) -> None:
     assert "unknown scenario 'nope'" in capsys.readouterr().err
     assert run(["vm-test", "--scenario", "two-disks", "-s", "x"]) == 2  # -s is --set, as everywhere
     assert "--set 'x': expected KEY=VALUE" in capsys.readouterr().err
+    assert run(["vm-test", "--model", "early"]) == 2
+    assert "unknown model 'early'" in capsys.readouterr().err
+    assert run(["vm-test", "--image", "/nonexistent", "--model", "initrd"]) == 2
+    assert "--model is for the stand-in" in capsys.readouterr().err
     assert run(["vm-test", "--list"]) == 0
     listed = capsys.readouterr().out.splitlines()
     assert [ln.split()[1] for ln in listed if ln.startswith("model ")] == ["late", "initrd"]
