@@ -75,7 +75,7 @@ ConditionKernelCommandLine=piccolo_vm.probe
 
 [Service]
 Type=oneshot
-ExecStart=/bin/sh -c 'echo "{PROBE_MARK}" >/dev/console'
+ExecStart=/bin/sh -c 'echo "{PROBE_MARK}" >/dev/console; sleep 1'
 ExecStart=systemctl --force --force poweroff
 """
 
