@@ -273,6 +273,6 @@ SCENARIOS = (
     Scenario(
         "crash-before-userspace", "USR-B has no /usr: GRUB falls back to USR-A", crash_before_userspace, 2
     ),
-    Scenario("two-disks", "a second disk with a marked USR-B: the gate follows the booted slot", two_disks, 4),
+    Scenario("two-disks", "a second disk with a marked USR-B: the gate follows the booted one", two_disks, 4),
 )
 BY_NAME = {s.name: s for s in SCENARIOS}
