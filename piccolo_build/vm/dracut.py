@@ -12,10 +12,11 @@ to the real root, so the real root's PID 1 sees piccolod.service in its first tr
 Ours, added with ``--include``:
 
 - ``emergency.service`` replaced: when the initrd fails it does not wait in a shell. Flatcar's initrd
-  (its ``emergency-timeout`` dracut module) offers the emergency shell and reboots when nobody answers
-  within minutes, so that GRUB can fall back to the other ``/usr`` after a bad update; the stand-in
-  reboots at once. When ``/usr`` is not mounted it prints :data:`piccolo_build.vm.initrd.USR_FAIL_MARK`,
-  the line the ``crash-before-userspace`` scenario looks for on the console, as the busybox initrd does.
+  (the ``emergency-timeout`` dracut module of flatcar/bootengine) offers the emergency shell and reboots
+  when nobody presses Enter within five minutes, so that GRUB can fall back to the other ``/usr`` after
+  a bad update; the stand-in reboots at once. When ``/usr`` is not mounted it prints
+  :data:`piccolo_build.vm.initrd.USR_FAIL_MARK`, the line the ``crash-before-userspace`` scenario looks
+  for on the console, as the busybox initrd does.
 - a unit that answers the KVM probe (``piccolo_vm.probe``: print :data:`~piccolo_build.vm.initrd.PROBE_MARK`
   and power off), so :func:`piccolo_build.vm.qemu.choose_accel` can probe with either initrd.
 """
