@@ -1,6 +1,8 @@
 """The VM harness's parts that need no VM (fast tier): GRUB's gptprio on a real Flatcar-shaped disk made by
 sgdisk and written by cgpt, the initrd archive, the --image preparation (overlay, UEFI variables, SSH
-key, Ignition) and QEMU command line, the reports, and the command's bad input."""
+key, Ignition) and QEMU command line, the reports, the command's bad input, the boot models, the cache of
+their stand-ins and the check that the initrd model merged in the initrd; and (``vm``, ``slow``: it needs
+the sid package tree) the initrd model's dracut initrd, read without booting it."""
 
 from __future__ import annotations
 
@@ -13,9 +15,13 @@ from xml.etree import ElementTree as ET
 import pytest
 
 from piccolo_build.cli import run
+from piccolo_build.config import load_config
 from piccolo_build.errors import PiccoloError
-from piccolo_build.vm import disk, image, initrd, qemu, report
+from piccolo_build.vm import disk, dracut, guest, image, initrd, models, qemu, report, standin
+from piccolo_build.vm.machine import initrd_merge_problems
 from piccolo_build.vm.runner import Outcome, line
+
+ROOT = Path(__file__).resolve().parent.parent
 
 
 @pytest.fixture
@@ -148,8 +154,14 @@ def test_unknown_scenario_and_list(capsys: pytest.CaptureFixture[str]) -> None:
     assert "unknown scenario 'nope'" in capsys.readouterr().err
     assert run(["vm-test", "--scenario", "two-disks", "-s", "x"]) == 2  # -s is --set, as everywhere
     assert "--set 'x': expected KEY=VALUE" in capsys.readouterr().err
+    assert run(["vm-test", "--model", "early"]) == 2
+    assert "unknown model 'early'" in capsys.readouterr().err
+    assert run(["vm-test", "--image", "/nonexistent", "--model", "initrd"]) == 2
+    assert "--model is for the stand-in" in capsys.readouterr().err
     assert run(["vm-test", "--list"]) == 0
-    names = [ln.split()[0] for ln in capsys.readouterr().out.splitlines()]
+    listed = capsys.readouterr().out.splitlines()
+    assert [ln.split()[1] for ln in listed if ln.startswith("model ")] == ["late", "initrd"]
+    names = [ln.split()[0] for ln in listed if not ln.startswith("model ")]
     assert names == [
         "healthy-boot",
         "docker-stopped",
@@ -175,3 +187,93 @@ def test_reports(tmp_path: Path) -> None:
     assert "ok 1 - healthy-boot" in t and "not ok 2 - two-disks" in t
     assert line(outs[0]).startswith("ok   healthy-boot") and "READY 33s" in line(outs[0])
     assert str(tmp_path) in line(outs[1])
+
+
+# -- the boot models ---------------------------------------------------------------------------------
+
+
+def test_model_table() -> None:
+    assert [m.name for m in models.MODELS] == ["late", "initrd"]  # the default order of --model
+    late, initrd_model = models.BY_NAME["late"], models.BY_NAME["initrd"]
+    assert (late.suite, late.initrd, late.merges_in_initrd) == ("trixie", "busybox", False)
+    assert (initrd_model.suite, initrd_model.initrd, initrd_model.merges_in_initrd) == ("sid", "dracut", True)
+    assert "stable-4593" in late.description
+    assert "beta-4757" in initrd_model.description and "alpha-4790" in initrd_model.description
+    for m in models.MODELS:  # every suite has its package list; sid's makes the initrd with dracut
+        assert set(guest.PACKAGES) <= set(guest.packages(m.suite))
+    assert {"dracut-core", "systemd-cryptsetup"} <= set(guest.packages("sid"))
+    assert "dracut-core" not in guest.packages("trixie")
+
+
+def test_cache_keeps_every_models_standin_and_drops_the_stale_of_the_same_model(tmp_path: Path) -> None:
+    standins = tmp_path / "standin"
+    names = ["late-old", "late-older", ".late-crashed.tmp", "initrd-kept", ".initrd-building.tmp",
+             "0123456789abcdef", ".late-new.tmp"]  # fmt: skip
+    for name in names:
+        (standins / name).mkdir(parents=True)
+    standin._remove_stale(standins, models.LATE, keep=".late-new.tmp")
+    assert sorted(p.name for p in standins.iterdir()) == [
+        ".initrd-building.tmp",
+        ".late-new.tmp",
+        "initrd-kept",
+    ]
+    standin._remove_stale(standins, models.INITRD, keep="initrd-new")
+    assert sorted(p.name for p in standins.iterdir()) == [".late-new.tmp"]
+
+
+SWITCH = "[   16.40] localhost systemd[1]: Switching root."
+MERGED_IN_INITRD = "[   15.23] localhost (sd-merge)[149]: Merged extensions into '/sysroot/usr'."
+SKIPPED_LATE = (
+    "[   28.17] piccolo-vm (sd-merge)[234]: Skipping extension refresh because no change was found, "
+    "use --always-refresh=yes to always do a refresh."
+)
+STARTING = "[   30.71] piccolo-vm systemd[1]: Starting piccolod.service - Piccolo OS health agent..."
+RELOADING = "[   29.90] piccolo-vm systemd[1]: Reloading requested from client PID 250 ('systemctl')..."
+MERGED_LATE = "[   28.50] piccolo-vm (sd-merge)[234]: Merged extensions into '/usr'."
+
+
+def test_initrd_merge_check_passes_a_merge_in_the_initrd_and_fails_a_late_one() -> None:
+    assert initrd_merge_problems("\n".join([MERGED_IN_INITRD, SWITCH, SKIPPED_LATE, STARTING])) == []
+    late = initrd_merge_problems("\n".join([SWITCH, MERGED_LATE, RELOADING, STARTING]))
+    assert any("did not merge" in p for p in late)
+    assert any("after switch-root" in p for p in late)
+    assert any("first transaction" in p for p in late)
+    assert initrd_merge_problems("\n".join([MERGED_IN_INITRD, SWITCH])) == [
+        "PID 1 never started piccolod.service"
+    ]
+    assert initrd_merge_problems(MERGED_IN_INITRD) == ["no switch from the initrd in the journal"]
+
+
+def test_read_cpio_reads_what_cpio_writes() -> None:
+    link = stat.S_IFLNK | 0o777
+    data = initrd.cpio(
+        [("etc", stat.S_IFDIR | 0o755, b""), ("etc/l", link, b"/target"), ("f", 0o100644, b"x")]
+    )
+    entries = initrd.read_cpio(data + b"\0" * 512 + initrd.cpio([("g", 0o100644, b"yz")]))
+    assert entries["etc/l"] == (link, b"/target")
+    assert entries["f"][1] == b"x" and entries["g"][1] == b"yz"
+
+
+@pytest.mark.vm
+@pytest.mark.slow
+@pytest.mark.privileged
+def test_initrd_models_initrd_merges_the_sysext_into_sysroot_and_reboots_on_failure() -> None:
+    """The initrd model's dracut initrd, as the stand-in build makes it (no VM is booted; the build needs
+    the sid package tree, so this is not in the fast tier): the sysroot merge unit is there and enabled
+    for initrd.target, our emergency.service reboots with the /usr mark, the probe unit answers, and the
+    kernel modules for the disk, its file system and the merge (loop, squashfs, overlay) are in it."""
+    cfg = load_config(ROOT / "piccolo.yaml", env={})
+    s = standin.build(cfg, standin.default_cache(), model=models.INITRD)
+    assert s.model is models.INITRD and s.where.name == f"initrd-{s.key}"
+    entries = initrd.read_cpio(s.initrd.read_bytes())
+    _mode, unit = entries[f"usr/lib/systemd/system/{dracut.SYSROOT_MERGE}"]
+    assert b"--root=/sysroot" in unit and b"ConditionPathExists=/etc/initrd-release" in unit
+    wants = [k for k in entries if k.endswith(f"initrd.target.wants/{dracut.SYSROOT_MERGE}")]
+    assert wants and all(stat.S_ISLNK(entries[k][0]) for k in wants)
+    assert "usr/bin/systemd-sysext" in entries and "etc/initrd-release" in entries
+    assert b"initrd-failed" in entries["etc/systemd/system/emergency.service"][1]
+    script = entries[dracut.FAILED_SCRIPT.lstrip("/")][1].decode()
+    assert initrd.USR_FAIL_MARK in script and "reboot" in script
+    assert initrd.PROBE_MARK.encode() in entries["etc/systemd/system/piccolo-vm-probe.service"][1]
+    modules = {Path(k).name for k in entries if k.endswith(".ko")}
+    assert {"virtio_blk.ko", "virtio_pci.ko", "ext4.ko", "loop.ko", "squashfs.ko", "overlay.ko"} <= modules

@@ -173,10 +173,10 @@ def test_a_build_without_what_the_update_needs_is_refused(
     assert "too short for an update payload" in refused(new)
 
 
-def test_list_names_the_opt_in_scenario_last(capsys: pytest.CaptureFixture[str]) -> None:
+def test_list_names_the_opt_in_scenario_after_the_stand_ins(capsys: pytest.CaptureFixture[str]) -> None:
     assert run(["vm-test", "--list"]) == 0
-    last = capsys.readouterr().out.splitlines()[-1]
-    assert last.split()[0] == "real-update" and "--previous-image" in last
+    lines = [ln for ln in capsys.readouterr().out.splitlines() if not ln.startswith("model ")]
+    assert lines[-1].split()[0] == "real-update" and "--previous-image" in lines[-1]
 
 
 # -- the steps, against a stand-in Flatcar machine ------------------------------------------------------

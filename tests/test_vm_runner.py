@@ -4,13 +4,14 @@ the test suite's background run uses it), and the JSON report carries every outc
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import threading
 import time
 from pathlib import Path
 
 from piccolo_build.commands.vm_test_cmd import _jobs
-from piccolo_build.vm import report
+from piccolo_build.vm import models, report
 from piccolo_build.vm.machine import Failed, Machine
 from piccolo_build.vm.runner import run_scenarios
 from piccolo_build.vm.scenarios import Notes, Scenario
@@ -98,6 +99,20 @@ def test_failures_keep_their_logs_and_the_json_report_has_every_outcome(tmp_path
     rows = {r["name"]: r for r in json.loads(path.read_text())}
     assert rows["good"]["ok"] is True and rows["good"]["logs"] is None
     assert rows["bad"]["ok"] is False and rows["bad"]["message"] == "bad failed on purpose"
-    assert rows["bad"]["logs"] == str(tmp_path / "out" / "bad")
-    assert not (tmp_path / "out" / "good").exists()
-    assert not list((tmp_path / "out" / "bad").glob("*.raw"))  # the disk copy goes, the logs stay
+    assert rows["bad"]["logs"] == str(tmp_path / "out" / "late" / "bad")
+    assert rows["bad"]["model"] == "late"
+    assert not (tmp_path / "out" / "late" / "good").exists()
+    assert not list((tmp_path / "out" / "late" / "bad").glob("*.raw"))  # the disk copy goes, the logs stay
+
+
+def test_both_models_run_in_one_pool_longest_first_and_report_model_by_model(tmp_path: Path) -> None:
+    lanes = Lanes()
+    late = _standin(tmp_path)
+    initrd = dataclasses.replace(late, model=models.INITRD)
+    scs = [lanes.scenario("short", 1, 0.1), lanes.scenario("long", 5, 0.1)]
+    outcomes = run_scenarios([late, initrd], scs, tmp_path / "out", "tcg", jobs=1, say=lambda _m: None)
+    assert lanes.order == ["long", "long", "short", "short"]  # both models' long one before any short one
+    assert [(o.model, o.name) for o in outcomes] == [
+        ("late", "short"), ("late", "long"), ("initrd", "short"), ("initrd", "long")
+    ]  # fmt: skip
+    assert [o.label for o in outcomes][-1] == "initrd/long"

@@ -1,5 +1,6 @@
 """``piccolo-build vm-test``: the acceptance scenarios in QEMU virtual machines, on the stand-in machine the
-project builds or around a real ``qemu_uefi`` image (:mod:`piccolo_build.vm`, docs/vm-test.md)."""
+project builds (in each boot model, :mod:`piccolo_build.vm.models`) or around a real ``qemu_uefi`` image
+(:mod:`piccolo_build.vm`, docs/vm-test.md)."""
 
 from __future__ import annotations
 
@@ -50,7 +51,15 @@ def register(app: typer.Typer) -> None:
         keep: Annotated[
             bool, typer.Option("--keep", help="Keep every run directory, disks included.")
         ] = False,
-        list_: Annotated[bool, typer.Option("--list", help="List the scenarios and exit.")] = False,
+        model: Annotated[
+            list[str] | None,
+            typer.Option(
+                "--model", help="Boot model of the stand-in: late, initrd (repeatable; default both)."
+            ),
+        ] = None,
+        list_: Annotated[
+            bool, typer.Option("--list", help="List the scenarios and models, and exit.")
+        ] = False,
         accel: Annotated[
             Accel, typer.Option("--accel", help="auto: KVM if a probe boot works, else TCG.")
         ] = Accel.AUTO,
@@ -91,18 +100,21 @@ def register(app: typer.Typer) -> None:
         sets: SetOption = None,
     ) -> None:
         """Boot Piccolo OS in QEMU and run the acceptance scenarios: healthy boot, docker stopped, a healthy
-        and a broken update, a crash before userspace, two disks; on a real image (--image) a healthy boot,
-        and on request (--scenario real-update) the previous release updated to --image's payload. One
-        line per scenario; exit 1 when one fails."""
-        from piccolo_build.vm import qemu, report, runner, scenarios, standin
+        and a broken update, a crash before userspace, two disks, on the stand-in in each boot model; on a
+        real image (--image) a healthy boot, and on request (--scenario real-update) the previous release
+        updated to --image's payload. One line per scenario; exit 1 when one fails."""
+        from piccolo_build.vm import models, qemu, report, runner, scenarios, standin
 
         if list_:
             for sc in scenarios.SCENARIOS:
                 typer.echo(f"{sc.name:<24} {sc.title}")
             typer.echo(f"{REAL_UPDATE:<24} a real update payload with flatcar-update -P "
                        "(--image with --previous-image only)")  # fmt: skip
+            for m in models.MODELS:
+                typer.echo(f"model {m.name:<8} Debian {m.suite:<7} {m.initrd} initrd: {m.description}")
             return
         names = _names(scenario, image is not None, [*scenarios.BY_NAME], previous_image, to_version)
+        wanted = _models(model, image is not None)
         runs = _image_runs(image, names, previous_image, to_version) if image is not None else []
         out = out.resolve()  # every input checked (the image's artefacts too): now write
         out.mkdir(parents=True, exist_ok=True)
@@ -116,13 +128,20 @@ def register(app: typer.Typer) -> None:
             else:
                 cfg = load_for_cli(config, sets)
                 where = (cache or standin.default_cache()).resolve()
-                typer.echo(f"stand-in: building or reusing in {where}")
-                s = standin.build(cfg, where, say=lambda m: typer.echo(f"  {m}"))
-                typer.echo(f"stand-in {s.key}: {'built' if s.built else 'cached'} in {s.seconds:.0f}s")
-                chosen, why = qemu.choose_accel(s.vmlinuz, s.initrd, out, accel.value)
+                built = []
+                for name in wanted:  # every model's stand-in first: then one pool runs all their scenarios
+                    m = models.BY_NAME[name]
+                    typer.echo(f"model {m.name}: {m.description}")
+                    typer.echo(f"stand-in ({m.name}): building or reusing in {where}")
+                    s = standin.build(cfg, where, model=m, say=_prefixed(f"  {m.name}: "))
+                    typer.echo(
+                        f"stand-in {m.name}-{s.key}: {'built' if s.built else 'cached'} in {s.seconds:.0f}s"
+                    )
+                    built.append(s)
+                chosen, why = qemu.choose_accel(built[0].vmlinuz, built[0].initrd, out, accel.value)
                 typer.echo(f"accelerator: {chosen} ({why})")
                 outcomes = runner.run_scenarios(
-                    s, [scenarios.BY_NAME[n] for n in names], out, chosen,
+                    built, [scenarios.BY_NAME[n] for n in names], out, chosen,
                     jobs=_jobs(jobs, jobs_file), keep=keep, say=typer.echo,
                 )  # fmt: skip
         failed = [o for o in outcomes if not o.ok]
@@ -200,6 +219,23 @@ def _names(
         option = "--previous-image" if previous_image is not None else "--to-version"
         raise PiccoloError(f"{option} is used only by --scenario {REAL_UPDATE}")
     return names
+
+
+def _models(asked: list[str] | None, with_image: bool) -> list[str]:
+    """The boot models to run, in the order asked, once each (default: every model)."""
+    from piccolo_build.vm import models
+
+    if with_image and asked:
+        raise PiccoloError("--model is for the stand-in; --image boots the image as it is")
+    wanted = list(dict.fromkeys(asked or [m.name for m in models.MODELS]))
+    bad = [n for n in wanted if n not in models.BY_NAME]
+    if bad:
+        raise PiccoloError(f"unknown model {bad[0]!r}", hint=f"one of: {', '.join(models.BY_NAME)} (--list)")
+    return wanted
+
+
+def _prefixed(prefix: str) -> Callable[[str], None]:
+    return lambda msg: typer.echo(prefix + msg)
 
 
 def _image_runs(

@@ -1,8 +1,9 @@
-"""What the stand-in machine runs: a Debian trixie userspace (systemd 257, the version Flatcar stable
-ships) made to look like Flatcar where Piccolo OS can see it, and the files that stand in for Flatcar's.
+"""What the stand-in machine runs: a Debian userspace of the boot model's suite (trixie: systemd 257, the
+version Flatcar stable ships; sid: the newest systemd Debian has, for the models that merge in the initrd)
+made to look like Flatcar where Piccolo OS can see it, and the files that stand in for Flatcar's.
 
-:func:`debootstrap` makes the package tree once (keyed on :data:`PACKAGES`); :func:`configure` turns a
-copy of it into the machine: the Flatcar ``os-release`` (``ID=flatcar``, ``SYSEXT_LEVEL=1.0``, so the
+:func:`debootstrap` makes a suite's package tree once (keyed on :func:`packages`); :func:`configure` turns
+a copy of it into the machine: the Flatcar ``os-release`` (``ID=flatcar``, ``SYSEXT_LEVEL=1.0``, so the
 piccolod sysext merges), the staged base-image files in ``/usr``, the update-engine stand-in, the
 administrator's policy of the VM, the piccolod sysext image in ``/var/lib/extensions``, and Debian's
 housekeeping masked (``e2scrub_reap`` alone costs 12 s under TCG). Docker is installed but not enabled:
@@ -15,15 +16,22 @@ import shutil
 from pathlib import Path
 
 from piccolo_build.run import run
+from piccolo_build.vm.models import Model
 from piccolo_build.vm.tools import need
 
-SUITE = "trixie"
 MIRROR = "http://deb.debian.org/debian"
 PACKAGES = (
     "systemd", "systemd-sysv", "dbus", "udev", "kmod", "util-linux", "mawk", "gdisk", "cgpt", "e2fsprogs",
     "qemu-guest-agent", "python3", "python3-yaml", "python3-tpm2-pytss", "docker.io",
     "python3-ply",  # pycparser needs it through virtual packages, which debootstrap does not resolve
+    # the tss group and the udev rule giving it /dev/tpmrm0, as Flatcar has them: trixie's libtss2 pulls
+    # it in, sid's no longer does (piccolod.service then fails at SupplementaryGroups=tss)
+    "tpm-udev",
 )  # fmt: skip
+# What a suite needs beyond PACKAGES. sid: dracut makes the initrd model's initrd from this very tree
+# (dracut-core: the tool without Debian's kernel hooks), and dracut's systemd-sysext module depends on
+# its systemd-veritysetup module, whose binaries Debian ships in systemd-cryptsetup.
+SUITE_PACKAGES = {"trixie": (), "sid": ("dracut-core", "systemd-cryptsetup")}
 DOCKER_UNITS = ("docker.service", "docker.socket", "containerd.service")
 MASKED = (
     "e2scrub_reap.service", "e2scrub_all.timer", "apt-daily.timer", "apt-daily-upgrade.timer",
@@ -46,7 +54,7 @@ VERSION=4593.2.5
 VERSION_ID=4593.2.5
 BUILD_ID=piccolo-vm-standin
 SYSEXT_LEVEL=1.0
-PRETTY_NAME="Flatcar stand-in (Debian trixie userspace, piccolo-build vm-test)"
+PRETTY_NAME="Flatcar stand-in (Debian __SUITE__ userspace, boot model __MODEL__, piccolo-build vm-test)"
 """
 
 # The update-engine stand-in: only the part of update_engine under test, the boot flag. It finds the
@@ -103,17 +111,24 @@ health_policy:
 """
 
 
-def debootstrap(cache: Path) -> Path:
-    """The package tree (``cache/tree``), made once and again only when :data:`PACKAGES` changes."""
-    root = cache / "tree"
-    want = f"{SUITE} {MIRROR} {','.join(PACKAGES)}"
+def packages(suite: str) -> tuple[str, ...]:
+    return PACKAGES + SUITE_PACKAGES[suite]
+
+
+def debootstrap(cache: Path, suite: str) -> Path:
+    """The package tree of ``suite`` (``cache/tree-SUITE``), made once and again only when its
+    :func:`packages` change."""
+    shutil.rmtree(cache / "tree", ignore_errors=True)  # the one tree of before there were suites
+    root = cache / f"tree-{suite}"
+    want = f"{suite} {MIRROR} {','.join(packages(suite))}"
     stamp = root / ".piccolo-vm-tree"
     if stamp.exists() and stamp.read_text() == want:
         return root
-    tmp = cache / "tree.tmp"
+    tmp = cache / f"tree-{suite}.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
     shutil.rmtree(root, ignore_errors=True)
-    run([need("debootstrap"), "--variant=minbase", f"--include={','.join(PACKAGES)}", SUITE, tmp, MIRROR])
+    include = f"--include={','.join(packages(suite))}"
+    run([need("debootstrap"), "--variant=minbase", include, suite, tmp, MIRROR])
     (tmp / stamp.name).write_text(want)
     tmp.rename(root)
     return root
@@ -135,10 +150,12 @@ def _link(path: Path, target: str) -> None:
     path.symlink_to(target)
 
 
-def configure(root: Path, *, modules: Path, base: Path, sysext_raw: Path) -> None:
-    """Turn ``root`` (a copy of the package tree) into the stand-in machine."""
+def configure(root: Path, *, model: Model, modules: Path, base: Path, sysext_raw: Path) -> None:
+    """Turn ``root`` (a copy of the package tree of ``model``'s suite) into the stand-in machine."""
     usr = root / "usr"
-    _write(usr / "lib/os-release", OS_RELEASE)
+    _write(
+        usr / "lib/os-release", OS_RELEASE.replace("__SUITE__", model.suite).replace("__MODEL__", model.name)
+    )
     shutil.rmtree(usr / "lib/modules", ignore_errors=True)
     shutil.copytree(modules, usr / "lib/modules" / modules.name, symlinks=True)
     shutil.copytree(base / "usr", usr, symlinks=True, dirs_exist_ok=True)
@@ -160,6 +177,8 @@ def configure(root: Path, *, modules: Path, base: Path, sysext_raw: Path) -> Non
         for found in wants.glob(f"*.wants/{unit}"):
             found.unlink()
         _link(wants / unit, "/dev/null")
+    # enabled in both models: where the initrd merged already (systemd 260 and later), its refresh finds
+    # nothing changed and leaves the merge alone, as on Flatcar beta and alpha
     _link(
         wants / "sysinit.target.wants/systemd-sysext.service",
         "/usr/lib/systemd/system/systemd-sysext.service",

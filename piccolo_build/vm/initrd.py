@@ -88,6 +88,28 @@ def cpio(entries: Iterable[tuple[str, int, bytes]]) -> bytes:
     return out.getvalue()
 
 
+def read_cpio(data: bytes) -> dict[str, tuple[int, bytes]]:
+    """The entries of ``newc`` cpio archives (one after the other, as initrds may be): path -> (mode,
+    content); a symbolic link's content is its target."""
+    entries: dict[str, tuple[int, bytes]] = {}
+    at = 0
+    while data.startswith(b"070701", at):
+        fields = [int(data[at + 6 + 8 * i : at + 14 + 8 * i], 16) for i in range(13)]
+        size, name_size = fields[6], fields[11]
+        name = data[at + 110 : at + 110 + name_size - 1].decode()
+        at += 110 + name_size
+        at += -at % 4
+        content = data[at : at + size]
+        at += size
+        at += -at % 4
+        if name == "TRAILER!!!":
+            while at < len(data) and data[at] == 0:  # the padding before a next archive
+                at += 1
+            continue
+        entries[name] = (fields[1], content)
+    return entries
+
+
 def build(kernel: Kernel, dest: Path) -> Path:
     if not BUSYBOX.exists():
         raise PiccoloError(f"{BUSYBOX} not found", hint="apt-get install busybox-static")

@@ -29,6 +29,38 @@ BAD_LINES = re.compile(
 )
 
 
+# How the journal shows where the piccolod sysext was merged (systemd-sysext's own lines, PID 1's).
+SWITCH_ROOT = re.compile(r"systemd\[1\]: Switching root\.")
+MERGED_SYSROOT = re.compile(r"Merged extensions into '/sysroot/usr'")
+MERGED_USR = re.compile(r"Merged extensions into '/usr'")
+RELOAD = re.compile(r"systemd\[1\]: Reloading")
+STARTING_AGENT = re.compile(r"systemd\[1\]: Starting piccolod\.service")
+
+
+def initrd_merge_problems(journal: str) -> list[str]:
+    """What in one boot's journal (``journalctl -b -o short-monotonic``, the initrd's part included) says
+    the piccolod sysext was not merged in the initrd: the initrd model's per-boot check. It holds when
+    the initrd merged into ``/sysroot/usr`` before the switch to the real root, nothing merged again after
+    it, and the real root's PID 1 started piccolod.service before any daemon-reload (so the unit was in
+    its first transaction, not pulled in late as ensure-sysext.service did)."""
+    lines = journal.splitlines()
+    switch = next((i for i, ln in enumerate(lines) if SWITCH_ROOT.search(ln)), None)
+    if switch is None:
+        return ["no switch from the initrd in the journal"]
+    found = []
+    if not any(MERGED_SYSROOT.search(ln) for ln in lines[:switch]):
+        found.append("the initrd did not merge the sysext into /sysroot/usr before switch-root")
+    after = lines[switch:]
+    if any(MERGED_USR.search(ln) for ln in after):
+        found.append("the sysext was merged (again) after switch-root")
+    start = next((i for i, ln in enumerate(after) if STARTING_AGENT.search(ln)), None)
+    if start is None:
+        found.append("PID 1 never started piccolod.service")
+    elif any(RELOAD.search(ln) for ln in after[:start]):
+        found.append("PID 1 reloaded before it started piccolod.service: not in its first transaction")
+    return found
+
+
 class Failed(Exception):
     """A scenario's expectation did not hold; ``str()`` says which, in one line."""
 
@@ -143,6 +175,9 @@ class Machine:
         if state != "running":
             b.problems.append(f"boot {b.number}: is-system-running says {state or 'nothing'}")
         b.problems += self.scan()
+        if self.standin.model.merges_in_initrd:
+            journal = self.sh("journalctl -b -o short-monotonic --no-pager", timeout=120).out
+            b.problems += [f"boot {b.number}: {p}" for p in initrd_merge_problems(journal)]
         self.save_journal()
         expect(not b.problems, "; ".join(b.problems))
         return b

@@ -1,4 +1,5 @@
-"""The results as JUnit XML (for CI's test reports) and TAP."""
+"""The results as JUnit XML (for CI's test reports) and TAP; a stand-in's scenario is named
+``model/scenario``."""
 
 from __future__ import annotations
 
@@ -16,7 +17,8 @@ def junit(outcomes: list[Outcome], path: Path, *, suite: str = "piccolo-vm-test"
         time=f"{sum(o.seconds for o in outcomes):.1f}",
     )  # fmt: skip
     for o in outcomes:
-        case = ET.SubElement(root, "testcase", classname=suite, name=o.name, time=f"{o.seconds:.1f}")
+        classname = f"{suite}.{o.model}" if o.model else suite
+        case = ET.SubElement(root, "testcase", classname=classname, name=o.label, time=f"{o.seconds:.1f}")
         if not o.ok:
             fail = ET.SubElement(case, "failure", message=o.message[:500])
             fail.text = o.message + (f"\nlogs: {o.logs}" if o.logs else "")
@@ -33,7 +35,7 @@ def junit(outcomes: list[Outcome], path: Path, *, suite: str = "piccolo-vm-test"
 def tap(outcomes: list[Outcome]) -> str:
     lines = ["TAP version 13", f"1..{len(outcomes)}"]
     for i, o in enumerate(outcomes, start=1):
-        lines.append(f"{'ok' if o.ok else 'not ok'} {i} - {o.name} # {o.seconds:.0f}s")
+        lines.append(f"{'ok' if o.ok else 'not ok'} {i} - {o.label} # {o.seconds:.0f}s")
         if not o.ok:
             lines += [f"  # {m}" for m in o.message.splitlines()]
     return "\n".join(lines) + "\n"

@@ -34,10 +34,16 @@ class Outcome:
     boots: int = 0
     logs: Path | None = None
     ready: list[float] = field(default_factory=list)  # QEMU start to piccolod READY, per boot that saw it
+    model: str = ""  # the stand-in's boot model ("" for --image)
+
+    @property
+    def label(self) -> str:
+        """``model/scenario``: what the output lines and the reports call it."""
+        return f"{self.model}/{self.name}" if self.model else self.name
 
 
 def run_scenarios(
-    standin: Standin,
+    standins: Standin | Sequence[Standin],
     scenarios: Sequence[Scenario],
     out: Path,
     accel: str,
@@ -46,14 +52,18 @@ def run_scenarios(
     keep: bool = False,
     say: Callable[[str], None] = print,
 ) -> list[Outcome]:
-    lanes = _Lanes(standin, out, accel, keep, say)
-    pending = sorted(scenarios, key=lambda s: -s.minutes)
+    """Every scenario on every stand-in (one per boot model), in one pool, the longest first; the outcomes
+    in the order asked, model by model. Run directories are ``out/<model>/<scenario>``."""
+    machines = [standins] if isinstance(standins, Standin) else list(standins)
+    lanes = _Lanes(out, accel, keep, say)
+    work = [(st, sc) for st in machines for sc in scenarios]
+    pending = sorted(work, key=lambda w: -w[1].minutes)
     running: list[threading.Thread] = []
     try:
         while pending or running:
             running = [t for t in running if t.is_alive()]
             while pending and len(running) < max(1, jobs() if callable(jobs) else jobs):
-                t = threading.Thread(target=lanes.run, args=(pending.pop(0),), daemon=True)
+                t = threading.Thread(target=lanes.run, args=pending.pop(0), daemon=True)
                 t.start()
                 running.append(t)
             if running:
@@ -61,21 +71,19 @@ def run_scenarios(
     except BaseException:
         lanes.stop()
         raise
-    return [lanes.done[s.name] for s in scenarios]
+    return [lanes.done[st.model.name, sc.name] for st, sc in work]
 
 
 class _Lanes:
     """The machines of one run: each scenario on its own thread, and the ones alive, to end them all on
     an interruption."""
 
-    def __init__(
-        self, standin: Standin, out: Path, accel: str, keep: bool, say: Callable[[str], None]
-    ) -> None:
-        self.standin, self.out, self.accel, self.keep, self.say = standin, out, accel, keep, say
+    def __init__(self, out: Path, accel: str, keep: bool, say: Callable[[str], None]) -> None:
+        self.out, self.accel, self.keep, self.say = out, accel, keep, say
         self.lock = threading.Lock()
         self.live: dict[int, Machine] = {}  # by id: a Machine is a dataclass, not hashable
         self.stopping = threading.Event()
-        self.done: dict[str, Outcome] = {}
+        self.done: dict[tuple[str, str], Outcome] = {}
 
     def tell(self, msg: str) -> None:
         with self.lock:
@@ -91,8 +99,9 @@ class _Lanes:
                     m.close()
             time.sleep(1)
 
-    def _start(self, s: Scenario, where: Path) -> Machine:
-        m = Machine(self.standin, where, self.accel, say=lambda msg: self.tell(f"  {s.name}: {msg}"))
+    def _start(self, standin: Standin, s: Scenario, where: Path) -> Machine:
+        label = f"{standin.model.name}/{s.name}"
+        m = Machine(standin, where, self.accel, say=lambda msg: self.tell(f"  {label}: {msg}"))
         with self.lock:
             self.live[id(m)] = m
         if self.stopping.is_set():
@@ -107,15 +116,15 @@ class _Lanes:
                 m.save_journal()
         m.close()
 
-    def run(self, s: Scenario) -> None:
-        where = self.out / s.name
+    def run(self, standin: Standin, s: Scenario) -> None:
+        where = self.out / standin.model.name / s.name
         shutil.rmtree(where, ignore_errors=True)
         t0 = time.monotonic()
         notes = Notes()
         m: Machine | None = None
         ok, message = False, ""
         try:
-            m = self._start(s, where)
+            m = self._start(standin, s, where)
             s.run(m, notes)
             ok = True
         except Failed as exc:
@@ -130,7 +139,9 @@ class _Lanes:
                 self._end(m, ok)
         boots = len(m.boots) if m else 0
         ready = [b.ready_seconds for b in m.boots if b.ready_seconds] if m else []
-        o = Outcome(s.name, ok, time.monotonic() - t0, message, notes.values, boots, None, ready)
+        o = Outcome(
+            s.name, ok, time.monotonic() - t0, message, notes.values, boots, None, ready, standin.model.name
+        )
         if not self.keep:
             for image in where.glob("*.raw"):
                 image.unlink()
@@ -139,13 +150,13 @@ class _Lanes:
         else:
             o.logs = where
         self.tell(line(o))
-        self.done[s.name] = o
+        self.done[standin.model.name, s.name] = o
 
 
 def line(o: Outcome) -> str:
     extra = ", ".join(f"{k} {v}" for k, v in o.notes.items())
     ready = f", READY {' / '.join(f'{r:.0f}s' for r in o.ready)}" if o.ready else ""
-    head = f"{'ok  ' if o.ok else 'FAIL'} {o.name:<24} {o.seconds:5.0f}s  {o.boots} boot(s){ready}"
+    head = f"{'ok  ' if o.ok else 'FAIL'} {o.label:<31} {o.seconds:5.0f}s  {o.boots} boot(s){ready}"
     tail = f"  ({extra})" if extra else ""
     why = f"\n     {o.message}" + (f"\n     logs: {o.logs}" if o.logs else "") if not o.ok else ""
     return head + tail + why
