@@ -257,11 +257,16 @@ def test_read_cpio_reads_what_cpio_writes() -> None:
 @pytest.mark.vm
 @pytest.mark.slow
 @pytest.mark.privileged
-def test_initrd_models_initrd_merges_the_sysext_into_sysroot_and_reboots_on_failure() -> None:
+def test_initrd_models_initrd_merges_the_sysext_into_sysroot_and_reboots_on_failure(
+    vm_outcomes: dict[tuple[str, str], dict[str, object]],
+) -> None:
     """The initrd model's dracut initrd, as the stand-in build makes it (no VM is booted; the build needs
     the sid package tree, so this is not in the fast tier): the sysroot merge unit is there and enabled
     for initrd.target, our emergency.service reboots with the /usr mark, the probe unit answers, and the
-    kernel modules for the disk, its file system and the merge (loop, squashfs, overlay) are in it."""
+    kernel modules for the disk, its file system and the merge (loop, squashfs, overlay) are in it. It
+    waits for the session's background VM run (``vm_outcomes``), which builds the same stand-in into the
+    same cache: two builds of one key at once would clobber each other."""
+    del vm_outcomes  # asked for its wait only: the build below finds the run's stand-in in the cache
     cfg = load_config(ROOT / "piccolo.yaml", env={})
     s = standin.build(cfg, standin.default_cache(), model=models.INITRD)
     assert s.model is models.INITRD and s.where.name == f"initrd-{s.key}"
