@@ -8,6 +8,7 @@ import json
 from pathlib import Path
 from xml.etree import ElementTree as ET
 
+from piccolo_build.atomic import atomic_write
 from piccolo_build.vm.runner import Outcome
 
 
@@ -26,9 +27,7 @@ def junit(outcomes: list[Outcome], path: Path, *, suite: str = "piccolo-vm-test"
             out = ET.SubElement(case, "system-out")
             out.text = "\n".join(f"{k}: {v}" for k, v in o.notes.items())
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    ET.ElementTree(root).write(tmp, encoding="utf-8", xml_declaration=True)
-    tmp.replace(path)
+    atomic_write(path, ET.tostring(root, encoding="utf-8", xml_declaration=True))
     return path
 
 
@@ -45,7 +44,5 @@ def json_file(outcomes: list[Outcome], path: Path) -> Path:
     """Every outcome with its notes, boots and times, for a program to read (the test suite does)."""
     rows = [dataclasses.asdict(o) | {"logs": str(o.logs) if o.logs else None} for o in outcomes]
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(rows, indent=1) + "\n")
-    tmp.replace(path)
+    atomic_write(path, (json.dumps(rows, indent=1) + "\n").encode())
     return path
