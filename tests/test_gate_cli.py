@@ -17,6 +17,7 @@ from piccolod import record as rec
 from piccolod.gate import NO_REBOOT_UNKNOWN_SLOT, ROLLBACK_DISABLED
 from piccolod.journal import Journal, Store
 from piccolod.record import read_boot_id
+from tests.agent_helpers import FREE_SPACE_FLOOR
 from tests.fixtures.gptdisk import (
     USR_A,
     USR_B,
@@ -60,7 +61,7 @@ def setup(tmp_path: Path, disk: Path, *, update: bool, tpm: bool = False, automa
 health_policy:
   startup: {{timeout_seconds: 1, required_components: {required}, optional_components: []}}
   rollback: {{reboot_grace_seconds: 0, reboot_command: ["{script}"], enable_automatic: {auto}}}
-  thresholds: {{tpm_operation_timeout_seconds: 0.5}}
+  thresholds: {{tpm_operation_timeout_seconds: 0.5, min_disk_space_percent: {FREE_SPACE_FLOOR}}}
   checks: {{storage: {{mounts: ["{tmp_path}"]}}, tpm: {{tcti: "swtpm:path={tmp_path}/no-tpm"}}}}
 agent:
   listen: "127.0.0.1:{_port()}"

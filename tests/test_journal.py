@@ -27,7 +27,7 @@ from piccolod.baseline import Baseline, BaselineCheck, Classified, FailureClass
 from piccolod.journal import BootGate, GateVerdict, Journal, JournalError, RollbackTally, Store
 from piccolod.policy import FailureCondition
 from piccolod.record import ComponentVerdict, RollbackRecord
-from tests.agent_helpers import free_port
+from tests.agent_helpers import FREE_SPACE_FLOOR, free_port
 from tests.fixtures.gptdisk import USR_B, cmdline_for, usr_device
 
 NAME = journal.JOURNAL_NAME
@@ -314,6 +314,7 @@ def _config(tmp_path: Path, disk: Path) -> Path:
     config.write_text(
         "health_policy:\n"
         "  startup: {timeout_seconds: 1, required_components: [storage], optional_components: []}\n"
+        f"  thresholds: {{min_disk_space_percent: {FREE_SPACE_FLOOR}}}\n"
         f"  checks: {{storage: {{mounts: ['{tmp_path}']}}}}\n"
         "agent:\n"
         f"  listen: '127.0.0.1:{free_port()}'\n  state_dir: '{tmp_path / 'state'}'\n"

@@ -229,7 +229,7 @@ def test_sigterm_with_a_hung_check_exits_within_2s(tmp_path: Path, flatcar_disk:
         cmdline.write_text(cmdline_for(USR_A) if phase.startswith("runtime") else "console=ttyS0\n")
         port = free_port()
         data = policy_data(["tpm", "storage"], [], listen=f"127.0.0.1:{port}", interval=0.5)
-        data["health_policy"]["thresholds"] = {"tpm_operation_timeout_seconds": 60}
+        data["health_policy"]["thresholds"]["tpm_operation_timeout_seconds"] = 60
         data["health_policy"]["checks"] = {
             "tpm": {"tcti": f"swtpm:path={mute_path}"},
             "storage": {"mounts": [str(tmp_path)]},
