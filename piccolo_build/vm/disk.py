@@ -93,6 +93,12 @@ def put_partition(disk: Path, number: int, image: Path) -> None:
     copy_range(image, 0, disk, start, image.stat().st_size, clear=size)
 
 
+def sparse_copy(src: Path, dest: Path) -> Path:
+    """A copy of ``src`` whose zero blocks are holes: the images are mostly empty, and there are many."""
+    run([need("cp"), "--sparse=always", src, dest])
+    return dest
+
+
 def copy_range(src: Path, src_off: int, dst: Path, dst_off: int, length: int, *, clear: int = 0) -> None:
     """Copy bytes sparsely; with ``clear``, the destination range of that size is punched to zero first."""
     block = MIB

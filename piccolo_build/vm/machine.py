@@ -13,11 +13,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from piccolo_build.run import run
 from piccolo_build.vm import disk, qemu
 from piccolo_build.vm.qga import Qga, QgaError, Result
 from piccolo_build.vm.standin import Standin
-from piccolo_build.vm.tools import need
 
 BOOT_SECONDS = 240.0  # to the guest agent, under TCG; generous, a stall still ends
 SETTLE_SECONDS = 240.0
@@ -97,13 +95,11 @@ class Machine:
     def __post_init__(self) -> None:
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.disk = self.run_dir / "disk.raw"
-        run([need("cp"), "--sparse=always", self.standin.disk, self.disk])
+        disk.sparse_copy(self.standin.disk, self.disk)
 
     def copy_disk(self, name: str) -> Path:
         """Another copy of the pristine disk, in this machine's run directory."""
-        path = self.run_dir / name
-        run([need("cp"), "--sparse=always", self.standin.disk, path])
-        return path
+        return disk.sparse_copy(self.standin.disk, self.run_dir / name)
 
     # -- boots -----------------------------------------------------------------------------------
     def boot(self, *, extra: str = "", settle: bool = True) -> Boot:

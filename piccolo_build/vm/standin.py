@@ -97,7 +97,7 @@ def _mkfs(image: Path, size_mib: int, tree: Path | None, *, label: str | None = 
 
 
 def _with_marker(src: Path, dest: Path, marker: str) -> Path:
-    shutil.copyfile(src, dest)  # sparse enough: written once per build
+    disk.sparse_copy(src, dest)
     empty = dest.with_suffix(".empty")
     empty.write_bytes(b"")
     run([need("debugfs"), "-w", "-R", f"write {empty} {marker.removeprefix('/usr')}", dest])
