@@ -17,12 +17,16 @@ import os
 import shutil
 import signal
 import subprocess
+import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from piccolo_build.errors import PiccoloError, StepFailed
+
+POLL_SECONDS = 0.1  # how often a waiting build looks at its step (and so at a Ctrl-C)
+INTERRUPT_GRACE_SECONDS = 10.0  # after Ctrl-C, before the step's process group is killed
 
 # Variables passed through to children; anything else must be given explicitly.
 PASSTHROUGH = (
@@ -233,10 +237,9 @@ def stream(
             _wait(proc)
         except KeyboardInterrupt:
             proc.signal_group(signal.SIGINT)
-            try:
-                _wait(proc, timeout=10)
-            except sh.TimeoutException:
+            if not _wait(proc, timeout=INTERRUPT_GRACE_SECONDS):
                 proc.kill_group()
+                _wait(proc)
             raise
     code = int(proc.exit_code)
     return 128 - code if code < 0 else code
@@ -253,9 +256,23 @@ def _signame(signum: int) -> str:
         return str(signum)
 
 
-def _wait(proc: Any, timeout: float | None = None) -> None:
-    """Wait for a ``sh`` command; a child killed by signal N leaves exit code -N (no exception)."""
+def _wait(proc: Any, timeout: float | None = None) -> bool:
+    """Wait for a ``sh`` command, at most ``timeout`` seconds: whether it ended (a child killed by
+    signal N leaves exit code -N, no exception).
+
+    Never in one blocking ``waitpid``: a Ctrl-C that the kernel hands to one of sh's reader threads
+    does not interrupt the main thread's system call, which would then see it only when the step ends.
+    So the main thread polls, and runs the signal's handler within a tenth of a second. Once the child
+    has ended, sh's own wait reaps nothing more and joins its reader threads, so every line is in the
+    log before it is closed.
+    """
     import sh
 
+    deadline = None if timeout is None else time.monotonic() + timeout
+    while proc.is_alive():
+        if deadline is not None and time.monotonic() >= deadline:
+            return False
+        time.sleep(POLL_SECONDS)
     with contextlib.suppress(sh.SignalException):
-        proc.wait(timeout=timeout)
+        proc.wait()
+    return True

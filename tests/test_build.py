@@ -508,6 +508,7 @@ def test_live_progress_shows_step_elapsed_time_and_log_tail(
 def test_ctrl_c_stops_the_running_step_and_records_nothing_for_it(project: Project) -> None:
     project.fake.slow("build_packages", 60)
     env = {k: v for k, v in os.environ.items() if not k.startswith("PICCOLO_")}
+    env["PYTHONFAULTHANDLER"] = "1"  # SIGABRT prints every thread's stack, should it hang
     argv = [sys.executable, "-m", "piccolo_build", "build", "--config", str(DEFAULT_CONFIG)]
     argv += ["--scripts-url", str(project.fake.upstream), "--no-sdk-image-check"]
     proc = subprocess.Popen(argv, cwd=project.root, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
@@ -518,7 +519,12 @@ def test_ctrl_c_stops_the_running_step_and_records_nothing_for_it(project: Proje
             assert proc.poll() is None and time.monotonic() < deadline, "build_packages never started"
             time.sleep(0.05)
         proc.send_signal(signal.SIGINT)
-        rc = proc.wait(timeout=30)
+        try:
+            rc = proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.send_signal(signal.SIGABRT)
+            stacks = proc.communicate()[1].decode()
+            raise AssertionError(f"still running 30 s after SIGINT: {stacks}") from None
         assert rc == 130, proc.communicate()
     finally:
         if proc.poll() is None:

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -35,6 +39,44 @@ def test_stream_reports_a_signal_as_128_plus_n(tmp_path: Path) -> None:
     log = tmp_path / "step.log"
     assert stream(["sh", "-c", "echo started; kill -TERM $$"], log=log) == 143
     assert log.read_text() == "started\n"
+
+
+# A build whose main thread cannot take SIGINT itself, so the kernel hands it to another thread: the
+# main thread must still notice and stop the step (one blocking waitpid would sit out the whole step).
+INTERRUPTED_ELSEWHERE = """
+import signal, sys, threading, time
+from pathlib import Path
+from piccolo_build.run import stream
+# the step inherits the blocked SIGINT through fork: it unblocks it, as any program started afresh has it
+STEP = (
+    "import signal, time; signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT}); "
+    "print('working', flush=True); time.sleep(60)"
+)
+threading.Thread(target=time.sleep, args=(120,), daemon=True).start()
+signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+try:
+    stream([sys.executable, "-c", STEP], log=Path(sys.argv[1]))
+except KeyboardInterrupt:
+    sys.exit(130)
+"""
+
+
+def test_ctrl_c_taken_by_another_thread_still_stops_the_step(tmp_path: Path) -> None:
+    log = tmp_path / "step.log"
+    proc = subprocess.Popen([sys.executable, "-c", INTERRUPTED_ELSEWHERE, str(log)])
+    try:
+        deadline = time.monotonic() + 30
+        while not (log.exists() and "working" in log.read_text()):
+            assert proc.poll() is None and time.monotonic() < deadline, "the step never started"
+            time.sleep(0.02)
+        sent = time.monotonic()
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=20) == 130
+        assert time.monotonic() - sent < 5  # the step was interrupted, not killed 10 s later or waited for
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
 
 
 def test_proxy_variables_pass_through_and_nothing_else(monkeypatch: pytest.MonkeyPatch) -> None:
