@@ -146,7 +146,7 @@ def _hog(port: int, kind: str) -> socket.socket:
 @pytest.mark.parametrize("kind", ["idle", "pipeline", "partial"])
 def test_inside_the_agent_no_local_client_can_fail_the_check(kind: str) -> None:
     """Every connection slot taken, again and again: the check goes through the private channel."""
-    from tests.agent_helpers import Switch, policy_data, running_daemon
+    from tests.agent_helpers import Switch, policy_data, running_daemon, wait_for
 
     checks = {c: Switch() for c in Component}
     with running_daemon(checks, policy_data(["tpm", "api"])) as (daemon, port):
@@ -161,8 +161,11 @@ def test_inside_the_agent_no_local_client_can_fail_the_check(kind: str) -> None:
                 assert time.monotonic() - started < 0.5
             assert outcome.details["channel"] == "private"
             assert "over the agent's private probe channel" in outcome.reason
-            # Full: idle and partial ones were evicted for newcomers (non-readers time out instead).
-            assert daemon.server.evicted > 0 or kind == "pipeline"
+            # Full: idle and partial ones are evicted for newcomers (non-readers time out instead), as the
+            # loop takes the backlog in, which on a busy host may be after the checks above.
+            if kind != "pipeline":
+                server = daemon.server
+                wait_for(lambda: server.evicted > 0, timeout=10, what="an idle connection evicted")
         finally:
             for s in hogs:
                 s.close()
