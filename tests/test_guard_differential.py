@@ -37,7 +37,7 @@ import pytest
 
 from piccolod.slot import detect
 from tests.fixtures.cmdline_cases import load, random_cmdline, random_cmdlines
-from tests.fixtures.gptdisk import USR_A, USR_B, USR_TYPE, edit_bytes, slot_bits
+from tests.fixtures.gptdisk import USR_A, USR_B, USR_TYPE, edit_bytes, slot_bits, write_image
 from tests.fixtures.gptfuzz import DIFFERENTIAL_MUTATIONS, damage, sgdisk_image
 from tests.fixtures.guard import PATH, agent_readings, guard_readings, render_guard
 
@@ -131,7 +131,7 @@ def fuzz_case(base: bytes, index: int, seed: int = SEED) -> Case:
 def judge(case: Case, script: Path, work: Path) -> Verdict:
     work.mkdir(parents=True, exist_ok=True)
     image, cmdline = work / "disk.img", work / "cmdline"
-    image.write_bytes(case.image)
+    write_image(image, case.image)
     cmdline.write_bytes(case.cmdline)
     spec = f"image:{case.number}:{image}"
     agent = detect(cmdline, spec)
@@ -160,7 +160,7 @@ def report(verdicts: list[Verdict], out: Path) -> str:
     for v in bad[:5]:
         keep = out / v.case.name
         keep.mkdir(parents=True, exist_ok=True)
-        (keep / "disk.img").write_bytes(v.case.image)
+        write_image(keep / "disk.img", v.case.image)
         (keep / "cmdline").write_bytes(v.case.cmdline)
         lines.append(
             f"{v.case.name}: guard {v.guard} (its reader alone: {v.reader}), "
