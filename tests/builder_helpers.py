@@ -15,6 +15,11 @@ SYSEXT_PACKAGES = (
     "dev-lang/python&dev-python/asn1crypto&dev-python/pyyaml&dev-python/tpm2-pytss&app-admin/piccolod"
 )
 
+# A prefix that starts a program with SIGINT as a terminal gives it. A shell without job control starts
+# its background commands with SIGINT ignored (a CI runner may too), children inherit that, and Python
+# then leaves it ignored: a Ctrl-C test would wait out the step instead of testing anything.
+AT_A_TERMINAL = ("env", "--default-signal=INT")
+
 
 def cli(
     *args: str | Path, cwd: Path | None = None, env: dict[str, str] | None = None

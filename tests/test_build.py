@@ -37,7 +37,7 @@ from piccolo_build.context import BuildContext
 from piccolo_build.lock import FILES_HOST, load_lock
 from piccolo_build.plan import plan
 from piccolo_build.sdk import Executor, Options
-from tests.builder_helpers import DEFAULT_CONFIG, SYSEXT_PACKAGES, cli
+from tests.builder_helpers import AT_A_TERMINAL, DEFAULT_CONFIG, SYSEXT_PACKAGES, cli
 from tests.fixtures.fakesdk import VERSION_FILE, FakeSdk, GpgKey, seed_distfiles
 from tests.fixtures.flatcar import FLATCAR_SYSEXTS, NEWEST_STABLE
 
@@ -509,7 +509,7 @@ def test_ctrl_c_stops_the_running_step_and_records_nothing_for_it(project: Proje
     project.fake.slow("build_packages", 60)
     env = {k: v for k, v in os.environ.items() if not k.startswith("PICCOLO_")}
     env["PYTHONFAULTHANDLER"] = "1"  # SIGABRT prints every thread's stack, should it hang
-    argv = [sys.executable, "-m", "piccolo_build", "build", "--config", str(DEFAULT_CONFIG)]
+    argv = [*AT_A_TERMINAL, sys.executable, "-m", "piccolo_build", "build", "--config", str(DEFAULT_CONFIG)]
     argv += ["--scripts-url", str(project.fake.upstream), "--no-sdk-image-check"]
     proc = subprocess.Popen(argv, cwd=project.root, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     log = project.work / "logs" / "build-packages-amd64-usr.log"

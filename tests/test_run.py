@@ -12,6 +12,7 @@ import pytest
 
 from piccolo_build.errors import StepFailed
 from piccolo_build.run import PASSTHROUGH, run, stream
+from tests.builder_helpers import AT_A_TERMINAL
 
 PROXIES = {
     "http_proxy": "http://127.0.0.1:3128",
@@ -63,7 +64,7 @@ except KeyboardInterrupt:
 
 def test_ctrl_c_taken_by_another_thread_still_stops_the_step(tmp_path: Path) -> None:
     log = tmp_path / "step.log"
-    proc = subprocess.Popen([sys.executable, "-c", INTERRUPTED_ELSEWHERE, str(log)])
+    proc = subprocess.Popen([*AT_A_TERMINAL, sys.executable, "-c", INTERRUPTED_ELSEWHERE, str(log)])
     try:
         deadline = time.monotonic() + 30
         while not (log.exists() and "working" in log.read_text()):
