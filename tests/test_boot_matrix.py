@@ -198,16 +198,26 @@ def test_agent_killed_mid_gate_resumes_and_update_engine_waits_for_the_pass(
 def test_agent_hung_mid_gate_is_ended_by_the_start_timeout_and_the_slot_stays_unmarked(
     machine: Machine, flatcar_disk: Path, staged: Staged, systemd: int
 ) -> None:
-    """(h) SIGSTOP during the gate: systemd's TimeoutStartSec= ends it; the restarted agent is past the
-    gate's first deadline and gives startup_timeout at once (one reboot), no update-engine."""
+    """(h) SIGSTOP during the gate: systemd's TimeoutStartSec= ends it; one reboot, no update-engine.
+
+    systemd ends the hang with SIGTERM and SIGCONT together, so the woken agent meets two things at once:
+    its stop and its own deadline (passed while it was stopped). Seeing the stop first, it gives no
+    verdict, and the restarted agent resumes the gate past its first deadline: startup_timeout at once.
+    Seeing its deadline first, it gives the verdict of its last assessment (the lever is unhealthy:
+    critical_component_failure), and the restarted agent gives that verdict again. Both happen on a busy
+    host; both fail closed with one reboot."""
     r_ = rig(machine, flatcar_disk, staged, systemd, agent_extra="TimeoutStartSec=7\n")
     install_update(flatcar_disk, USR_A)
     r = r_.boot(during=signal_agent(signal.SIGSTOP, 1.0))
     assert "timed out" in r.journal, r.journal[-3000:]
-    assert "resuming it" in r.journal
+    condition = r.data["status"]["last_gate"]["condition"]
+    if "resuming it" in r.journal:
+        assert condition == "startup_timeout"
+    else:
+        assert "already gave its verdict (failed)" in r.journal, r.journal[-3000:]
+        assert condition == "critical_component_failure"
     assert r.health["startup_health_check"] == "failed"
     assert r.data["reboot_requests"] == 1
-    assert r.data["status"]["last_gate"]["condition"] == "startup_timeout"
     assert_held(r, flatcar_disk)
 
 
