@@ -26,6 +26,7 @@ from pathlib import Path
 
 import pytest
 
+from piccolo_build.vm.disk import sparse_copy
 from tests.fixtures.bootrig import (
     GUARD_WAIT,
     RESTART_MID_GATE,
@@ -36,7 +37,7 @@ from tests.fixtures.bootrig import (
     heal_after_restart,
     signal_agent,
 )
-from tests.fixtures.gptdisk import USR_A, USR_B, copy_image, install_update, set_attrs, slot
+from tests.fixtures.gptdisk import USR_A, USR_B, install_update, set_attrs, slot
 from tests.fixtures.nspawn import Machine
 
 pytestmark = [pytest.mark.slow, pytest.mark.privileged, pytest.mark.boot]
@@ -112,7 +113,7 @@ def test_a_second_flatcar_disk_cannot_open_the_gate(
     fresh, unmarked one: the guard holds update-engine and the agent gates it (unhealthy here: no pass)."""
     install_update(flatcar_disk, USR_A)
     old = tmp_path / "old.img"
-    copy_image(flatcar_disk, old)
+    sparse_copy(flatcar_disk, old)
     set_attrs(old, 4, priority=2, tries=0, successful=True)
     r_ = rig(
         machine,
